@@ -1,0 +1,31 @@
+# Two entry points on a fresh Debian 12 machine, as root: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+APT_PACKAGES := iproute2 iputils-ping procps util-linux nftables libnftables1 \
+                containernetworking-plugins iperf3 python3-venv python3-pip
+
+.PHONY: deps demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+deps: $(VENV)/.installed
+
+demo: deps
+	$(VENV)/bin/tether demo
+
+test: deps
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+bench: deps
+	$(VENV)/bin/python bench/attach.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,151 @@
+"""A simulated host per test: its own network namespace running its own tether daemon.
+
+The daemon and every CLI call enter the host's namespace with ``nsenter --net`` (not
+``ip netns exec``, which would also give them a private mount namespace and hide the
+container namespaces they bind under /var/run/netns). Everything carries a unique prefix
+and is removed afterwards, even when the test fails: containers are killed through the
+daemon, leftover namespaces with the prefix are deleted, and deleting the host namespace
+takes its bridges and veths with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+NETNS_DIR = "/var/run/netns"
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout, **kw)
+
+
+@dataclass
+class Host:
+    name: str  # the host's netns name
+    prefix: str  # netns prefix of its daemon
+    state_dir: str
+    socket: str
+    daemon: subprocess.Popen[bytes] | None = None
+    extra_netns: list[str] = field(default_factory=list)
+
+    @property
+    def netns_path(self) -> str:
+        return f"{NETNS_DIR}/{self.name}"
+
+    def enter(self) -> list[str]:
+        return ["nsenter", f"--net={self.netns_path}", "--"]
+
+    def start_daemon(self) -> None:
+        log = open(os.path.join(self.state_dir, "daemon.log"), "ab")
+        self.daemon = subprocess.Popen(
+            [*self.enter(), sys.executable, "-m", "tether.cli", "daemon", "--state-dir", self.state_dir,
+             "--socket", self.socket, "--netns-prefix", self.prefix],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"daemon exited: {open(os.path.join(self.state_dir, 'daemon.log')).read()}")
+            if os.path.exists(self.socket) and self.tether("network", "ls", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("daemon did not come up")
+
+    def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.send_signal(sig)
+            self.daemon.wait(timeout=20)
+        self.daemon = None
+
+    def tether(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "TETHER_NO_AUTOSTART": "1", **(env or {})}
+        cmd = [*self.enter(), sys.executable, "-m", "tether.cli", "--socket", self.socket,
+               "--state-dir", self.state_dir, *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout, env=full_env)
+        if check and result.returncode != 0:
+            raise AssertionError(f"tether {' '.join(args)} failed ({result.returncode}): {result.stderr}{result.stdout}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.tether(*args).stdout)
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        return self.json("inspect", name)[0]
+
+    def in_host(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return sh(*self.enter(), *cmd, check=check, timeout=timeout)
+
+    def in_container(self, name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.prefix + name, *cmd, check=check)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a failed command must leave unchanged: store and kernel."""
+        links = self.in_host("ip", "-o", "link").stdout
+        return {
+            "networks": self.json("network", "ls", "--format", "json"),
+            "containers": self.json("ps", "-a", "--format", "json"),
+            "links": sorted(line.split(":")[1].strip() for line in links.splitlines()),
+            "addrs": sorted(self.in_host("ip", "-o", "-4", "addr").stdout.split()),
+            "netns": sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(self.prefix)),
+        }
+
+    def cleanup(self) -> None:
+        if self.daemon and self.daemon.poll() is None:
+            try:
+                for c in self.json("ps", "-a", "--format", "json"):
+                    self.tether("rm", "-f", c["name"], check=False)
+            except Exception:
+                pass
+        self.kill_daemon()
+        # any container process still in one of our namespaces
+        for ns in [n for n in os.listdir(NETNS_DIR) if n.startswith(self.prefix)] + [self.name]:
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+        for ns in [n for n in os.listdir(NETNS_DIR) if n.startswith(self.prefix)] + self.extra_netns + [self.name]:
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _new_host() -> Host:
+    tag = uuid.uuid4().hex[:6]
+    name = f"tt{tag}h"
+    state_dir = tempfile.mkdtemp(prefix=f"tether-{tag}-")
+    host = Host(name=name, prefix=f"tt{tag}-", state_dir=state_dir, socket=os.path.join(state_dir, "tether.sock"))
+    sh("ip", "netns", "add", name)
+    sh("ip", "-n", name, "link", "set", "lo", "up")
+    return host
+
+
+@pytest.fixture
+def bare_host() -> Iterator[Host]:
+    """A host namespace with no daemon running yet."""
+    host = _new_host()
+    try:
+        yield host
+    finally:
+        host.cleanup()
+
+
+@pytest.fixture
+def host(bare_host: Host) -> Host:
+    """A host namespace with its own tether daemon."""
+    bare_host.start_daemon()
+    return bare_host

@@ -1,0 +1,488 @@
+"""Datapath against the real kernel: namespaces, bridges, veths, and packets between them.
+
+Every test gets a unique prefix (``tdp`` + 4 hex digits) for everything it names. The
+Datapath under test is bound to a throwaway "host" namespace, never the machine's own:
+the fixture creates it with ``ip netns add`` and constructs the Datapath in a short-lived
+thread that has ``setns``-ed into it (``nsutil.run_in_netns``); the Datapath captures that
+namespace and keeps all its host-side links there, whichever thread calls it later.
+Container namespaces are bound under the real /var/run/netns so ``ip netns exec`` works
+on them. The tests check the kernel's state with ``ip``, independently of the code under
+test. Cleanup deletes every namespace with the prefix (which takes their veths and
+bridges along), even when a test fails, and then checks that nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tether.datapath import Datapath, nsutil
+from tether.errors import DatapathError
+
+pytestmark = pytest.mark.e2e
+
+NETNS_DIR = "/var/run/netns"
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(cmd), capture_output=True, text=True, check=check, timeout=30
+    )
+
+
+def ip_json(*args: str) -> Any:
+    return json.loads(sh("ip", "-j", *args).stdout or "[]")
+
+
+def netns_with(prefix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def root_links_with(prefix: str) -> list[str]:
+    return [
+        link["ifname"] for link in ip_json("link") if link["ifname"].startswith(prefix)
+    ]
+
+
+@dataclass
+class Env:
+    prefix: str
+    host: str  # name of the netns the Datapath is bound to
+    dp: Datapath
+
+    def ns(self, suffix: str) -> str:
+        return f"{self.prefix}{suffix}"
+
+    def in_host(
+        self, *cmd: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        # nsenter --net keeps our mount namespace (ip netns exec would make a private one)
+        return sh("nsenter", f"--net={NETNS_DIR}/{self.host}", "--", *cmd, check=check)
+
+    def host_links(self) -> dict[str, Any]:
+        out = self.in_host("ip", "-j", "-d", "link").stdout
+        return {link["ifname"]: link for link in json.loads(out)}
+
+    def in_ns(
+        self, netns: str, *cmd: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", netns, *cmd, check=check)
+
+    def attach(
+        self, netns: str, n: int, *, subnet: str = "10.251.0", **overrides: Any
+    ) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "netns": netns,
+            "host_ifname": f"{self.prefix}v{n}",
+            "ifname": "eth0",
+            "bridge": f"{self.prefix}br",
+            "mac": f"02:42:0a:fb:00:{n + 2:02x}",
+            "cidr": f"{subnet}.{n + 2}/24",
+            "gateway": f"{subnet}.1",
+            "mtu": 1400,
+            "mark": f"{self.prefix}-mark",
+        }
+        spec.update(overrides)
+        self.dp.attach_veth(**spec)
+        return spec
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    prefix = f"tdp{uuid.uuid4().hex[:4]}"
+    host = f"{prefix}h"
+    sh("ip", "netns", "add", host)
+    dp: Datapath | None = None
+    try:
+        sh("ip", "-n", host, "link", "set", "lo", "up")
+        dp = nsutil.run_in_netns(f"{NETNS_DIR}/{host}", Datapath)
+        yield Env(prefix=prefix, host=host, dp=dp)
+    finally:
+        if dp is not None:
+            dp.close()
+        for name in netns_with(prefix):
+            sh("ip", "netns", "del", name, check=False)
+        for link in root_links_with(prefix):  # only if a bug put one in the real host
+            sh("ip", "link", "del", link, check=False)
+    assert netns_with(prefix) == [], "namespaces left behind"
+    assert root_links_with(prefix) == [], "links left in the machine's own namespace"
+
+
+def bridge_up(env: Env, gateway_cidr: str = "10.251.0.1/24") -> str:
+    bridge = f"{env.prefix}br"
+    env.dp.ensure_bridge(bridge, gateway_cidr, 1400, f"{env.prefix}-mark")
+    return bridge
+
+
+# ---------------------------------------------------------------------- namespaces
+
+
+def test_netns_lifecycle(env: Env) -> None:
+    dp, name = env.dp, env.ns("a")
+    assert not dp.netns_exists(name)
+    path = dp.create_netns(name)
+    assert path == f"{NETNS_DIR}/{name}" == dp.netns_path(name)
+    assert dp.netns_exists(name)
+    assert name in dp.list_netns()
+    assert name in sh("ip", "netns", "list").stdout.split()
+
+    links = env.in_ns(name, "ip", "-o", "link").stdout.splitlines()
+    assert len(links) == 1 and links[0].split(":")[1].strip() == "lo"
+    assert ",UP," in links[0] or "<LOOPBACK,UP" in links[0]
+    env.in_ns(name, "ping", "-c1", "-W1", "127.0.0.1")
+
+    with pytest.raises(DatapathError, match="already exists"):
+        dp.create_netns(name)
+
+    dp.delete_netns(name)
+    assert not dp.netns_exists(name)
+    assert not os.path.exists(path)
+    assert name not in dp.list_netns()
+    assert name not in sh("ip", "netns", "list").stdout.split()
+    dp.delete_netns(name)  # idempotent
+    dp.delete_netns(env.ns("never"))
+
+
+def test_netns_names_are_checked(env: Env) -> None:
+    for bad in ("", ".", "..", "a/b", "../etc"):
+        with pytest.raises(DatapathError):
+            env.dp.netns_path(bad)
+
+
+def test_list_netns_skips_a_stale_file(env: Env) -> None:
+    stale = f"{NETNS_DIR}/{env.ns('stale')}"
+    open(stale, "w").close()  # a half-made namespace: file without mount
+    try:
+        assert not env.dp.netns_exists(env.ns("stale"))
+        assert env.ns("stale") not in env.dp.list_netns()
+    finally:
+        env.dp.delete_netns(env.ns("stale"))
+    assert not os.path.exists(stale)
+
+
+def test_custom_netns_dir_becomes_a_shared_mount(env: Env, tmp_path: Any) -> None:
+    netns_dir = str(tmp_path / "netns")
+    dp = nsutil.run_in_netns(f"{NETNS_DIR}/{env.host}", lambda: Datapath(netns_dir))
+    try:
+        dp.create_netns(env.ns("c"))
+        assert dp.list_netns() == [env.ns("c")]
+        found = json.loads(
+            sh("findmnt", "-J", "-o", "TARGET,PROPAGATION", netns_dir).stdout
+        )
+        assert found["filesystems"][0]["propagation"] == "shared"
+        dp.delete_netns(env.ns("c"))
+        assert dp.list_netns() == []
+    finally:
+        dp.close()
+        sh("umount", "-l", f"{netns_dir}/{env.ns('c')}", check=False)
+        sh("umount", "-l", netns_dir, check=False)
+
+
+def test_closed_datapath_refuses_work(env: Env) -> None:
+    dp = nsutil.run_in_netns(f"{NETNS_DIR}/{env.host}", Datapath)
+    dp.close()
+    dp.close()  # idempotent
+    with pytest.raises(DatapathError, match="closed"):
+        dp.link_exists("lo")
+
+
+# ---------------------------------------------------------------------- bridges
+
+
+def test_bridge_is_idempotent_and_stays_in_its_host(env: Env) -> None:
+    bridge = bridge_up(env)
+    bridge_up(env)  # again: no error, no second address
+    assert env.dp.link_exists(bridge)
+    assert not env.dp.link_exists(f"{env.prefix}nope")
+
+    link = env.host_links()[bridge]
+    assert link["linkinfo"]["info_kind"] == "bridge"
+    assert link["mtu"] == 1400
+    assert "UP" in link["flags"]
+    assert link["ifalias"] == f"{env.prefix}-mark"
+    addrs = ip_json("-n", env.host, "-4", "addr", "show", "dev", bridge)[0]["addr_info"]
+    assert [(a["local"], a["prefixlen"]) for a in addrs] == [("10.251.0.1", 24)]
+    assert bridge not in root_links_with(env.prefix)
+
+    env.dp.delete_bridge(bridge)
+    assert bridge not in env.host_links()
+    env.dp.delete_bridge(bridge)  # idempotent
+
+
+def test_bridge_keeps_its_mac_as_ports_come(env: Env) -> None:
+    # A bridge whose MAC was never set takes its lowest port's MAC; ours must not move.
+    bridge = bridge_up(env)
+    before = env.host_links()[bridge]["address"]
+    env.dp.create_netns(env.ns("a"))
+    env.attach(env.ns("a"), 0)
+    assert env.host_links()[bridge]["address"] == before
+
+
+def test_ensure_bridge_refuses_a_non_bridge(env: Env) -> None:
+    name = f"{env.prefix}x"
+    env.in_host(
+        "ip", "link", "add", name, "type", "veth", "peer", "name", f"{env.prefix}y"
+    )
+    with pytest.raises(DatapathError, match="as a bridge"):
+        env.dp.ensure_bridge(name, "10.251.0.1/24", 1400, "m")
+
+
+# ---------------------------------------------------------------------- endpoints
+
+
+def test_two_containers_talk_through_the_bridge(env: Env) -> None:
+    bridge_up(env)
+    a, b = env.ns("a"), env.ns("b")
+    env.dp.create_netns(a)
+    env.dp.create_netns(b)
+    spec_a = env.attach(a, 0)
+    spec_b = env.attach(b, 1)
+
+    env.in_ns(a, "ping", "-c1", "-W1", "10.251.0.3")
+    env.in_ns(b, "ping", "-c1", "-W1", "10.251.0.2")
+    env.in_ns(a, "ping", "-c1", "-W1", "10.251.0.1")
+
+    # what the kernel says, through ip
+    eth0 = ip_json("-n", a, "addr", "show", "dev", "eth0")[0]
+    assert eth0["address"] == spec_a["mac"]
+    assert eth0["mtu"] == 1400
+    assert "UP" in eth0["flags"]
+    assert [
+        (x["local"], x["prefixlen"]) for x in eth0["addr_info"] if x["family"] == "inet"
+    ] == [("10.251.0.2", 24)]
+    routes = ip_json("-n", a, "-4", "route")
+    assert {"dst": "default", "gateway": "10.251.0.1", "dev": "eth0"}.items() <= routes[
+        0
+    ].items()
+
+    host_end = env.host_links()[spec_b["host_ifname"]]
+    assert host_end["master"] == f"{env.prefix}br"
+    assert host_end["mtu"] == 1400
+    assert host_end["ifalias"] == spec_b["mark"]
+    assert "UP" in host_end["flags"]
+
+    # and what the Datapath reports
+    ifaces = {i["ifname"]: i for i in env.dp.container_interfaces(b)}
+    assert ifaces["lo"]["state"] == "up" and ifaces["lo"]["addresses"] == [
+        "127.0.0.1/8"
+    ]
+    assert ifaces["eth0"] == {
+        "ifname": "eth0",
+        "mac": spec_b["mac"],
+        "mtu": 1400,
+        "state": "up",
+        "addresses": ["10.251.0.3/24"],
+    }
+    assert sorted(env.dp.container_routes(b), key=str) == sorted(
+        [
+            {"dst": "default", "gateway": "10.251.0.1", "dev": "eth0"},
+            {"dst": "10.251.0.0/24", "gateway": None, "dev": "eth0"},
+        ],
+        key=str,
+    )
+    assert env.dp.has_default_route(b)
+
+
+def test_default_route_added_later(env: Env) -> None:
+    bridge_up(env)
+    a = env.ns("a")
+    env.dp.create_netns(a)
+    env.attach(a, 0, gateway=None)
+    assert not env.dp.has_default_route(a)
+    assert env.dp.container_routes(a) == [
+        {"dst": "10.251.0.0/24", "gateway": None, "dev": "eth0"}
+    ]
+
+    env.dp.add_default_route(a, "10.251.0.1")
+    assert env.dp.has_default_route(a)
+    env.dp.add_default_route(a, "10.251.0.1")  # same route again: fine
+    with pytest.raises(DatapathError):
+        env.dp.add_default_route(a, "10.251.0.9")  # a different default is a conflict
+    assert "default via 10.251.0.1 dev eth0" in env.in_ns(a, "ip", "-4", "route").stdout
+
+
+def test_second_interface_in_one_container(env: Env) -> None:
+    bridge_up(env)
+    env.dp.ensure_bridge(
+        f"{env.prefix}br2", "10.252.0.1/24", 1400, f"{env.prefix}-mark"
+    )
+    a = env.ns("a")
+    env.dp.create_netns(a)
+    env.attach(a, 0)
+    env.attach(
+        a, 1, ifname="eth1", bridge=f"{env.prefix}br2", subnet="10.252.0", gateway=None
+    )
+    names = [i["ifname"] for i in env.dp.container_interfaces(a)]
+    assert names == ["lo", "eth0", "eth1"]
+    env.in_ns(a, "ping", "-c1", "-W1", "10.252.0.1")
+
+
+def assert_no_new_links(
+    env: Env, before: set[str], netns: str, netns_before: set[str]
+) -> None:
+    assert set(env.host_links()) == before
+    names = {link["ifname"] for link in ip_json("-n", netns, "link")}
+    assert names == netns_before
+
+
+def test_failed_attach_leaves_nothing_behind(env: Env) -> None:
+    bridge_up(env)
+    a = env.ns("a")
+    env.dp.create_netns(a)
+    env.attach(a, 0)
+    host_before = set(env.host_links())
+    ns_before = {"lo", "eth0"}
+    taken = f"{env.prefix}v0"
+
+    cases: list[tuple[str, str, dict[str, Any]]] = [
+        # refused before anything is made
+        ("does not exist", a, {"bridge": f"{env.prefix}nobr"}),
+        ("does not exist", env.ns("missing"), {"ifname": "eth1"}),
+        ("invalid MAC", a, {"ifname": "eth1", "mac": "nonsense"}),
+        ("invalid address", a, {"ifname": "eth1", "cidr": "10.251.0.300/24"}),
+        # the kernel refuses the pair: host name taken, container name taken, bad MTU
+        ("already exists", a, {"host_ifname": taken, "ifname": "eth1"}),
+        ("already exists", a, {"ifname": "eth0"}),
+        ("cannot attach", a, {"ifname": "eth1", "mtu": 100_000}),
+        # the pair exists, then the last step inside fails: it must be undone
+        ("unreachable", a, {"ifname": "eth1", "gateway": "10.99.0.1"}),
+        ("File exists", a, {"ifname": "eth1"}),  # a second default route
+    ]
+    for message, netns, overrides in cases:
+        with pytest.raises(DatapathError, match=message) as info:
+            env.attach(netns, 5, **overrides)
+        assert "\n" not in str(info.value)
+        assert_no_new_links(env, host_before, a, ns_before)
+    # the link whose name was taken is untouched
+    assert env.host_links()[taken]["master"] == f"{env.prefix}br"
+    env.in_ns(a, "ping", "-c1", "-W1", "10.251.0.1")
+
+
+def test_detach_is_idempotent(env: Env) -> None:
+    bridge_up(env)
+    a, b = env.ns("a"), env.ns("b")
+    env.dp.create_netns(a)
+    env.dp.create_netns(b)
+    spec_a = env.attach(a, 0)
+    spec_b = env.attach(b, 1)
+
+    env.dp.detach_veth(spec_a["host_ifname"])
+    assert spec_a["host_ifname"] not in env.host_links()
+    assert [i["ifname"] for i in env.dp.container_interfaces(a)] == ["lo"]
+    env.dp.detach_veth(spec_a["host_ifname"])
+
+    env.dp.detach_in_netns(b, "eth0")
+    assert [i["ifname"] for i in env.dp.container_interfaces(b)] == ["lo"]
+    assert spec_b["host_ifname"] not in env.host_links()
+    env.dp.detach_in_netns(b, "eth0")
+    env.dp.detach_in_netns(env.ns("missing"), "eth0")
+
+
+def test_deleting_the_netns_removes_its_veth(env: Env) -> None:
+    bridge_up(env)
+    a = env.ns("a")
+    env.dp.create_netns(a)
+    spec = env.attach(a, 0)
+    env.dp.delete_netns(a)
+    deadline = time.monotonic() + 5  # the kernel frees a namespace asynchronously
+    while env.dp.link_exists(spec["host_ifname"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not env.dp.link_exists(spec["host_ifname"])
+    env.dp.detach_in_netns(a, "eth0")  # gone with its namespace: success
+
+
+def test_links_with_mark(env: Env) -> None:
+    bridge = bridge_up(env)
+    a = env.ns("a")
+    env.dp.create_netns(a)
+    spec = env.attach(a, 0)
+    env.attach(a, 1, ifname="eth1", gateway=None, mark="someone-else")
+    assert sorted(env.dp.links_with_mark(spec["mark"])) == [
+        (bridge, "bridge"),
+        (spec["host_ifname"], "veth"),
+    ]
+    assert env.dp.links_with_mark("someone-else") == [(f"{env.prefix}v1", "veth")]
+    assert env.dp.links_with_mark("nobody") == []
+
+
+def test_host_networks(env: Env) -> None:
+    bridge_up(env)
+    env.in_host("ip", "route", "add", "10.253.0.0/16", "via", "10.251.0.254")
+    env.in_host("ip", "route", "add", "default", "via", "10.251.0.254")
+    env.in_host(
+        "ip", "route", "add", "10.254.1.0/24", "via", "10.251.0.254", "table", "100"
+    )
+    assert env.dp.host_networks() == [
+        "10.251.0.0/24",
+        "10.253.0.0/16",
+        "10.254.1.0/24",
+        "127.0.0.0/8",
+    ]
+
+
+def test_concurrent_callers(env: Env) -> None:
+    bridge_up(env)
+    errors: list[BaseException] = []
+
+    def one(n: int) -> None:
+        try:
+            name = env.ns(f"c{n}")
+            env.dp.create_netns(name)
+            env.attach(name, n)
+            assert env.dp.has_default_route(name)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    ports = [
+        n
+        for n, link in env.host_links().items()
+        if link.get("master") == f"{env.prefix}br"
+    ]
+    assert len(ports) == 12
+    env.in_ns(env.ns("c0"), "ping", "-c1", "-W1", "10.251.0.13")
+
+
+def test_attach_timing(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not an assertion on speed: prints the medians for the record."""
+    bridge_up(env, "10.251.0.1/16")
+    count = 50
+    names = [env.ns(f"t{n}") for n in range(count)]
+    create, attach = [], []
+    for n, name in enumerate(names):
+        start = time.perf_counter()
+        env.dp.create_netns(name)
+        create.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        env.attach(name, n, cidr=f"10.251.0.{n + 2}/16", gateway="10.251.0.1")
+        attach.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for name in names:
+        env.dp.delete_netns(name)
+    delete = (time.perf_counter() - start) / count
+    with capsys.disabled():
+        print(
+            f"\n[datapath timing, {count} endpoints] create_netns median "
+            f"{statistics.median(create) * 1000:.2f} ms, attach_veth median "
+            f"{statistics.median(attach) * 1000:.2f} ms (p90 "
+            f"{sorted(attach)[int(count * 0.9)] * 1000:.2f} ms), delete_netns "
+            f"{delete * 1000:.2f} ms each"
+        )

@@ -1,0 +1,339 @@
+"""The ``tether`` command: a thin Typer front end over the daemon API.
+
+Every command but ``daemon`` is a client: it parses flags into a request, sends it over
+the unix socket (starting a background daemon if none answers), and renders the reply
+with Rich. The one exception to "the daemon does the work" is a foreground ``run``: the
+CLI itself runs the process (stdin/stdout attached) in the sandbox the daemon prepared,
+and reports its pid and exit code back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .api.client import Client, default_socket, default_state_dir, q
+from .errors import TetherError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tether",
+    help="Container networking for Linux: none, host, container, bridge (and overlay) modes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+network_app = typer.Typer(help="Manage networks.", no_args_is_help=True)
+app.add_typer(network_app, name="network")
+
+out = Console(highlight=False, soft_wrap=True)
+RUN_CONTEXT = {"allow_interspersed_args": False}
+
+
+class Ctx:
+    socket: str
+    state_dir: str
+
+    def client(self, autostart: bool = True) -> Client:
+        client = Client(self.socket)
+        if autostart and not os.environ.get("TETHER_NO_AUTOSTART"):
+            client.ensure_daemon(self.state_dir)
+        return client
+
+
+CTX = Ctx()
+
+
+@app.callback()
+def _global(
+    socket: str = typer.Option(None, "--socket", help="Daemon socket [env TETHER_SOCKET]."),
+    state_dir: str = typer.Option(None, "--state-dir", help="State directory [env TETHER_STATE_DIR]."),
+) -> None:
+    CTX.socket = socket or default_socket()
+    CTX.state_dir = state_dir or default_state_dir()
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    sys.stderr.write(f"Error: {message}\n")
+    raise typer.Exit(code)
+
+
+def _parse_options(options: list[str] | None) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for item in options or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"invalid option {item!r}: use -o KEY=VALUE")
+        parsed[key] = value
+    return parsed
+
+
+# ---------------------------------------------------------------------- daemon
+@app.command()
+def daemon(
+    state_dir: str = typer.Option(None, "--state-dir", help="State directory [env TETHER_STATE_DIR]."),
+    socket: str = typer.Option(None, "--socket", help="API socket [env TETHER_SOCKET]."),
+    netns_prefix: str = typer.Option(
+        os.environ.get("TETHER_NETNS_PREFIX", ""), "--netns-prefix", help="Prefix for namespace names."
+    ),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Run the per-host daemon in the foreground."""
+    from .daemon import run_daemon
+
+    run_daemon(state_dir or CTX.state_dir, socket or CTX.socket, netns_prefix=netns_prefix, log_level=log_level)
+
+
+# ---------------------------------------------------------------------- networks
+@network_app.command("create")
+def network_create(
+    name: str,
+    driver: str = typer.Option("bridge", "-d", "--driver", help="Network driver."),
+    subnet: str = typer.Option(None, "--subnet", help="Subnet in CIDR form, e.g. 10.210.0.0/24."),
+    gateway: str = typer.Option(None, "--gateway", help="Gateway address (default: first in subnet)."),
+    ip_range: str = typer.Option(None, "--ip-range", help="Allocate container addresses from this sub-range."),
+    opt: list[str] = typer.Option(None, "-o", "--opt", help="Driver option KEY=VALUE (bridge_name, mtu)."),
+    internal: bool = typer.Option(False, "--internal", help="No route to the outside."),
+) -> None:
+    """Create a network."""
+    net = CTX.client().post(
+        "/networks",
+        {
+            "name": name,
+            "driver": driver,
+            "subnet": subnet,
+            "gateway": gateway,
+            "ip_range": ip_range,
+            "options": _parse_options(opt),
+            "internal": internal,
+        },
+    )
+    out.print(net["id"])
+
+
+@network_app.command("ls")
+def network_ls(fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
+    """List networks."""
+    nets = CTX.client().get("/networks")
+    if fmt == "json":
+        _print_json(nets)
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "BRIDGE", "CONTAINERS"):
+        table.add_column(col)
+    for n in nets:
+        table.add_row(n["id"][:12], n["name"], n["driver"], n["subnet"], n["gateway"], n["bridge"], str(n["containers"]))
+    out.print(table)
+
+
+@network_app.command("inspect")
+def network_inspect(names: list[str]) -> None:
+    """Show networks as JSON."""
+    client = CTX.client()
+    _print_json([client.get(f"/networks/{q(n)}") for n in names])
+
+
+def _each(names: list[str], action: Any) -> None:
+    """Apply ``action`` to every name, report each failure, and fail at the end (as Docker)."""
+    failed = False
+    for name in names:
+        try:
+            action(name)
+            out.print(name)
+        except TetherError as exc:
+            sys.stderr.write(f"Error: {exc}\n")
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@network_app.command("rm")
+def network_rm(names: list[str]) -> None:
+    """Remove networks."""
+    client = CTX.client()
+    _each(names, lambda n: client.delete(f"/networks/{q(n)}"))
+
+
+@network_app.command("connect")
+def network_connect(
+    network: str, container: str, ip: str = typer.Option(None, "--ip", help="Address on the network.")
+) -> None:
+    """Connect a container to a network."""
+    CTX.client().post(f"/networks/{q(network)}/connect", {"container": container, "ip": ip})
+
+
+@network_app.command("disconnect")
+def network_disconnect(network: str, container: str) -> None:
+    """Disconnect a container from a network."""
+    CTX.client().post(f"/networks/{q(network)}/disconnect", {"container": container})
+
+
+@network_app.command("prune")
+def network_prune() -> None:
+    """Remove every user-defined network with no containers."""
+    for name in CTX.client().post("/networks/prune")["removed"]:
+        out.print(name)
+
+
+# ---------------------------------------------------------------------- containers
+@app.command(context_settings=RUN_CONTEXT)
+def run(
+    cmd: list[str] = typer.Argument(None, help="Command to run (after --)."),
+    detach: bool = typer.Option(False, "-d", "--detach", help="Run in the background; print the id."),
+    rm: bool = typer.Option(False, "--rm", help="Remove the container when it exits."),
+    name: str = typer.Option(None, "--name", help="Container name."),
+    net: str = typer.Option("bridge", "--net", "--network", help="none, host, bridge, container:NAME or a network."),
+    ip: str = typer.Option(None, "--ip", help="Address on the network."),
+    hostname: str = typer.Option(None, "--hostname", help="Hostname (default: the name)."),
+    rootfs: str = typer.Option(None, "--rootfs", help="Directory to use as the root filesystem."),
+) -> None:
+    """Run a command in a new container."""
+    client = CTX.client()
+    created = client.post(
+        "/containers",
+        {
+            "cmd": cmd or [],
+            "name": name,
+            "net": net,
+            "ip": ip,
+            "hostname": hostname,
+            "detach": detach,
+            "auto_remove": rm,
+            "rootfs": os.path.abspath(rootfs) if rootfs else None,
+        },
+    )
+    if detach:
+        out.print(created["id"])
+        return
+    raise typer.Exit(_run_foreground(client, created, rm))
+
+
+def _run_foreground(client: Client, created: dict[str, Any], rm: bool) -> int:
+    from . import runtime
+
+    name = created["name"]
+    spec = runtime.ProcessSpec(**created["process"])
+
+    def started(pid: int, start_time: int) -> None:
+        client.post(f"/containers/{q(name)}/started", {"pid": pid, "start_time": start_time})
+
+    try:
+        code = runtime.run_foreground(spec, started)
+    except TetherError as exc:
+        sys.stderr.write(f"Error: {exc}\n")
+        code = 127
+    if rm:
+        client.delete(f"/containers/{q(name)}?force=1")
+    else:
+        client.post(f"/containers/{q(name)}/exited", {"code": code})
+    return code
+
+
+def _container_rows(containers: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("CONTAINER ID", "NAME", "STATUS", "NET", "ADDRESSES", "PID", "COMMAND"):
+        table.add_column(col)
+    for c in containers:
+        status = c["state"] if c["state"] != "exited" else f"exited ({c['exit_code']})"
+        addrs = ", ".join(f"{n}={v['address']}" for n, v in sorted(c["networks"].items()))
+        table.add_row(
+            c["id"][:12], c["name"], status, c["net_mode"], addrs or "-", str(c["pid"] or "-"), " ".join(c["cmd"])[:40]
+        )
+    return table
+
+
+@app.command()
+def ps(
+    all_: bool = typer.Option(False, "-a", "--all", help="Show exited containers too."),
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """List containers."""
+    containers = CTX.client().get("/containers" + ("?all=1" if all_ else ""))
+    if fmt == "json":
+        _print_json(containers)
+    else:
+        out.print(_container_rows(containers))
+
+
+@app.command()
+def inspect(names: list[str]) -> None:
+    """Show containers as JSON (networks, addresses, MACs, netns path, pid)."""
+    client = CTX.client()
+    _print_json([client.get(f"/containers/{q(n)}") for n in names])
+
+
+@app.command(context_settings=RUN_CONTEXT)
+def exec(name: str, cmd: list[str] = typer.Argument(..., help="Command to run (after --).")) -> None:  # noqa: A001
+    """Run a command inside a running container."""
+    from . import runtime
+
+    if cmd and cmd[0] == "--":  # Click keeps the separator once a positional came first
+        cmd = cmd[1:]
+    info = CTX.client().get(f"/containers/{q(name)}")
+    if info["state"] != "running":
+        _fail(f"container {name!r} is not running: start a new one with `tether run`")
+    raise typer.Exit(runtime.exec_in(info["pid"], cmd))
+
+
+@app.command()
+def logs(name: str) -> None:
+    """Print the output of a detached container."""
+    sys.stdout.write(CTX.client().get(f"/containers/{q(name)}/logs")["log"])
+
+
+@app.command()
+def stop(
+    names: list[str], time_: float = typer.Option(10.0, "-t", "--time", help="Seconds to wait before SIGKILL.")
+) -> None:
+    """Stop running containers (SIGTERM, then SIGKILL)."""
+    client = CTX.client()
+    _each(names, lambda n: client.post(f"/containers/{q(n)}/stop", {"timeout": time_}))
+
+
+@app.command()
+def rm(names: list[str], force: bool = typer.Option(False, "-f", "--force", help="Kill it if running.")) -> None:
+    """Remove containers."""
+    client = CTX.client()
+    _each(names, lambda n: client.delete(f"/containers/{q(n)}" + ("?force=1" if force else "")))
+
+
+@app.command(hidden=True)
+def reap(container_id: str) -> None:
+    """Called by a detached --rm container's shim when it exits."""
+    try:
+        Client(CTX.socket).post(f"/containers/reap/{q(container_id)}")
+    except TetherError:
+        pass  # the daemon's reaper or its next start will do it
+
+
+@app.command()
+def demo(keep: bool = typer.Option(False, "--keep", help="Leave the demo containers running.")) -> None:
+    """Show every mode working: start containers and print a connectivity matrix."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(CTX.client(), out, keep=keep))
+
+
+def main() -> None:
+    try:
+        app()
+    except TetherError as exc:
+        sys.stderr.write(f"Error: {exc}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Drivers, one file per mode; picked by a plain lookup on the mode's name."""
+
+from .base import DriverContext, NetworkDriver, SandboxMode, Undo
+from .bridge import BridgeDriver
+from .container import SharedNamespace
+from .host import HostNamespace
+from .none import OwnNamespace
+
+__all__ = [
+    "DriverContext",
+    "NetworkDriver",
+    "SandboxMode",
+    "Undo",
+    "BridgeDriver",
+    "SharedNamespace",
+    "HostNamespace",
+    "OwnNamespace",
+    "NETWORK_DRIVERS",
+]
+
+NETWORK_DRIVERS: dict[str, NetworkDriver] = {"bridge": BridgeDriver()}

@@ -1,0 +1,8 @@
+"""Fakes for tests: stand-ins for tether's extension points that touch nothing outside
+the process."""
+
+from __future__ import annotations
+
+from .memory import MemoryStore
+
+__all__ = ["MemoryStore"]
