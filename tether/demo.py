@@ -77,10 +77,10 @@ def run_demo(client: Client, console: Console, keep: bool = False) -> int:
             time.sleep(0.1)
 
         targets = [
-            (f"c1 {a1} (ping)", ["ping", "-c1", "-W1", a1]),
-            (f"c2 {a2} (ping)", ["ping", "-c1", "-W1", a2]),
-            (f"host {gw} (ping)", ["ping", "-c1", "-W1", gw]),
-            (f"c1's 127.0.0.1:{port} (tcp)", _tcp(port)),
+            ("→c1", ["ping", "-c1", "-W1", a1]),
+            ("→c2", ["ping", "-c1", "-W1", a2]),
+            ("→host", ["ping", "-c1", "-W1", gw]),
+            ("→c1 lo", _tcp(port)),
         ]
         rows = [
             ("host", host, [True, True, True, False]),
@@ -88,10 +88,14 @@ def run_demo(client: Client, console: Console, keep: bool = False) -> int:
             ("bridge c1", c1, [True, True, True, True]),
             ("bridge c2", c2, [True, True, True, False]),
             ("container:c1", join, [True, True, True, True]),
-            ("none + network connect", late, [True, True, True, False]),
+            ("none+connect", late, [True, True, True, False]),
         ]
-        table = Table(title="connectivity, measured with real packets (✓ reached, ✗ not)", header_style="bold")
-        table.add_column("from (mode)")
+        console.print(
+            f"targets: c1 = ping {a1}, c2 = ping {a2}, host = ping {gw} (the bridge's gateway), "
+            f"c1 lo = TCP to 127.0.0.1:{port}, served by c1 on its loopback only"
+        )
+        table = Table(title="connectivity, measured with real packets", header_style="bold")
+        table.add_column("from")
         table.add_column("interfaces")
         for label, _ in targets:
             table.add_column(label, justify="center")

@@ -29,6 +29,8 @@ __all__ = [
     "mac_for",
     "DEFAULT_NETWORK",
     "DEFAULT_BRIDGE",
+    "PortMapping",
+    "parse_port_spec",
 ]
 
 DEFAULT_NETWORK = "bridge"
@@ -156,6 +158,12 @@ class Container:
     joined: str | None = None  # id of the container whose netns this one shares
     rootfs: str | None = None
     created: float = 0.0
+    ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping.to_dict(), one per port
+    aliases: list[str] = field(default_factory=list)  # --network-alias, on every user-defined network
+
+    @property
+    def port_mappings(self) -> list[PortMapping]:
+        return [PortMapping.from_dict(p) for p in self.ports]
 
     @property
     def mode(self) -> NetMode:
@@ -189,3 +197,75 @@ def mac_for(address: str) -> str:
     """A locally administered MAC derived from the IPv4 address, as Docker does (02:42:..)."""
     packed = ipaddress.IPv4Address(address).packed
     return "02:42:" + ":".join(f"{b:02x}" for b in packed)
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port: ``host_ip:host_port`` on the host to ``container_port`` inside.
+    ``host_ip`` None means every address of the host; ``host_port`` 0 means "pick one"."""
+
+    protocol: str
+    host_port: int
+    container_port: int
+    host_ip: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.host_ip}:" if self.host_ip else ""
+        return f"{where}{self.host_port}:{self.container_port}/{self.protocol}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PortMapping:
+        return _from_dict(cls, data)
+
+
+def _port_range(text: str, what: str, spec: str) -> list[int]:
+    lo_text, sep, hi_text = text.partition("-")
+    try:
+        lo = int(lo_text)
+        hi = int(hi_text) if sep else lo
+    except ValueError:
+        raise InvalidInput(f"invalid -p {spec!r}: {what} {text!r} is not a port number or range like 8000-8010") from None
+    if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
+        raise InvalidInput(f"invalid -p {spec!r}: {what} {text!r} is out of range (ports are 1 to 65535)")
+    if hi < lo:
+        raise InvalidInput(f"invalid -p {spec!r}: {what} range {text!r} ends before it starts")
+    return list(range(lo, hi + 1))
+
+
+def parse_port_spec(spec: str) -> list[PortMapping]:
+    """Docker's ``-p [HOSTIP:][HOSTPORT[-END]:]CPORT[-END][/tcp|udp]``, expanded to one
+    mapping per port. A missing host port (``-p 80`` or ``-p 127.0.0.1::80``) is 0: the
+    daemon picks a free one."""
+    body, _, protocol = spec.partition("/")
+    protocol = (protocol or "tcp").lower()
+    if protocol not in ("tcp", "udp"):
+        raise InvalidInput(f"invalid -p {spec!r}: unknown protocol {protocol!r}, use tcp or udp")
+    parts = body.split(":")
+    if len(parts) > 3 or not parts[-1]:
+        raise InvalidInput(f"invalid -p {spec!r}: use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]")
+    host_ip: str | None = None
+    host_text = ""
+    if len(parts) == 3:
+        host_ip, host_text = parts[0] or None, parts[1]
+        if host_ip is not None:
+            try:
+                ipaddress.IPv4Address(host_ip)
+            except ValueError:
+                raise InvalidInput(f"invalid -p {spec!r}: host address {host_ip!r} is not an IPv4 address") from None
+    elif len(parts) == 2:
+        host_text = parts[0]
+    container_ports = _port_range(parts[-1], "container port", spec)
+    if not host_text:
+        if len(container_ports) > 1:
+            raise InvalidInput(f"invalid -p {spec!r}: give a host port range for a container port range")
+        return [PortMapping(protocol, 0, container_ports[0], host_ip)]
+    host_ports = _port_range(host_text, "host port", spec)
+    if len(host_ports) != len(container_ports):
+        raise InvalidInput(
+            f"invalid -p {spec!r}: the host range has {len(host_ports)} ports and the container range "
+            f"{len(container_ports)}; make them the same length"
+        )
+    return [PortMapping(protocol, h, c, host_ip) for h, c in zip(host_ports, container_ports)]

@@ -40,6 +40,7 @@ class Host:
     socket: str
     daemon: subprocess.Popen[bytes] | None = None
     extra_netns: list[str] = field(default_factory=list)
+    daemon_args: list[str] = field(default_factory=list)
 
     @property
     def netns_path(self) -> str:
@@ -52,7 +53,7 @@ class Host:
         log = open(os.path.join(self.state_dir, "daemon.log"), "ab")
         self.daemon = subprocess.Popen(
             [*self.enter(), sys.executable, "-m", "tether.cli", "daemon", "--state-dir", self.state_dir,
-             "--socket", self.socket, "--netns-prefix", self.prefix],
+             "--socket", self.socket, "--netns-prefix", self.prefix, *self.daemon_args],
             stdout=log, stderr=log, start_new_session=True,
         )
         deadline = time.monotonic() + 20
@@ -149,3 +150,55 @@ def host(bare_host: Host) -> Host:
     """A host namespace with its own tether daemon."""
     bare_host.start_daemon()
     return bare_host
+
+
+@dataclass
+class World:
+    """The outside of a host, built from namespaces the test owns:
+
+        host (198.51.100.2) --- lan (198.51.100.1, a machine on the LAN and the router)
+                                 lan (203.0.113.1) --- inet (203.0.113.10, "the internet")
+
+    The internet routes back only to the LAN, so a container reaches it only through the
+    host's NAT. TEST-NET ranges: nothing real is ever addressed."""
+
+    host: Host
+    lan: str
+    inet: str
+    host_ip: str = "198.51.100.2"
+    lan_ip: str = "198.51.100.1"
+    inet_ip: str = "203.0.113.10"
+
+    def in_lan(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.lan, *cmd, check=check, timeout=timeout)
+
+    def in_inet(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.inet, *cmd, check=check, timeout=timeout)
+
+
+def build_world(host: Host) -> World:
+    lan, inet = host.prefix + "lan", host.prefix + "inet"
+    host.extra_netns += [lan, inet]
+    for ns in (lan, inet):
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh("ip", "link", "add", "twup0", "netns", host.name, "type", "veth", "peer", "name", "twlan0", "netns", lan)
+    sh("ip", "link", "add", "twlan1", "netns", lan, "type", "veth", "peer", "name", "twinet0", "netns", inet)
+    for ns, dev, addr in ((host.name, "twup0", "198.51.100.2/24"), (lan, "twlan0", "198.51.100.1/24"),
+                          (lan, "twlan1", "203.0.113.1/24"), (inet, "twinet0", "203.0.113.10/24")):
+        sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+    sh("ip", "-n", host.name, "route", "add", "default", "via", "198.51.100.1")
+    sh("ip", "-n", inet, "route", "add", "198.51.100.0/24", "via", "203.0.113.1")
+    sh("ip", "netns", "exec", lan, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    return World(host=host, lan=lan, inet=inet)
+
+
+@pytest.fixture
+def world(bare_host: Host) -> World:
+    """A host with a LAN and an internet around it, and a daemon whose upstream DNS is the
+    internet's fake resolver."""
+    w = build_world(bare_host)
+    bare_host.daemon_args = ["--dns-upstream", f"{w.inet_ip}:53"]
+    bare_host.start_daemon()
+    return w

@@ -60,6 +60,12 @@ def proc_status(pid: int, key: str) -> str:
     raise KeyError(key)
 
 
+def mounts_at(mount_point: str) -> list[str]:
+    """This mount namespace's mountinfo lines for ``mount_point`` (other tests may mount elsewhere)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line for line in lines if line.split()[4] == mount_point]
+
+
 def netns_id(path: str) -> str:
     """The `readlink /proc/self/ns/net` text a process in the namespace at ``path`` shows."""
     return f"net:[{os.stat(path).st_ino}]"
@@ -165,7 +171,7 @@ def test_hostname_is_set_in_the_container_only(capfd: pytest.CaptureFixture[str]
 
 
 def test_container_sees_only_its_own_processes(capfd: pytest.CaptureFixture[str], state_dir: str) -> None:
-    mounts_before = Path("/proc/self/mountinfo").read_text()
+    proc_mounts_before = mounts_at("/proc")
     script = 'echo $$; ls /proc | grep -c "^[0-9]"; ps -e --no-headers | wc -l'
     status, out = run_captured(capfd, ProcessSpec(["sh", "-c", script], state_dir))
     shell_pid, in_proc, in_ps = (int(x) for x in out.split())
@@ -174,7 +180,7 @@ def test_container_sees_only_its_own_processes(capfd: pytest.CaptureFixture[str]
     assert in_proc <= 4  # sh, ls, grep (and at most one more): not the host's hundreds
     assert in_ps <= 4
     # the fresh /proc lived in the container's own mount namespace
-    assert Path("/proc/self/mountinfo").read_text() == mounts_before
+    assert mounts_at("/proc") == proc_mounts_before
 
 
 def test_foreground_joins_the_given_netns(capfd: pytest.CaptureFixture[str], state_dir: str, netns: str) -> None:
@@ -213,10 +219,11 @@ def test_env_workdir_and_resolv_conf(capfd: pytest.CaptureFixture[str], state_di
 def test_foreground_forwards_sigterm(state_dir: str) -> None:
     driver = textwrap.dedent(
         """
-        import json, sys
+        import json, pathlib, sys
         from tether.runtime import ProcessSpec, run_foreground
         script = 'trap "exit 9" TERM; echo ready; while :; do sleep 0.05; done'
-        announce = lambda pid, start_time: print(json.dumps([pid, start_time]), flush=True)
+        started = pathlib.Path(sys.argv[1], "started")
+        announce = lambda pid, start_time: started.write_text(json.dumps([pid, start_time]))
         sys.exit(run_foreground(ProcessSpec(["sh", "-c", script], sys.argv[1]), on_started=announce))
         """
     )
@@ -224,10 +231,9 @@ def test_foreground_forwards_sigterm(state_dir: str) -> None:
     container: tuple[int, int] | None = None
     try:
         assert proc.stdout is not None
-        # on_started and the container's "ready" (its trap is in place) race to stdout
-        lines = sorted(proc.stdout.readline().strip() for _ in range(2))
-        assert lines[1] == "ready"
-        pid, start_time = json.loads(lines[0])
+        assert proc.stdout.readline().strip() == "ready"  # the trap is in place
+        wait_for(lambda: Path(state_dir, "started").exists(), what="on_started")
+        pid, start_time = json.loads(Path(state_dir, "started").read_text())
         container = (pid, start_time)
         assert int(proc_status(pid, "PPid")) == proc.pid  # a direct child: no go-between
         proc.send_signal(signal.SIGTERM)
