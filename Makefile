@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 APT_PACKAGES := iproute2 iputils-ping procps util-linux nftables libnftables1 \
-                containernetworking-plugins iperf3 python3-venv python3-pip
+                containernetworking-plugins iperf3 etcd-server python3-venv python3-pip
 
 .PHONY: deps demo test bench clean
 

@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 network_app = typer.Typer(help="Manage networks.", no_args_is_help=True)
 app.add_typer(network_app, name="network")
+node_app = typer.Typer(help="The hosts of the cluster (overlay networks).", no_args_is_help=True)
+app.add_typer(node_app, name="node")
 
 out = Console(highlight=False, soft_wrap=True)
 RUN_CONTEXT = {"allow_interspersed_args": False}
@@ -53,11 +55,19 @@ CTX = Ctx()
 
 @app.callback()
 def _global(
+    ctx: typer.Context,
     socket: str = typer.Option(None, "--socket", help="Daemon socket [env TETHER_SOCKET]."),
     state_dir: str = typer.Option(None, "--state-dir", help="State directory [env TETHER_STATE_DIR]."),
+    host: str = typer.Option(
+        None, "--host", envvar="TETHER_HOST", help="Run the command on this `tether lab` host (h1, h2 ...)."
+    ),
 ) -> None:
     CTX.socket = socket or default_socket()
     CTX.state_dir = state_dir or default_state_dir()
+    if host:  # re-executes in the host's netns, or returns its daemon's socket and state dir
+        from .lab import enter_host
+
+        CTX.socket, CTX.state_dir = enter_host(host, ctx, CTX.socket, CTX.state_dir, bool(socket or state_dir))
 
 
 def _print_json(data: Any) -> None:
@@ -88,11 +98,32 @@ def daemon(
         os.environ.get("TETHER_NETNS_PREFIX", ""), "--netns-prefix", help="Prefix for namespace names."
     ),
     log_level: str = typer.Option("info", "--log-level"),
+    dns_upstream: list[str] = typer.Option(
+        None, "--dns-upstream", help="Upstream resolver IP[:PORT] for names tether does not know (default: /etc/resolv.conf)."
+    ),
+    cluster_store: str = typer.Option(
+        None, "--cluster-store", help="etcd://HOST:PORT[,HOST:PORT...]: the multi-host store (enables overlay)."
+    ),
+    cluster_advertise: str = typer.Option(None, "--cluster-advertise", help="This host's underlay address (VTEP)."),
+    node_name: str = typer.Option(None, "--node-name", help="This host's name in the cluster (default: hostname)."),
+    node_grace: float = typer.Option(
+        60.0, "--node-grace", help="Seconds a host may stay down before its endpoints are withdrawn elsewhere."
+    ),
 ) -> None:
     """Run the per-host daemon in the foreground."""
     from .daemon import run_daemon
 
-    run_daemon(state_dir or CTX.state_dir, socket or CTX.socket, netns_prefix=netns_prefix, log_level=log_level)
+    run_daemon(
+        state_dir or CTX.state_dir,
+        socket or CTX.socket,
+        netns_prefix=netns_prefix,
+        log_level=log_level,
+        dns_upstreams=dns_upstream or None,
+        cluster_store=cluster_store,
+        cluster_advertise=cluster_advertise,
+        node_name=node_name,
+        node_grace=node_grace,
+    )
 
 
 # ---------------------------------------------------------------------- networks
@@ -103,7 +134,9 @@ def network_create(
     subnet: str = typer.Option(None, "--subnet", help="Subnet in CIDR form, e.g. 10.210.0.0/24."),
     gateway: str = typer.Option(None, "--gateway", help="Gateway address (default: first in subnet)."),
     ip_range: str = typer.Option(None, "--ip-range", help="Allocate container addresses from this sub-range."),
-    opt: list[str] = typer.Option(None, "-o", "--opt", help="Driver option KEY=VALUE (bridge_name, mtu)."),
+    opt: list[str] = typer.Option(
+        None, "-o", "--opt", help="Driver option KEY=VALUE: bridge_name, mtu, masquerade=true|false, icc=true|false."
+    ),
     internal: bool = typer.Option(False, "--internal", help="No route to the outside."),
 ) -> None:
     """Create a network."""
@@ -130,10 +163,12 @@ def network_ls(fmt: str = typer.Option("table", "--format", help="table or json.
         _print_json(nets)
         return
     table = Table(box=None, header_style="bold")
-    for col in ("NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "BRIDGE", "CONTAINERS"):
+    for col in ("NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "BRIDGE", "CONTAINERS"):
         table.add_column(col)
     for n in nets:
-        table.add_row(n["id"][:12], n["name"], n["driver"], n["subnet"], n["gateway"], n["bridge"], str(n["containers"]))
+        table.add_row(
+            n["id"][:12], n["name"], n["driver"], n.get("scope", "local"), n["subnet"], n["bridge"], str(n["containers"])
+        )
     out.print(table)
 
 
@@ -167,10 +202,40 @@ def network_rm(names: list[str]) -> None:
 
 @network_app.command("connect")
 def network_connect(
-    network: str, container: str, ip: str = typer.Option(None, "--ip", help="Address on the network.")
+    network: str,
+    container: str,
+    ip: str = typer.Option(None, "--ip", help="Address on the network."),
+    alias: list[str] = typer.Option(None, "--alias", help="Extra DNS name on the network."),
 ) -> None:
     """Connect a container to a network."""
-    CTX.client().post(f"/networks/{q(network)}/connect", {"container": container, "ip": ip})
+    reply = CTX.client().post(
+        f"/networks/{q(network)}/connect", {"container": container, "ip": ip, "aliases": alias or []}
+    )
+    _warn_lagging(reply.get("lagging"))
+
+
+def _warn_lagging(lagging: list[str] | None) -> None:
+    if lagging:
+        sys.stderr.write(
+            f"Warning: not yet programmed on {', '.join(lagging)}: "
+            "the endpoint may be unreachable from there for a moment\n"
+        )
+
+
+@node_app.command("ls")
+def node_ls(fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
+    """List the hosts of the cluster and whether each is up."""
+    nodes = CTX.client().get("/nodes")
+    if fmt == "json":
+        _print_json(nodes)
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "ADDRESS", "STATUS", "APPLIED REVISION"):
+        table.add_column(col)
+    for n in nodes:
+        status = "[green]up[/green]" if n["up"] else "[red]down[/red]"
+        table.add_row(n["name"] + (" (this host)" if n["self"] else ""), n["address"], status, str(n["applied_revision"]))
+    out.print(table)
 
 
 @network_app.command("disconnect")
@@ -197,6 +262,10 @@ def run(
     ip: str = typer.Option(None, "--ip", help="Address on the network."),
     hostname: str = typer.Option(None, "--hostname", help="Hostname (default: the name)."),
     rootfs: str = typer.Option(None, "--rootfs", help="Directory to use as the root filesystem."),
+    publish: list[str] = typer.Option(
+        None, "-p", "--publish", help="Publish [HOSTIP:][HOSTPORT[-END]:]CPORT[-END][/tcp|udp]; repeatable."
+    ),
+    network_alias: list[str] = typer.Option(None, "--network-alias", help="Extra DNS name on the network."),
 ) -> None:
     """Run a command in a new container."""
     client = CTX.client()
@@ -211,8 +280,11 @@ def run(
             "detach": detach,
             "auto_remove": rm,
             "rootfs": os.path.abspath(rootfs) if rootfs else None,
+            "publish": publish or [],
+            "aliases": network_alias or [],
         },
     )
+    _warn_lagging(created.get("lagging"))
     if detach:
         out.print(created["id"])
         return
@@ -242,13 +314,17 @@ def _run_foreground(client: Client, created: dict[str, Any], rm: bool) -> int:
 
 def _container_rows(containers: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
-    for col in ("CONTAINER ID", "NAME", "STATUS", "NET", "ADDRESSES", "PID", "COMMAND"):
+    for col in ("CONTAINER ID", "NAME", "STATUS", "NET", "ADDRESSES", "PORTS", "COMMAND"):
         table.add_column(col)
     for c in containers:
         status = c["state"] if c["state"] != "exited" else f"exited ({c['exit_code']})"
         addrs = ", ".join(f"{n}={v['address']}" for n, v in sorted(c["networks"].items()))
+        ports = ", ".join(
+            f"{p['host_ip'] or '0.0.0.0'}:{p['host_port']}->{p['container_port']}/{p['protocol']}"
+            for p in c.get("ports", [])
+        )
         table.add_row(
-            c["id"][:12], c["name"], status, c["net_mode"], addrs or "-", str(c["pid"] or "-"), " ".join(c["cmd"])[:40]
+            c["id"][:12], c["name"], status, c["net_mode"], addrs or "-", ports or "-", " ".join(c["cmd"])[:40]
         )
     return table
 
@@ -323,6 +399,43 @@ def demo(keep: bool = typer.Option(False, "--keep", help="Leave the demo contain
     from .demo import run_demo
 
     raise typer.Exit(run_demo(CTX.client(), out, keep=keep))
+
+
+# ---------------------------------------------------------------------- lab
+lab_app = typer.Typer(
+    help="A multi-host lab on this machine: hosts h1..hN in namespaces, etcd, a fabric.", no_args_is_help=True
+)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("up")
+def lab_up(
+    hosts: int = typer.Option(3, "--hosts", help="Number of hosts (h1..hN)."),
+    grace: float = typer.Option(10.0, "--grace", help="The daemons' --node-grace, in seconds."),
+    prefix: str = typer.Option("", "--prefix", hidden=True, help="Prefix for every namespace name (tests)."),
+) -> None:
+    """Build the lab: fabric, internet, etcd, and a daemon per host (files: env TETHER_LAB_ROOT)."""
+    from . import lab
+
+    lab.run_up(hosts, grace, name_prefix=prefix)
+
+
+@lab_app.command("status")
+def lab_status(fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
+    """Show the lab's hosts and etcd, and whether each is alive."""
+    from . import lab
+
+    lab.print_status(fmt)
+
+
+@lab_app.command("down")
+def lab_down(
+    prefix: str = typer.Option(None, "--prefix", hidden=True, help="The lab's prefix, if lab.json is lost."),
+) -> None:
+    """Remove the lab: containers, daemons, etcd, namespaces, files."""
+    from . import lab
+
+    lab.run_down(prefix)
 
 
 def main() -> None:

@@ -20,21 +20,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import runtime
 from .datapath import Datapath
+from .control import keys as ckeys
 from .drivers import (
     NETWORK_DRIVERS,
     DriverContext,
     HostNamespace,
     NetworkDriver,
+    OverlayDriver,
     OwnNamespace,
     SandboxMode,
     SharedNamespace,
     Undo,
 )
-from .errors import Conflict, InvalidInput, NotFound, TetherError
+from .errors import Conflict, Exhausted, InvalidInput, NotFound, TetherError
 from .ipam import IPAM, choose_subnet, find_overlap, validate_network_cidrs
 from .model import (
     DEFAULT_BRIDGE,
@@ -42,13 +44,21 @@ from .model import (
     Container,
     Endpoint,
     Network,
+    PortMapping,
     bridge_name_for,
     host_ifname_for,
     mac_for,
     parse_net_mode,
+    parse_port_spec,
     validate_name,
 )
 from .store import Store
+
+if TYPE_CHECKING:
+    from .control.agent import OverlayAgent
+    from .control.cluster import Cluster
+    from .dns import Resolver
+    from .firewall import Firewall, NetworkRules, PortRule
 
 __all__ = ["Controller", "NETWORK_OPTIONS"]
 
@@ -57,7 +67,8 @@ log = logging.getLogger("tether.controller")
 NET_PREFIX = "/networks/"
 CTR_PREFIX = "/containers/"
 EP_PREFIX = "/endpoints/"
-NETWORK_OPTIONS = ("bridge_name", "mtu")
+NETWORK_OPTIONS = ("bridge_name", "mtu", "masquerade", "icc")
+EPHEMERAL_PORTS = range(32768, 61000)
 _RESERVED_NETWORK_NAMES = ("none", "host", "container", "default")
 
 T = TypeVar("T")
@@ -79,8 +90,20 @@ class Controller:
         state_dir: str,
         netns_prefix: str = "",
         socket_path: str | None = None,
+        firewall: Firewall | None = None,
+        resolver: Resolver | None = None,
+        cluster: Cluster | None = None,
+        barrier_timeout: float = 5.0,
     ) -> None:
         self.store = store
+        self.firewall = firewall
+        self.resolver = resolver
+        self.cluster = cluster
+        self.global_ipam = IPAM(cluster.store) if cluster else None
+        self.agent: OverlayAgent | None = None
+        self.barrier_timeout = barrier_timeout
+        self._overlay_gateways: dict[str, str] = {}  # overlay net id -> this host's address on it
+        self._barrier_revision = threading.local()
         self.ipam = IPAM(store)
         self.ctx = DriverContext(datapath=datapath, mark=f"tether:{netns_prefix}", netns_prefix=netns_prefix)
         self.state_dir = state_dir
@@ -89,14 +112,32 @@ class Controller:
         os.makedirs(os.path.join(state_dir, "containers"), exist_ok=True)
 
     # ------------------------------------------------------------------ lookups
-    def _network(self, name: str) -> Network:
+    def _lookup_network(self, name: str) -> Network | None:
+        """A network by name: this host's bridge networks first, then the cluster's overlays."""
         kv = self.store.get(NET_PREFIX + name)
-        if kv is None:
+        if kv is None and self.cluster is not None:
+            kv = self.cluster.store.get(ckeys.network_key(name))
+        return Network.from_dict(kv.value) if kv else None
+
+    def _overlay_networks(self) -> list[Network]:
+        if self.cluster is None:
+            return []
+        return [Network.from_dict(kv.value) for kv in self.cluster.store.list(ckeys.NETWORKS)]
+
+    def _ipam_for(self, network: Network) -> IPAM:
+        if network.driver == "overlay":
+            assert self.global_ipam is not None
+            return self.global_ipam
+        return self.ipam
+
+    def _network(self, name: str) -> Network:
+        network = self._lookup_network(name)
+        if network is None:
             raise NotFound(
                 f"network {name!r} not found: create it with `tether network create {name}` "
                 "or list networks with `tether network ls`"
             )
-        return Network.from_dict(kv.value)
+        return network
 
     def _container(self, name: str) -> Container:
         kv = self.store.get(CTR_PREFIX + name)
@@ -161,11 +202,14 @@ class Controller:
     ) -> Network:
         if driver not in NETWORK_DRIVERS:
             raise InvalidInput(f"unknown network driver {driver!r}: use one of {', '.join(sorted(NETWORK_DRIVERS))}")
-        unknown = sorted(set(options) - set(NETWORK_OPTIONS))
+        known = NETWORK_OPTIONS if driver == "bridge" else ("mtu", "vni")
+        unknown = sorted(set(options) - set(known))
         if unknown:
             raise InvalidInput(
-                f"unknown network option {unknown[0]!r}: known options are {', '.join(NETWORK_OPTIONS)}"
+                f"unknown network option {unknown[0]!r} for driver {driver}: known options are {', '.join(known)}"
             )
+        if driver == "overlay":
+            return self._create_overlay(name, subnet, gateway, ip_range, options, internal)
         mtu = 1500
         if "mtu" in options:
             try:
@@ -174,12 +218,15 @@ class Controller:
                 mtu = -1
             if not 68 <= mtu <= 65535:
                 raise InvalidInput(f"invalid mtu {options['mtu']!r}: use a whole number from 68 to 65535")
+        for flag in ("masquerade", "icc"):
+            if flag in options:
+                options[flag] = _parse_bool(flag, options[flag])
         if subnet is None and (gateway or ip_range):
             raise InvalidInput("--gateway and --ip-range need --subnet: give the subnet they belong to")
         with self.lock:
-            if self.store.get(NET_PREFIX + name) is not None:
+            if self._lookup_network(name) is not None:
                 raise Conflict(f"network {name!r} already exists: choose another name or remove it first")
-            networks = self._networks()
+            networks = self._networks() + self._overlay_networks()
             net_id = uuid.uuid4().hex
             bridge = options.get("bridge_name") or bridge or bridge_name_for(net_id)
             if not _valid_ifname(bridge):
@@ -219,10 +266,257 @@ class Controller:
                 self.store.put(NET_PREFIX + name, network.to_dict())
                 undo.push(f"record of network {name}", lambda: self.store.delete(NET_PREFIX + name))
                 self._driver(network).create(self.ctx, network, undo)
+                if not internal:
+                    self._enable_uplink_forwarding()
+                if self.firewall is not None:
+                    rules = self._network_rules(network)
+                    self.firewall.add_network(rules)
+                    undo.push(f"firewall of network {name}", lambda: self.firewall.remove_network(rules))  # type: ignore[union-attr]
             except BaseException:
                 self._log_undo(undo.unwind())
                 raise
             return network
+
+    def _enable_uplink_forwarding(self) -> None:
+        """Replies and published-port traffic arrive on the uplink: it must forward too."""
+        for ifname in self.ctx.datapath.uplinks():
+            self.ctx.datapath.set_interface_sysctl(ifname, "forwarding", "1")
+
+    def _network_rules(self, network: Network) -> NetworkRules:
+        from .firewall import NetworkRules
+
+        return NetworkRules(
+            bridge=network.bridge,
+            subnet=network.subnet,
+            masquerade=network.options.get("masquerade", "true") == "true" and not network.internal,
+            internal=network.internal,
+            icc=network.options.get("icc", "true") == "true",
+        )
+
+    def _port_rules(self, container: Container, endpoint: Endpoint | None = None) -> list[PortRule]:
+        """Firewall inputs for a container's published ports, aimed at its address on the
+        network it was started on."""
+        from .firewall import PortRule
+
+        if not container.ports:
+            return []
+        if endpoint is None:
+            mode = container.mode
+            if mode.kind != "network" or mode.target is None:
+                return []
+            kv = self.store.get(NET_PREFIX + mode.target)
+            if kv is None:
+                return []
+            ep_kv = self.store.get(_ep_key(container.id, kv.value["id"]))
+            if ep_kv is None:
+                return []
+            endpoint = Endpoint.from_dict(ep_kv.value)
+        return [
+            PortRule(
+                protocol=p.protocol,
+                host_ip=p.host_ip,
+                host_port=p.host_port,
+                container_ip=endpoint.address,
+                container_port=p.container_port,
+            )
+            for p in container.port_mappings
+        ]
+
+    def desired_firewall(self) -> tuple[list[NetworkRules], list[PortRule]]:
+        """The whole firewall state, derived from the store (the healer's and reconcile's input)."""
+        networks = [self._network_rules(n) for n in self._networks()]
+        networks += [self._network_rules(n) for n in self._overlay_networks() if n.id in self._overlay_gateways]
+        ports: list[PortRule] = []
+        for c in self._containers():
+            if c.state != "creating":
+                ports += self._port_rules(c)
+        return networks, ports
+
+    # ------------------------------------------------------------------ overlay networks
+    def _create_overlay(
+        self,
+        name: str,
+        subnet: str | None,
+        gateway: str | None,
+        ip_range: str | None,
+        options: dict[str, str],
+        internal: bool,
+    ) -> Network:
+        if self.cluster is None:
+            raise InvalidInput(
+                "-d overlay needs a cluster store: start the daemon with "
+                "--cluster-store etcd://HOST:2379 --cluster-advertise IP"
+            )
+        gstore = self.cluster.store
+        requested_vni: int | None = None
+        if "vni" in options:
+            try:
+                requested_vni = int(options["vni"])
+            except ValueError:
+                requested_vni = -1
+            if not ckeys.VNI_MIN <= requested_vni <= ckeys.VNI_MAX:
+                raise InvalidInput(f"invalid vni {options['vni']!r}: use a number from {ckeys.VNI_MIN} to {ckeys.VNI_MAX}")
+        with self.lock:
+            if self._lookup_network(name) is not None:
+                raise Conflict(f"network {name!r} already exists: choose another name or remove it first")
+            networks = self._networks() + self._overlay_networks()
+            in_use = {n.subnet: f"network {n.name!r}" for n in networks}
+            if subnet is not None:
+                subnet, gateway, ip_range = validate_network_cidrs(subnet, gateway, ip_range)
+                owner = find_overlap(subnet, in_use) or find_overlap(
+                    subnet, {c: "a route or address on this host" for c in self.ctx.datapath.host_networks()}
+                )
+                if owner is not None:
+                    raise Conflict(f"subnet {subnet} overlaps {owner}: choose a subnet that does not overlap")
+            else:
+                subnet = choose_subnet(list(in_use) + self.ctx.datapath.host_networks(), pools=[("10.0.0.0/8", 24)])
+                subnet, gateway, ip_range = validate_network_cidrs(subnet, None, None)
+            net_id = uuid.uuid4().hex
+            undo = Undo()
+            try:
+                vni = self._claim_vni(name, requested_vni)
+                undo.push(f"vni {vni}", lambda: gstore.delete(ckeys.vni_key(vni)))
+                network = Network(
+                    id=net_id,
+                    name=name,
+                    driver="overlay",
+                    subnet=subnet,
+                    gateway=gateway,
+                    bridge=f"tov-{vni}",
+                    ip_range=ip_range,
+                    mtu=int(options.get("mtu", 1450)),
+                    internal=internal,
+                    options={**options, "vni": str(vni)},
+                    created=time.time(),
+                )
+                if not gstore.compare_and_swap(ckeys.network_key(name), 0, network.to_dict()):
+                    raise Conflict(f"network {name!r} already exists in the cluster: choose another name")
+                undo.push(f"record of network {name}", lambda: gstore.delete(ckeys.network_key(name)))
+                self._ensure_overlay(network)
+            except BaseException:
+                self._log_undo(undo.unwind())
+                raise
+            return network
+
+    def _claim_vni(self, name: str, requested: int | None) -> int:
+        assert self.cluster is not None
+        gstore = self.cluster.store
+        if requested is not None:
+            if not gstore.compare_and_swap(ckeys.vni_key(requested), 0, {"network": name}):
+                holder = gstore.get(ckeys.vni_key(requested))
+                raise Conflict(
+                    f"VNI {requested} is already used by network {holder.value.get('network') if holder else '?'!r}: "
+                    "pick another -o vni or leave it out"
+                )
+            return requested
+        while True:
+            used = {int(kv.key.rsplit("/", 1)[1]) for kv in gstore.list(ckeys.VNI)}
+            vni = next(v for v in range(ckeys.VNI_MIN, ckeys.VNI_MAX) if v not in used)
+            if gstore.compare_and_swap(ckeys.vni_key(vni), 0, {"network": name}):
+                return vni
+
+    def _ensure_overlay(self, network: Network) -> str:
+        """This host's side of an overlay network: its own address on it (published like an
+        endpoint, so every host and container reaches it), the bridge and the VXLAN device.
+        Idempotent; the agent calls it for every overlay network in the cluster."""
+        assert self.cluster is not None and self.global_ipam is not None
+        gstore = self.cluster.store
+        node = self.cluster.node
+        with self.lock:
+            key = ckeys.endpoint_key(network.id, f"host-{node}")
+            kv = gstore.get(key)
+            if kv is not None:
+                address = kv.value["address"]
+            else:
+                address = self.global_ipam.allocate(network, f"node:{node}")
+                gstore.put(
+                    key,
+                    {
+                        "kind": "host",
+                        "node": node,
+                        "vtep": self.cluster.advertise,
+                        "address": address,
+                        "mac": mac_for(address),
+                        "network_id": network.id,
+                        "container": None,
+                        "container_id": None,
+                    },
+                )
+            driver = NETWORK_DRIVERS["overlay"]
+            assert isinstance(driver, OverlayDriver)
+            vxlan = driver.ensure_host(self.ctx, network, address, mac_for(address), self.cluster.advertise)
+            self._overlay_gateways[network.id] = address
+            if self.firewall is not None:
+                self.firewall.add_network(self._network_rules(network))
+            return vxlan
+
+    def _teardown_overlay(self, record: dict[str, Any]) -> None:
+        """Remove this host's side of an overlay network that the cluster no longer has."""
+        assert self.cluster is not None and self.global_ipam is not None
+        network = Network.from_dict(record)
+        with self.lock:
+            errors = NETWORK_DRIVERS["overlay"].delete(self.ctx, network)
+            if self.firewall is not None:
+                errors += _collect(lambda: self.firewall.remove_network(self._network_rules(network)))  # type: ignore[union-attr]
+            address = self._overlay_gateways.pop(network.id, None)
+            key = ckeys.endpoint_key(network.id, f"host-{self.cluster.node}")
+            errors += _collect(lambda: self.cluster.store.delete(key))  # type: ignore[union-attr]
+            if address:
+                errors += _collect(lambda: self.global_ipam.release(network.id, address))  # type: ignore[union-attr]
+            self._log_undo(errors)
+
+    def _owns_overlay_endpoint(self, record: dict[str, Any]) -> bool:
+        kv = self.store.get(_ep_key(record.get("container_id") or "", record.get("network_id") or ""))
+        return kv is not None and kv.value.get("address") == record.get("address")
+
+    def _reclaim_node(self, node: str) -> None:
+        """A host stayed down past the grace period: withdraw its endpoints, free its addresses."""
+        assert self.cluster is not None and self.global_ipam is not None
+        gstore = self.cluster.store
+        for kv in gstore.list(ckeys.ENDPOINTS):
+            if kv.value.get("node") == node:
+                self.global_ipam.release(kv.value["network_id"], kv.value["address"])
+                gstore.delete(kv.key)
+        gstore.delete(ckeys.node_info_key(node))
+        gstore.delete(ckeys.applied_key(node))
+
+    def agent_hooks(self) -> Any:
+        from .control.agent import AgentHooks
+
+        return AgentHooks(
+            ensure_network=lambda rec: self._ensure_overlay(Network.from_dict(rec)),
+            teardown_network=self._teardown_overlay,
+            owns_endpoint=self._owns_overlay_endpoint,
+            reclaim_node=self._reclaim_node,
+        )
+
+    def _overlay_users(self, network: Network) -> list[str]:
+        assert self.cluster is not None
+        return sorted(
+            f"{kv.value.get('container')} on {kv.value.get('node')}"
+            for kv in self.cluster.store.list(f"{ckeys.ENDPOINTS}{network.id}/")
+            if kv.value.get("kind") == "container"
+        )
+
+    def _remove_overlay(self, network: Network) -> None:
+        assert self.cluster is not None and self.global_ipam is not None
+        users = self._overlay_users(network)
+        if users:
+            raise Conflict(f"network {network.name!r} has containers attached ({', '.join(users)}): remove them first")
+        gstore = self.cluster.store
+        gstore.delete(ckeys.network_key(network.name))
+        self._teardown_overlay(network.to_dict())
+        if self.agent is not None:
+            self.agent.forget_network(network.id)
+        for kv in gstore.list(f"{ckeys.ENDPOINTS}{network.id}/"):
+            gstore.delete(kv.key)
+        self.global_ipam.drop_network(network.id)
+        gstore.delete(ckeys.vni_key(int(network.options["vni"])))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        if self.cluster is None:
+            raise InvalidInput("this daemon has no cluster store: start it with --cluster-store etcd://HOST:2379")
+        return self.cluster.nodes()
 
     def default_network(self) -> Network:
         """The network ``bridge`` (device tether0), created on first use like Docker's."""
@@ -241,7 +535,10 @@ class Controller:
         counts: dict[str, int] = {}
         for ep in self._endpoints():
             counts[ep.network_id] = counts.get(ep.network_id, 0) + 1
-        return [dict(n.to_dict(), containers=counts.get(n.id, 0)) for n in self._networks()]
+        out = [dict(n.to_dict(), containers=counts.get(n.id, 0), scope="local") for n in self._networks()]
+        for n in self._overlay_networks():
+            out.append(dict(n.to_dict(), containers=len(self._overlay_users(n)), scope="global"))
+        return out
 
     def inspect_network(self, name: str) -> dict[str, Any]:
         network = self._network(name)
@@ -256,13 +553,27 @@ class Controller:
             for ep in self._endpoints()
             if ep.network_id == network.id
         }
-        return dict(network.to_dict(), containers=attached)
+        if network.driver == "overlay" and self.cluster is not None:
+            attached = {}
+            hosts = {}
+            for kv in self.cluster.store.list(f"{ckeys.ENDPOINTS}{network.id}/"):
+                v = kv.value
+                if v.get("kind") == "container":
+                    attached[f"{v.get('container')}"] = {"address": f"{v['address']}/{network.prefixlen}",
+                                                         "mac": v["mac"], "node": v["node"]}
+                else:
+                    hosts[v["node"]] = {"address": v["address"], "vtep": v["vtep"]}
+            return dict(network.to_dict(), containers=attached, hosts=hosts, scope="global")
+        return dict(network.to_dict(), containers=attached, scope="local")
 
     def remove_network(self, name: str) -> None:
         with self.lock:
             network = self._network(name)
             if name == DEFAULT_NETWORK:
                 raise Conflict("bridge is the predefined default network and cannot be removed")
+            if network.driver == "overlay":
+                self._remove_overlay(network)
+                return
             users = self._network_users(network)
             if users:
                 raise Conflict(
@@ -270,6 +581,10 @@ class Controller:
                     f"disconnect or remove them first"
                 )
             errors = self._driver(network).delete(self.ctx, network)
+            if self.firewall is not None:
+                errors += _collect(lambda: self.firewall.remove_network(self._network_rules(network)))  # type: ignore[union-attr]
+            if self.resolver is not None:
+                self.resolver.drop_network(network.name)
             self.ipam.drop_network(network.id)
             self.store.delete(NET_PREFIX + name)
             self._log_undo(errors)
@@ -298,6 +613,9 @@ class Controller:
         detach: bool = False,
         auto_remove: bool = False,
         rootfs: str | None = None,
+        publish: list[str] | None = None,
+        aliases: list[str] | None = None,
+        lagging: list[str] | None = None,
     ) -> Container:
         """Validate everything, build the sandbox and its endpoint, record it; start it if
         ``detach`` (the CLI starts foreground containers itself and reports the pid)."""
@@ -318,6 +636,12 @@ class Controller:
             raise InvalidInput(f"invalid --hostname {hostname!r}: use letters, digits, '-' and '.', at most 63")
         if rootfs is not None and not os.path.isdir(rootfs):
             raise InvalidInput(f"--rootfs {rootfs!r} is not a directory")
+        mappings = [m for spec in publish or [] for m in parse_port_spec(spec)]
+        if mappings and mode.kind != "network":
+            raise InvalidInput(f"-p needs a bridge network: --net {mode} has no address of its own to publish")
+        aliases = [validate_name("alias", a) for a in aliases or []]
+        if aliases and mode.kind != "network":
+            raise InvalidInput(f"--network-alias needs a network: --net {mode} has none")
         with self.lock:
             if self.store.get(CTR_PREFIX + name) is not None:
                 raise Conflict(f"container name {name!r} is already in use: choose another name or remove it first")
@@ -328,6 +652,10 @@ class Controller:
                 network = self._resolve_network(mode.target)
                 if ip is not None:
                     self._check_requested_ip(network, ip)
+                if mappings and network.internal:
+                    raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
+                mappings = self._check_ports(mappings)
+                self._check_aliases(network, [name, *aliases], name)
             elif mode.kind == "container":
                 assert mode.target is not None
                 joined = self._refresh(self._container(mode.target))
@@ -349,6 +677,7 @@ class Controller:
                 joined=joined.id if joined else None,
                 rootfs=rootfs,
                 created=time.time(),
+                ports=[m.to_dict() for m in mappings],
             )
             undo = Undo()
             try:
@@ -358,14 +687,24 @@ class Controller:
                 undo.push("state dir", lambda: shutil.rmtree(self.container_dir(container), ignore_errors=True))
                 netns = self._sandbox(container).setup(self.ctx, container, undo)
                 container = container.with_(netns=netns)
+                endpoint = None
                 if network is not None:
                     assert netns is not None
-                    self._attach(container, network, ip, undo, default_route=True)
+                    endpoint = self._attach(container, network, ip, undo, default_route=True, aliases=aliases)
+                if self.firewall is not None and endpoint is not None and container.ports:
+                    rules = self._port_rules(container, endpoint)
+                    self.firewall.add_ports(rules)
+                    undo.push("published ports", lambda: self.firewall.remove_ports(rules))  # type: ignore[union-attr]
+                self._serve_dns(container, undo)
                 container = self._save(container.with_(state="created"))
             except BaseException:
+                self._barrier_revision.value = 0
                 self._log_undo(undo.unwind())
                 raise
             undo.commit()
+        behind = self._wait_barrier()
+        if lagging is not None:
+            lagging.extend(behind)
         if detach:
             try:
                 container = self.start_detached(container.name)
@@ -385,7 +724,7 @@ class Controller:
             raise InvalidInput(f"--ip {ip} is outside network {network.name!r} ({network.subnet}): pick an address inside it")
         if ip == network.gateway:
             raise Conflict(f"--ip {ip} is the gateway of network {network.name!r}: pick another address")
-        holder = self.ipam.leases(network.id).get(ip)
+        holder = self._ipam_for(network).leases(network.id).get(ip)
         if holder is not None:
             owner = self._container_by_id(holder)
             raise Conflict(
@@ -393,14 +732,27 @@ class Controller:
                 f"{'container ' + repr(owner.name) if owner else holder}: pick another address"
             )
 
-    def _attach(self, container: Container, network: Network, ip: str | None, undo: Undo, default_route: bool) -> Endpoint:
+    def _attach(
+        self,
+        container: Container,
+        network: Network,
+        ip: str | None,
+        undo: Undo,
+        default_route: bool,
+        aliases: list[str] | None = None,
+    ) -> Endpoint:
         assert container.netns is not None
         used = {ep.ifname for ep in self._endpoints(container.id)}
         index = 0
         while f"eth{index}" in used:
             index += 1
-        address = self.ipam.allocate(network, container.id, ip)
-        undo.push(f"lease {address}", lambda: self.ipam.release(network.id, address))
+        ipam = self._ipam_for(network)
+        gateway = network.gateway
+        if network.driver == "overlay":
+            self._ensure_overlay(network)
+            gateway = self._overlay_gateways[network.id]  # this host is its containers' gateway
+        address = ipam.allocate(network, container.id, ip)
+        undo.push(f"lease {address}", lambda: ipam.release(network.id, address))
         endpoint = Endpoint(
             id=uuid.uuid4().hex,
             network_id=network.id,
@@ -410,26 +762,178 @@ class Controller:
             host_ifname=host_ifname_for(container.id, network.id),
             address=address,
             prefixlen=network.prefixlen,
-            gateway=network.gateway,
+            gateway=gateway,
             mac=mac_for(address),
-            default_route=default_route,
+            default_route=default_route and not network.internal,  # internal: no way out at all
+            aliases=list(aliases or []),
         )
         key = _ep_key(container.id, network.id)
         self.store.put(key, endpoint.to_dict())
         undo.push(f"record of endpoint {endpoint.ifname}", lambda: self.store.delete(key))
         self._driver(network).attach(self.ctx, network, endpoint, container.netns, undo)
+        if network.driver == "overlay":
+            self._publish_overlay_endpoint(container, network, endpoint, undo)
+        self._add_dns_records(container, network, endpoint, undo)
         return endpoint
+
+    def _publish_overlay_endpoint(self, container: Container, network: Network, endpoint: Endpoint, undo: Undo) -> None:
+        """Tell every host where the endpoint is; its revision is what the barrier waits for."""
+        assert self.cluster is not None
+        gstore = self.cluster.store
+        key = ckeys.endpoint_key(network.id, endpoint.id)
+        revision = gstore.put(
+            key,
+            {
+                "kind": "container",
+                "node": self.cluster.node,
+                "vtep": self.cluster.advertise,
+                "address": endpoint.address,
+                "mac": endpoint.mac,
+                "network_id": network.id,
+                "container": container.name,
+                "container_id": container.id,
+            },
+        )
+        undo.push(f"cluster record of {endpoint.ifname}", lambda: gstore.delete(key))
+        self._barrier_revision.value = max(getattr(self._barrier_revision, "value", 0), revision)
+
+    def _wait_barrier(self) -> list[str]:
+        """After an overlay endpoint was published: wait until every live host programmed it."""
+        revision = getattr(self._barrier_revision, "value", 0)
+        self._barrier_revision.value = 0
+        if not revision or self.cluster is None:
+            return []
+        try:
+            return self.cluster.wait_applied(revision, self.barrier_timeout)
+        except TetherError as exc:
+            log.warning("barrier: %s", exc)
+            return ["(cluster store unreachable)"]
+
+    # ------------------------------------------------------------------ ports and names
+    def _check_ports(self, mappings: list[PortMapping]) -> list[PortMapping]:
+        """Validate published ports against the host and every container; pick free host
+        ports for ``-p CPORT``. Returns the mappings with every host port concrete."""
+        if not mappings:
+            return mappings
+        host_addrs = set(self.ctx.datapath.host_addresses())
+        taken: list[tuple[PortMapping, str]] = [
+            (p, c.name) for c in self._containers() for p in c.port_mappings
+        ]
+        chosen: list[PortMapping] = []
+
+        def clash(p: PortMapping, q: PortMapping) -> bool:
+            same_ip = p.host_ip is None or q.host_ip is None or p.host_ip == q.host_ip
+            return p.protocol == q.protocol and p.host_port == q.host_port and same_ip
+
+        for m in mappings:
+            if m.host_ip is not None and m.host_ip not in host_addrs:
+                raise InvalidInput(
+                    f"-p {m}: {m.host_ip} is not an address of this host: use one of {', '.join(sorted(host_addrs))}"
+                )
+            if m.host_port == 0:
+                for port in EPHEMERAL_PORTS:
+                    candidate = PortMapping(m.protocol, port, m.container_port, m.host_ip)
+                    if not any(clash(candidate, q) for q, _ in taken) and not any(
+                        clash(candidate, q) for q in chosen
+                    ) and self.ctx.datapath.port_holder(m.protocol, port, m.host_ip) is None:
+                        m = candidate
+                        break
+                else:
+                    raise Exhausted(f"-p {m}: no free host port left between 32768 and 60999")
+            for q in chosen:
+                if clash(m, q):
+                    raise Conflict(f"-p {m}: host port {m.host_port}/{m.protocol} is given twice")
+            for q, owner in taken:
+                if clash(m, q):
+                    raise Conflict(
+                        f"-p {m}: host port {m.host_port}/{m.protocol} is already published by container "
+                        f"{owner!r}: pick another host port"
+                    )
+            holder = self.ctx.datapath.port_holder(m.protocol, m.host_port, m.host_ip)
+            if holder is not None:
+                raise Conflict(
+                    f"-p {m}: host port {m.host_port}/{m.protocol} is held by {holder}: pick another host port"
+                )
+            chosen.append(m)
+        return chosen
+
+    def _check_aliases(self, network: Network, names: list[str], own_name: str) -> None:
+        """A name or alias may not shadow another container's name on the same network."""
+        others = {
+            c.name
+            for c in self._containers()
+            if c.name != own_name and self.store.get(_ep_key(c.id, network.id)) is not None
+        }
+        for alias in names[1:]:
+            if alias in others:
+                raise Conflict(
+                    f"alias {alias!r} is the name of another container on network {network.name!r}: pick another alias"
+                )
+
+    def _dns_names(self, container: Container, endpoint: Endpoint) -> list[str]:
+        return [container.name, *endpoint.aliases]
+
+    def _add_dns_records(self, container: Container, network: Network, endpoint: Endpoint, undo: Undo) -> None:
+        if self.resolver is None or network.name == DEFAULT_NETWORK:
+            return  # the default network has no names, as in Docker
+        resolver = self.resolver
+        for name in self._dns_names(container, endpoint):
+            resolver.add_record(network.name, name, endpoint.address)
+            undo.push(f"name {name}", lambda n=name: resolver.remove_record(network.name, n, endpoint.address))  # type: ignore[misc]
+        self._set_dns_view(container)
+
+    def _remove_dns_records(self, container: Container, endpoint: Endpoint) -> None:
+        if self.resolver is None:
+            return
+        for name in self._dns_names(container, endpoint):
+            self.resolver.remove_record(endpoint.network, name, endpoint.address)
+
+    def _set_dns_view(self, container: Container) -> None:
+        """Which networks' names a sandbox sees: the networks of its namespace's owner."""
+        if self.resolver is None:
+            return
+        owner = container.joined or container.id
+        self.resolver.set_networks(owner, [ep.network for ep in self._endpoints(owner)])
+
+    def _serve_dns(self, container: Container, undo: Undo) -> None:
+        """Every own namespace gets the embedded resolver on 127.0.0.11 and a resolv.conf
+        pointing at it (host mode keeps the host's resolv.conf)."""
+        if self.resolver is None or container.netns is None or container.joined is not None:
+            return
+        resolver = self.resolver
+        resolver.serve(container.id, self.ctx.datapath.netns_path(container.netns))
+        undo.push("resolver", lambda: resolver.unserve(container.id))
+        self._set_dns_view(container)
+
+    def _resolv_conf(self, container: Container) -> str | None:
+        if self.resolver is None or container.netns is None:
+            return None
+        from .dns import resolv_conf_text
+
+        path = os.path.join(self.container_dir(container), "resolv.conf")
+        if not os.path.exists(path):
+            with open(path, "w") as fh:
+                fh.write(resolv_conf_text())
+        return path
 
     def _detach(self, container: Container, endpoint: Endpoint) -> list[str]:
         errors: list[str] = []
-        kv = self.store.get(NET_PREFIX + endpoint.network)
-        network = Network.from_dict(kv.value) if kv else None
+        network = self._lookup_network(endpoint.network)
+        if self.firewall is not None and container.ports and container.mode.target == endpoint.network:
+            errors += _collect(lambda: self.firewall.remove_ports(self._port_rules(container, endpoint)))  # type: ignore[union-attr]
+        errors += _collect(lambda: self._remove_dns_records(container, endpoint))
         if network is not None:
             errors += self._driver(network).detach(self.ctx, network, endpoint, container.netns)
         else:
             errors += _collect(lambda: self.ctx.datapath.detach_veth(endpoint.host_ifname))
-        errors += _collect(lambda: self.ipam.release(endpoint.network_id, endpoint.address))
+        if network is not None and network.driver == "overlay" and self.cluster is not None:
+            key = ckeys.endpoint_key(endpoint.network_id, endpoint.id)
+            errors += _collect(lambda: self.cluster.store.delete(key))  # type: ignore[union-attr]
+            errors += _collect(lambda: self._ipam_for(network).release(endpoint.network_id, endpoint.address))
+        else:
+            errors += _collect(lambda: self.ipam.release(endpoint.network_id, endpoint.address))
         errors += _collect(lambda: self.store.delete(_ep_key(container.id, endpoint.network_id)))
+        errors += _collect(lambda: self._set_dns_view(container))
         return errors
 
     def start_detached(self, name: str) -> Container:
@@ -452,6 +956,7 @@ class Controller:
             hostname=container.hostname,
             log_path=os.path.join(cdir, "log") if detach else None,
             rootfs=container.rootfs,
+            resolv_conf=self._resolv_conf(container),
             on_exit=on_exit,
         )
 
@@ -557,6 +1062,8 @@ class Controller:
         sandbox = self._sandbox(container)
         # Deleting the namespace first takes its veth ends with it, which is much faster
         # than deleting links one by one; detach then only finds leftovers.
+        if self.resolver is not None and container.joined is None:
+            errors += _collect(lambda: self.resolver.unserve(container.id))  # type: ignore[union-attr]
         errors += sandbox.teardown(self.ctx, container)
         for ep in self._endpoints(container.id):
             errors += self._detach(container, ep)
@@ -586,7 +1093,15 @@ class Controller:
                         self._log_undo(self._teardown(c))
 
     # ------------------------------------------------------------------ connect
-    def connect(self, network_name: str, container_name: str, ip: str | None = None) -> Endpoint:
+    def connect(
+        self,
+        network_name: str,
+        container_name: str,
+        ip: str | None = None,
+        aliases: list[str] | None = None,
+        lagging: list[str] | None = None,
+    ) -> Endpoint:
+        aliases = [validate_name("alias", a) for a in aliases or []]
         if ip is not None:
             try:
                 ipaddress.IPv4Address(ip)
@@ -608,16 +1123,21 @@ class Controller:
                 raise Conflict(f"container {container_name!r} is already connected to network {network.name!r}")
             if ip is not None:
                 self._check_requested_ip(network, ip)
+            self._check_aliases(network, [container_name, *aliases], container_name)
             assert container.netns is not None
             default_route = not self.ctx.datapath.has_default_route(container.netns)
             undo = Undo()
             try:
-                endpoint = self._attach(container, network, ip, undo, default_route=default_route)
+                endpoint = self._attach(container, network, ip, undo, default_route=default_route, aliases=aliases)
             except BaseException:
+                self._barrier_revision.value = 0
                 self._log_undo(undo.unwind())
                 raise
             undo.commit()
-            return endpoint
+        behind = self._wait_barrier()
+        if lagging is not None:
+            lagging.extend(behind)
+        return endpoint
 
     def disconnect(self, network_name: str, container_name: str) -> None:
         with self.lock:
@@ -638,8 +1158,9 @@ class Controller:
         leases whose owner no longer exists are released."""
         actions: list[str] = []
         with self.lock:
-            networks = {n.id: n for n in self._networks()}
-            for network in networks.values():
+            local_networks = {n.id: n for n in self._networks()}
+            networks = {**local_networks, **{n.id: n for n in self._overlay_networks()}}
+            for network in local_networks.values():
                 try:
                     self._driver(network).restore(self.ctx, network)
                 except TetherError as exc:
@@ -693,7 +1214,8 @@ class Controller:
                     actions += _collect(lambda: self.ctx.datapath.detach_veth(ifname))
                 actions.append(f"deleted orphan link {ifname}")
             # leases without an owner
-            for net_id in networks:
+            # (only this host's own networks: overlay leases belong to the whole cluster)
+            for net_id in local_networks:
                 for address, owner in self.ipam.leases(net_id).items():
                     if owner not in live_ids:
                         self.ipam.release(net_id, address)
@@ -701,7 +1223,7 @@ class Controller:
             # leases of networks that no longer exist
             for kv in self.store.list("/ipam/"):
                 parts = kv.key.split("/")
-                if len(parts) >= 4 and parts[2] not in networks:
+                if len(parts) >= 4 and parts[2] not in local_networks:
                     self.store.delete(kv.key)
                     actions.append(f"released lease {parts[3]} of a removed network")
             # state dirs without a record
@@ -709,13 +1231,53 @@ class Controller:
             for entry in os.listdir(root):
                 if entry not in live_ids:
                     shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+            if any(not n.internal for n in networks.values()):
+                actions += _collect(self._enable_uplink_forwarding)
+            if self.firewall is not None:
+                self.firewall.ensure()
+                self.firewall.sync(*self.desired_firewall())
+            actions += self._restore_dns()
         for line in actions:
             log.info("reconcile: %s", line)
         return actions
 
+    def _restore_dns(self) -> list[str]:
+        """The resolver keeps its table in memory: rebuild it and its sockets from the store."""
+        if self.resolver is None:
+            return []
+        errors: list[str] = []
+        containers = {c.id: c for c in self._containers()}
+        records: dict[str, dict[str, list[str]]] = {}
+        for ep in self._endpoints():
+            c = containers.get(ep.container_id)
+            if c is None or ep.network == DEFAULT_NETWORK:
+                continue
+            table = records.setdefault(ep.network, {})
+            for name in self._dns_names(c, ep):
+                table.setdefault(name.lower(), []).append(ep.address)
+        for network in self._networks():
+            self.resolver.set_records(network.name, records.get(network.name, {}))
+        for c in containers.values():
+            if c.netns and c.joined is None and self.ctx.datapath.netns_exists(c.netns):
+                try:
+                    self.resolver.serve(c.id, self.ctx.datapath.netns_path(c.netns))
+                    self._set_dns_view(c)
+                except TetherError as exc:
+                    errors.append(f"resolver for {c.name}: {exc}")
+        return errors
+
     def _log_undo(self, failures: list[str]) -> None:
         for line in failures:
             log.warning("%s", line)
+
+
+def _parse_bool(flag: str, value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return "true"
+    if lowered in ("false", "0", "no", "off"):
+        return "false"
+    raise InvalidInput(f"invalid -o {flag}={value!r}: use true or false")
 
 
 def _collect(step: Callable[[], object]) -> list[str]:

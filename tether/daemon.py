@@ -11,12 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
+import time
 from types import FrameType
 
 from .api.server import ApiServer
 from .controller import Controller
+from .control.agent import OverlayAgent
+from .control.cluster import Cluster
 from .datapath import Datapath
+from .errors import InvalidInput, StoreError
+from .dns import Resolver
+from .firewall import Firewall
+from .firewall.dnsredirect import redirect_dns
 from .store import SqliteStore
 
 __all__ = ["run_daemon"]
@@ -24,7 +32,18 @@ __all__ = ["run_daemon"]
 log = logging.getLogger("tether.daemon")
 
 
-def run_daemon(state_dir: str, socket_path: str, netns_prefix: str = "", log_level: str = "info") -> None:
+def run_daemon(
+    state_dir: str,
+    socket_path: str,
+    netns_prefix: str = "",
+    log_level: str = "info",
+    dns_upstreams: list[str] | None = None,
+    firewall_table: str = "tether",
+    cluster_store: str | None = None,
+    cluster_advertise: str | None = None,
+    node_name: str | None = None,
+    node_grace: float = 60.0,
+) -> None:
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -32,8 +51,33 @@ def run_daemon(state_dir: str, socket_path: str, netns_prefix: str = "", log_lev
     os.makedirs(state_dir, exist_ok=True)
     store = SqliteStore(os.path.join(state_dir, "tether.db"))
     datapath = Datapath()
-    controller = Controller(store, datapath, state_dir, netns_prefix=netns_prefix, socket_path=socket_path)
+    cluster = _join_cluster(cluster_store, cluster_advertise, node_name, node_grace) if cluster_store else None
+    firewall = Firewall(firewall_table)
+    # the resolver takes kernel-picked ports in each container namespace and a DNAT there
+    # points 127.0.0.11:53 at them, so containers keep port 53 for their own servers
+    resolver = Resolver(dns_upstreams or None, port=0, on_serve=redirect_dns)
+    resolver.start()
+    controller = Controller(
+        store,
+        datapath,
+        state_dir,
+        netns_prefix=netns_prefix,
+        socket_path=socket_path,
+        firewall=firewall,
+        resolver=resolver,
+        cluster=cluster,
+    )
+    agent = None
+    if cluster is not None:
+        cluster.register()
+        agent = OverlayAgent(cluster, datapath, controller.agent_hooks())
+        controller.agent = agent
+        agent.start()
+        if not agent.synced.wait(30):
+            log.warning("the overlay agent has not synced with the cluster store yet; going on")
     actions = controller.reconcile()
+    # someone may flush the ruleset or delete our table at any time: put it back within 1 s
+    firewall.start_healer(controller.desired_firewall)
     log.info("reconciled with %d correction(s)", len(actions))
     server = ApiServer(controller, socket_path)
     stopping = threading.Event()
@@ -60,5 +104,38 @@ def run_daemon(state_dir: str, socket_path: str, netns_prefix: str = "", log_lev
         server.serve_forever()
     finally:
         stopping.set()
+        if agent is not None:
+            agent.stop()
+        if cluster is not None:
+            cluster.stop()
+        firewall.stop_healer()
+        resolver.stop()
         datapath.close()
         store.close()
+
+
+def parse_cluster_store(url: str) -> list[str]:
+    """``etcd://HOST:PORT[,HOST:PORT...]`` -> etcd client endpoints."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "etcd" or not rest:
+        raise InvalidInput(f"invalid --cluster-store {url!r}: use etcd://HOST:2379[,HOST:2379...]")
+    return [f"http://{hostport.strip()}" for hostport in rest.split(",") if hostport.strip()]
+
+
+def _join_cluster(url: str, advertise: str | None, node: str | None, grace: float) -> Cluster:
+    endpoints = parse_cluster_store(url)
+    if not advertise:
+        raise InvalidInput("--cluster-store needs --cluster-advertise IP: this host's underlay address")
+    from .store.etcd import EtcdStore
+
+    delay = 0.5
+    while True:
+        try:
+            store = EtcdStore(endpoints)
+            break
+        except StoreError as exc:
+            # an etcd that is not up yet is normal at boot: say so plainly and keep trying
+            log.warning("%s; retrying in %.0f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    return Cluster(store, node or socket.gethostname(), advertise, grace)

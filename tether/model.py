@@ -97,6 +97,7 @@ class Endpoint:
     gateway: str
     mac: str
     default_route: bool = True
+    aliases: list[str] = field(default_factory=list)  # extra DNS names on this network
 
     @property
     def cidr(self) -> str:
@@ -159,7 +160,6 @@ class Container:
     rootfs: str | None = None
     created: float = 0.0
     ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping.to_dict(), one per port
-    aliases: list[str] = field(default_factory=list)  # --network-alias, on every user-defined network
 
     @property
     def port_mappings(self) -> list[PortMapping]:

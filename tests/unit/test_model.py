@@ -68,6 +68,6 @@ def test_bad_port_specs(spec: str, needle: str) -> None:
 
 def test_container_round_trip() -> None:
     c = Container(id="i", name="n", hostname="h", net_mode="bridge", netns="n", cmd=["true"],
-                  ports=[PortMapping("tcp", 1, 2).to_dict()], aliases=["db"])
+                  ports=[PortMapping("tcp", 1, 2).to_dict()])
     assert Container.from_dict(c.to_dict()) == c
     assert c.port_mappings == [PortMapping("tcp", 1, 2)]

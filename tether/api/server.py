@@ -84,13 +84,20 @@ def networks_remove(c: Controller, p: dict[str, str], body: dict[str, Any], q: d
 
 @route("POST", "/networks/(?P<name>[^/]+)/connect")
 def networks_connect(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    return c.connect(p["name"], _str(body, "container"), body.get("ip")).to_dict()
+    lagging: list[str] = []
+    endpoint = c.connect(p["name"], _str(body, "container"), body.get("ip"), _str_list(body, "aliases"), lagging)
+    return dict(endpoint.to_dict(), lagging=lagging)
 
 
 @route("POST", "/networks/(?P<name>[^/]+)/disconnect")
 def networks_disconnect(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     c.disconnect(p["name"], _str(body, "container"))
     return {"disconnected": body["container"]}
+
+
+@route("GET", "/nodes")
+def nodes_list(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    return c.nodes()
 
 
 @route("GET", "/containers")
@@ -100,6 +107,7 @@ def containers_list(c: Controller, p: dict[str, str], body: dict[str, Any], q: d
 
 @route("POST", "/containers")
 def containers_create(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    lagging: list[str] = []
     cmd = body.get("cmd")
     if not isinstance(cmd, list) or not all(isinstance(a, str) for a in cmd):
         raise InvalidInput("cmd must be a list of strings")
@@ -112,8 +120,12 @@ def containers_create(c: Controller, p: dict[str, str], body: dict[str, Any], q:
         detach=bool(body.get("detach", False)),
         auto_remove=bool(body.get("auto_remove", False)),
         rootfs=body.get("rootfs"),
+        publish=_str_list(body, "publish"),
+        aliases=_str_list(body, "aliases"),
+        lagging=lagging,
     )
     out = c.inspect_container(container.name)
+    out["lagging"] = lagging
     if not container.detach:
         out["process"] = c.process_spec(container.name)
     return out
@@ -153,6 +165,13 @@ def containers_stop(c: Controller, p: dict[str, str], body: dict[str, Any], q: d
 def containers_remove(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     c.remove_container(p["name"], force=_flag(q, "force"))
     return {"removed": p["name"]}
+
+
+def _str_list(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"{key!r} must be a list of strings")
+    return value
 
 
 def _str(body: dict[str, Any], key: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -30,6 +31,7 @@ __all__ = [
     "current_netns_fd",
     "ensure_netns_dir",
     "is_bound_netns",
+    "open_socket_in_netns",
     "run_in_netns",
     "run_in_thread",
     "setns",
@@ -124,6 +126,32 @@ def run_in_netns(netns: str | int, fn: Callable[[], T]) -> T:
         return fn()
 
     return run_in_thread(body)
+
+
+def open_socket_in_netns(
+    netns_path: str, family: int, type: int, bind: tuple[str, int]
+) -> socket.socket:
+    """A socket made inside the network namespace at ``netns_path``, bound to ``bind``.
+
+    A stream socket also gets ``SO_REUSEADDR`` (a restarted server must not wait out the
+    TIME_WAIT of its old connections) and is listening. The socket lives in that namespace
+    for good, whichever thread uses it afterwards; the calling thread never moves.
+    """
+
+    def body() -> socket.socket:
+        sock = socket.socket(family, type)
+        try:
+            if sock.type == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(bind)
+            if sock.type == socket.SOCK_STREAM:
+                sock.listen(socket.SOMAXCONN)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return run_in_netns(netns_path, body)
 
 
 def current_netns_fd() -> int:

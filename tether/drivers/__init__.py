@@ -5,6 +5,7 @@ from .bridge import BridgeDriver
 from .container import SharedNamespace
 from .host import HostNamespace
 from .none import OwnNamespace
+from .overlay import OverlayDriver, overlay_devices
 
 __all__ = [
     "DriverContext",
@@ -15,7 +16,9 @@ __all__ = [
     "SharedNamespace",
     "HostNamespace",
     "OwnNamespace",
+    "OverlayDriver",
+    "overlay_devices",
     "NETWORK_DRIVERS",
 ]
 
-NETWORK_DRIVERS: dict[str, NetworkDriver] = {"bridge": BridgeDriver()}
+NETWORK_DRIVERS: dict[str, NetworkDriver] = {"bridge": BridgeDriver(), "overlay": OverlayDriver()}

@@ -28,6 +28,12 @@ class BridgeDriver(NetworkDriver):
         ctx.datapath.ensure_bridge(
             network.bridge, f"{network.gateway}/{network.prefixlen}", network.mtu, ctx.mark
         )
+        # Forwarding is switched on per interface, only where needed: an internal network's
+        # bridge never forwards. route_localnet lets the host's own 127.0.0.1 reach a port
+        # published on loopback (DNAT to the bridge) without a proxy process; the firewall
+        # drops 127.0.0.0/8 arriving *from* a bridge, so containers gain nothing from it.
+        ctx.datapath.set_interface_sysctl(network.bridge, "forwarding", "0" if network.internal else "1")
+        ctx.datapath.set_interface_sysctl(network.bridge, "route_localnet", "1")
 
     def delete(self, ctx: DriverContext, network: Network) -> list[str]:
         try:
@@ -47,6 +53,7 @@ class BridgeDriver(NetworkDriver):
             gateway=endpoint.gateway if endpoint.default_route else None,
             mtu=network.mtu,
             mark=ctx.mark,
+            hairpin=True,
         )
         undo.push(f"veth {endpoint.host_ifname}", lambda: ctx.datapath.detach_veth(endpoint.host_ifname))
 

@@ -97,6 +97,18 @@ class RecordingDatapath:
     def container_routes(self, netns: str) -> list[dict[str, Any]]:
         return []
 
+    def host_addresses(self) -> list[str]:
+        return ["127.0.0.1"] + [c.split("/")[0] for c in self.bridges.values()]
+
+    def uplinks(self) -> list[str]:
+        return []
+
+    def set_interface_sysctl(self, ifname: str, key: str, value: str) -> None:
+        self.calls.append(f"sysctl {ifname} {key}={value}")
+
+    def port_holder(self, protocol: str, port: int, host_ip: str | None) -> str | None:
+        return None
+
     def host_networks(self) -> list[str]:
         return list(self._host_networks) + list({_net(c) for c in self.bridges.values()})
 

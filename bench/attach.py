@@ -1,0 +1,956 @@
+#!/usr/bin/env python3
+"""Attach benchmark: tether side by side with the CNI reference plugins and a raw floor.
+
+Run as root from the repository:  python bench/attach.py [--counts 10,100,500,1000] [--quick]
+
+Everything happens inside one "host" network namespace this script creates (name prefix
+``tbench<random>``) and removes at the end, even on failure: a tether daemon runs in it
+(``nsenter --net``), the CNI ``bridge`` plugin runs in it, and the raw floor's netlink
+socket lives in it. The machine's own namespace is only used to create and delete
+namespaces; no packet is sent anywhere.
+
+At each endpoint count N (the endpoints already attached, per method, when a sample is
+taken) it measures, interleaved sample by sample so drift hits every method alike:
+
+* tether API attach         POST /networks/NET/connect of a created (not started)
+                            ``--net none`` container (its netns exists, only lo)
+* tether API create+attach  POST /containers with ``"net": NET`` (netns + endpoint)
+* CNI bridge ADD            /usr/lib/cni/bridge (+ host-local IPAM) on a fresh netns
+* raw floor                 pyroute2 in-process: one veth pair, peer made in the netns,
+                            host end on the bridge and up, address + up + default route
+* tether CLI                ``tether run -d --net NET -- sleep 3600`` (a process each),
+                            and ``tether run --rm --net bridge|host -- true``
+* daemon RSS                VmRSS of the daemon at each level
+
+Each sample's endpoint is removed right after it (untimed) and the bench waits until its
+host-side veth is gone, so every sample sees exactly N endpoints of its own kind and no
+kernel teardown of the previous sample overlaps it. Results go to
+bench/results/attach-<date>[-quick].json and .md; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pyroute2 import IPRoute  # noqa: E402  # type: ignore[import-untyped]
+
+from tether.api.client import Client  # noqa: E402
+from tether.datapath import Datapath  # noqa: E402
+
+T = TypeVar("T")
+
+NETNS_DIR = "/var/run/netns"
+CNI_DIR = "/usr/lib/cni"
+CLONE_NEWNET = 0x40000000
+MNT_DETACH = 2
+PER_NETWORK = 250  # endpoints per network/bridge (a Linux bridge takes at most 1024 ports)
+MTU = 1500
+
+# Subnets (a /22 per network: 250 endpoints + samples fit): one 10.X.0.0/16 per method.
+TETHER_NET = 211
+CNI_NET = 212
+RAW_NET = 213
+
+TARGETS = {
+    "attach_vs_cni": 0.25,  # tether API attach / CNI ADD, at most
+    "growth": 1.2,  # tether API attach median at 1000 / at 10, at most
+    "bridge_vs_host_ms": 10.0,  # run --rm --net bridge minus --net host, at most
+    "rss_mb": 60.0,  # daemon VmRSS at 1000 endpoints, at most
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"setns: {os.strerror(code)}")
+
+
+def unbind_netns(name: str) -> None:
+    """What `ip netns del` does: lazy unmount and unlink the bind file."""
+    path = f"{NETNS_DIR}/{name}"
+    _libc.umount2(path.encode(), MNT_DETACH)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- stats
+def pct(values: list[float], q: float) -> float:
+    """Percentile with linear interpolation between closest ranks."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    pos = (len(s) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summary(values_s: list[float]) -> dict[str, Any]:
+    ms = [v * 1000 for v in values_s]
+    if not ms:
+        return {"n": 0}
+    return {
+        "n": len(ms),
+        "median_ms": round(statistics.median(ms), 3),
+        "p95_ms": round(pct(ms, 0.95), 3),
+        "min_ms": round(min(ms), 3),
+        "max_ms": round(max(ms), 3),
+    }
+
+
+# ---------------------------------------------------------------------------- machine
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    return {
+        "kernel": platform.release(),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "debian": _read_first("/etc/debian_version"),
+        "cni_plugins": _dpkg_version("containernetworking-plugins"),
+    }
+
+
+def _read_first(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _dpkg_version(pkg: str) -> str:
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------- host netns
+class HostWorker:
+    """One thread living in the bench host namespace; netlink work is handed to it.
+
+    It owns a request-only pyroute2 socket in the host netns (the raw floor's) and a
+    tether Datapath (used only to create and delete the CNI and raw namespaces, untimed).
+    """
+
+    def __init__(self, host_path: str) -> None:
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-host")
+        self.host_fd = os.open(host_path, os.O_RDONLY | os.O_CLOEXEC)
+        self.ipr: Any = None
+        self.datapath: Datapath | None = None
+
+        def init() -> None:
+            setns(self.host_fd)
+            self.ipr = IPRoute(groups=0)
+            self.datapath = Datapath(NETNS_DIR)
+
+        self.call(init)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._ex.submit(fn, *args).result()
+
+    def link_gone(self, ifname: str) -> bool:
+        def check() -> bool:
+            try:
+                socket.if_nametoindex(ifname)
+                return False
+            except OSError:
+                return True
+
+        return self.call(check)
+
+    def wait_link_gone(self, ifname: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.link_gone(ifname):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ifname} still exists {timeout}s after its endpoint was removed")
+            time.sleep(0.002)
+
+    def link_count(self) -> int:
+        return self.call(lambda: len(self.ipr.link("dump")))
+
+    def make_bridge(self, name: str, address: str, prefixlen: int) -> None:
+        def work() -> None:
+            self.ipr.link("add", ifname=name, kind="bridge", mtu=MTU)
+            index = socket.if_nametoindex(name)
+            self.ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+            self.ipr.link("set", index=index, state="up")
+
+        self.call(work)
+
+    def create_netns(self, name: str) -> None:
+        assert self.datapath is not None
+        self.datapath.create_netns(name)
+
+    def delete_netns(self, name: str) -> None:
+        assert self.datapath is not None
+        self.datapath.delete_netns(name)
+
+    def raw_attach(self, netns: str, host_ifname: str, bridge: str, address: str, prefixlen: int, gateway: str) -> float:
+        """The floor: what tether's Datapath.attach_veth does, inline, minus alias and checks.
+
+        Timed inside the worker thread (no queue hand-off). The container side is done by
+        this same thread after setns into the container netns, then it setns-es back.
+        """
+        octets = [int(x) for x in address.split(".")]
+        mac = "02:42:" + ":".join(f"{b:02x}" for b in octets)
+
+        def work() -> float:
+            t0 = now()
+            bridge_index = socket.if_nametoindex(bridge)
+            fd = os.open(f"{NETNS_DIR}/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self.ipr.link(
+                    "add",
+                    ifname=host_ifname,
+                    kind="veth",
+                    mtu=MTU,
+                    master=bridge_index,
+                    state="up",
+                    peer={"ifname": "eth0", "net_ns_fd": fd, "address": mac, "mtu": MTU},
+                )
+                setns(fd)
+                try:
+                    inner = IPRoute(groups=0)
+                    try:
+                        index = socket.if_nametoindex("eth0")
+                        inner.addr("add", index=index, address=address, prefixlen=prefixlen)
+                        inner.link("set", index=index, state="up")
+                        inner.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
+                    finally:
+                        inner.close()
+                finally:
+                    setns(self.host_fd)
+            finally:
+                os.close(fd)
+            return now() - t0
+
+        return self.call(work)
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self.ipr is not None:
+                self.ipr.close()
+                self.ipr = None
+            if self.datapath is not None:
+                self.datapath.close()
+                self.datapath = None
+
+        try:
+            self.call(shut)
+        finally:
+            self._ex.shutdown(wait=True)
+            os.close(self.host_fd)
+
+
+# ---------------------------------------------------------------------------- the bench
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tag = secrets.token_hex(2)
+        self.prefix = f"tbench{self.tag}"  # every netns and bridge of ours starts with this
+        self.host = f"{self.prefix}host"
+        self.host_path = f"{NETNS_DIR}/{self.host}"
+        self.tmp = tempfile.mkdtemp(prefix=f"{self.prefix}-")
+        self.state_dir = os.path.join(self.tmp, "state")
+        self.socket = os.path.join(self.tmp, "tether.sock")
+        self.cni_data = os.path.join(self.tmp, "cni-ipam")
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemon_pid = 0
+        self.worker: HostWorker | None = None
+        self.client = Client(self.socket, timeout=120)
+        self.counter = 0
+        # per-method fill bookkeeping
+        self.tether_count = 0
+        self.cni_count = 0
+        self.raw_count = 0
+        self.levels = sorted(set(args.counts))
+        self.nets = max(1, math.ceil(max(self.levels) / PER_NETWORK))
+        self.samples: dict[str, dict[int, list[float]]] = {}
+        self.rss: dict[int, float] = {}
+        self.extra: dict[str, Any] = {}
+        self.failures: list[dict[str, Any]] = []
+
+    # -- helpers ------------------------------------------------------------------
+    def name(self, kind: str) -> str:
+        self.counter += 1
+        return f"{kind}{self.counter}"
+
+    def record(self, metric: str, level: int, seconds: float) -> None:
+        self.samples.setdefault(metric, {}).setdefault(level, []).append(seconds)
+
+    def enter(self) -> list[str]:
+        return ["nsenter", f"--net={self.host_path}", "--"]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        env["TETHER_NO_AUTOSTART"] = "1"
+        return env
+
+    def cli(self, *args: str, check: bool = True) -> tuple[float, subprocess.CompletedProcess[str]]:
+        cmd = [*self.enter(), sys.executable, "-m", "tether.cli", "--socket", self.socket,
+               "--state-dir", self.state_dir, *args]
+        t0 = now()
+        res = subprocess.run(cmd, capture_output=True, text=True, env=self.env(), cwd=str(REPO), timeout=120)
+        elapsed = now() - t0
+        if check and res.returncode != 0:
+            raise RuntimeError(f"tether {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+        return elapsed, res
+
+    def net_for(self, index: int) -> int:
+        """The network the ``index``-th endpoint (0-based) of a method goes on."""
+        return min(index // PER_NETWORK, self.nets - 1)
+
+    def sample_net(self, level: int) -> int:
+        """Samples at level N go on the network holding the N-th endpoint (the fullest one)."""
+        return self.net_for(max(level - 1, 0))
+
+    # -- setup --------------------------------------------------------------------
+    def setup(self) -> None:
+        log(f"prefix {self.prefix}: host netns {self.host}, temp dir {self.tmp}")
+        subprocess.run(["ip", "netns", "add", self.host], check=True, capture_output=True)
+        subprocess.run(["ip", "-n", self.host, "link", "set", "lo", "up"], check=True, capture_output=True)
+        os.makedirs(self.state_dir)
+        os.makedirs(self.cni_data)
+        self.worker = HostWorker(self.host_path)
+        self.start_daemon()
+        for i in range(self.nets):
+            self.client.post("/networks", {"name": f"bn{i}", "subnet": f"10.{TETHER_NET}.{4 * i}.0/22"})
+            self.worker.make_bridge(f"{self.prefix}r{i}", f"10.{RAW_NET}.{4 * i}.1", 22)
+
+    def start_daemon(self) -> None:
+        logf = open(os.path.join(self.tmp, "daemon.log"), "ab")
+        self.daemon = subprocess.Popen(
+            [*self.enter(), sys.executable, "-m", "tether.cli", "daemon", "--state-dir", self.state_dir,
+             "--socket", self.socket, "--netns-prefix", f"{self.prefix}t-"],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+            env=self.env(), cwd=str(REPO),
+        )
+        logf.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.daemon.poll() is not None:
+                raise RuntimeError("the tether daemon exited:\n" + self.daemon_log())
+            if self.client.alive():
+                self.daemon_pid = int(self.client.get("/ping")["pid"])
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the tether daemon did not answer:\n" + self.daemon_log())
+
+    def daemon_log(self) -> str:
+        try:
+            return Path(self.tmp, "daemon.log").read_text()[-4000:]
+        except OSError:
+            return ""
+
+    # -- tether ---------------------------------------------------------------------
+    def tether_create(self, name: str, net: str) -> dict[str, Any]:
+        return self.client.post("/containers", {"name": name, "net": net, "cmd": ["sleep", "3600"], "detach": False})
+
+    def tether_remove(self, name: str, host_ifname: str | None) -> None:
+        self.client.delete(f"/containers/{name}?force=1")
+        if host_ifname:
+            assert self.worker is not None
+            self.worker.wait_link_gone(host_ifname)
+
+    def tether_fill(self, target: int) -> None:
+        while self.tether_count < target:
+            self.tether_create(self.name("f"), f"bn{self.net_for(self.tether_count)}")
+            self.tether_count += 1
+
+    def sample_tether_attach(self, level: int) -> None:
+        name = self.name("a")
+        self.tether_create(name, "none")  # created, not started: own netns with only lo
+        t0 = now()
+        ep = self.client.post(f"/networks/bn{self.sample_net(level)}/connect", {"container": name})
+        self.record("tether_api_attach", level, now() - t0)
+        self.tether_remove(name, ep["host_ifname"])
+
+    def sample_tether_ping(self, level: int) -> None:
+        t0 = now()
+        self.client.get("/ping")
+        self.record("tether_api_ping", level, now() - t0)
+
+    def sample_tether_create(self, level: int) -> None:
+        name = self.name("c")
+        net = f"bn{self.sample_net(level)}"
+        t0 = now()
+        out = self.tether_create(name, net)
+        self.record("tether_api_create_attach", level, now() - t0)
+        self.tether_remove(name, out["networks"][net]["host_ifname"])
+
+    # -- CNI ----------------------------------------------------------------------
+    def cni_conf(self, net: int) -> bytes:
+        return json.dumps({
+            "cniVersion": "1.0.0",
+            "name": f"{self.prefix}-c{net}",
+            "type": "bridge",
+            "bridge": f"{self.prefix}c{net}",
+            "isGateway": True,
+            "ipMasq": False,
+            "ipam": {"type": "host-local", "subnet": f"10.{CNI_NET}.{4 * net}.0/22", "dataDir": self.cni_data},
+        }).encode()
+
+    def cni(self, command: str, netns: str, net: int) -> tuple[float, dict[str, Any]]:
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": netns,
+            "CNI_NETNS": f"{NETNS_DIR}/{netns}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": CNI_DIR,
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        }
+        conf = self.cni_conf(net)
+        t0 = now()
+        res = subprocess.run([*self.enter(), f"{CNI_DIR}/bridge"], input=conf, env=env, capture_output=True, timeout=60)
+        elapsed = now() - t0
+        if res.returncode != 0:
+            raise RuntimeError(f"CNI {command} failed ({res.returncode}): {res.stdout!r} {res.stderr!r}")
+        return elapsed, (json.loads(res.stdout) if res.stdout.strip() else {})
+
+    def cni_fill(self, target: int) -> None:
+        assert self.worker is not None
+        while self.cni_count < target:
+            netns = f"{self.prefix}c-{self.name('f')}"
+            self.worker.create_netns(netns)
+            self.cni("ADD", netns, self.net_for(self.cni_count))
+            self.cni_count += 1
+
+    def sample_cni(self, level: int) -> None:
+        assert self.worker is not None
+        netns = f"{self.prefix}c-{self.name('s')}"
+        net = self.sample_net(level)
+        self.worker.create_netns(netns)  # not timed
+        elapsed, result = self.cni("ADD", netns, net)
+        self.record("cni_bridge_add", level, elapsed)
+        host_if = next((i["name"] for i in result.get("interfaces", []) if not i.get("sandbox") and i["name"].startswith("veth")), None)
+        self.cni("DEL", netns, net)  # releases the lease, deletes the veth pair
+        self.worker.delete_netns(netns)
+        if host_if:
+            self.worker.wait_link_gone(host_if)
+
+    # -- raw floor ------------------------------------------------------------------
+    def raw_one(self, index: int, net: int) -> tuple[float, str, str]:
+        assert self.worker is not None
+        netns = f"{self.prefix}r-{self.name('r')}"
+        self.worker.create_netns(netns)  # not timed
+        host_if = f"{self.prefix}v{self.counter:x}"
+        # addresses: .2 onwards within the /22; index keeps them unique per network
+        offset = 2 + index
+        address = f"10.{RAW_NET}.{4 * net + offset // 256}.{offset % 256}"
+        elapsed = self.worker.raw_attach(netns, host_if, f"{self.prefix}r{net}", address, 22, f"10.{RAW_NET}.{4 * net}.1")
+        return elapsed, netns, host_if
+
+    def raw_fill(self, target: int) -> None:
+        while self.raw_count < target:
+            net = self.net_for(self.raw_count)
+            self.raw_one(self.raw_count % PER_NETWORK, net)
+            self.raw_count += 1
+
+    def sample_raw(self, level: int, i: int) -> None:
+        assert self.worker is not None
+        net = self.sample_net(level)
+        # sample addresses after the filled ones in that network: .2+PER_NETWORK+i
+        elapsed, netns, host_if = self.raw_one(PER_NETWORK + 10 + i, net)
+        self.record("raw_floor", level, elapsed)
+        self.worker.delete_netns(netns)
+        self.worker.wait_link_gone(host_if)
+
+    # -- CLI ----------------------------------------------------------------------
+    def sample_cli_run_d(self, level: int) -> None:
+        name = self.name("d")
+        net = f"bn{self.sample_net(level)}"
+        elapsed, _ = self.cli("run", "-d", "--name", name, "--net", net, "--", "sleep", "3600")
+        self.record("tether_cli_run_d", level, elapsed)
+        info = self.client.get(f"/containers/{name}")
+        self.tether_remove(name, info["networks"][net]["host_ifname"])
+
+    def sample_api_run_d(self, level: int) -> None:
+        """The daemon's share of `run -d`: create + attach + start under a shim, over the API."""
+        name = self.name("e")
+        net = f"bn{self.sample_net(level)}"
+        t0 = now()
+        out = self.client.post("/containers", {"name": name, "net": net, "cmd": ["sleep", "3600"], "detach": True})
+        self.record("tether_api_run_d", level, now() - t0)
+        self.tether_remove(name, out["networks"][net]["host_ifname"])
+
+    def sample_cli_floor(self, level: int) -> None:
+        elapsed, _ = self.cli("--help")
+        self.record("tether_cli_help", level, elapsed)
+
+    def sample_run_rm(self, level: int, mode: str) -> None:
+        elapsed, _ = self.cli("run", "--rm", "--net", mode, "--", "true")
+        self.record(f"tether_cli_run_rm_{mode}", level, elapsed)
+
+    def sample_nsenter(self, level: int) -> None:
+        t0 = now()
+        subprocess.run(["/bin/true"], check=True)
+        plain = now() - t0
+        t0 = now()
+        subprocess.run([*self.enter(), "/bin/true"], check=True)
+        wrapped = now() - t0
+        self.record("exec_true", level, plain)
+        self.record("nsenter_exec_true", level, wrapped)
+
+    # -- the run ----------------------------------------------------------------------
+    def guard(self, level: int, fn: Callable[..., None], *args: Any) -> None:
+        """Take one sample; a failed one is recorded (and reported), not timed."""
+        try:
+            fn(level, *args)
+        except Exception as exc:  # noqa: BLE001
+            what = fn.__name__.removeprefix("sample_") + "".join(f" {a}" for a in args if isinstance(a, str))
+            self.failures.append({"sample": what, "level": level, "error": str(exc)[:500]})
+            log(f"level {level}: sample {what} FAILED: {exc}")
+            if self.daemon is None or self.daemon.poll() is not None:
+                raise RuntimeError("the tether daemon died") from exc
+            if len(self.failures) > 50:
+                raise RuntimeError("more than 50 failed samples: giving up") from exc
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        started = dt.datetime.now()
+        self.tree_digest = _tree_digest()
+        self.setup()
+        assert self.worker is not None
+        # warm-up: first use of every path (imports, default network, caches) is not a sample
+        log("warm-up")
+        self.sample_tether_attach(0)
+        self.sample_tether_create(0)
+        self.sample_cni(0)
+        self.sample_raw(0, 0)
+        self.sample_run_rm(0, "bridge")
+        self.sample_run_rm(0, "host")
+        self.sample_cli_run_d(0)
+        self.sample_api_run_d(0)
+        self.samples.clear()
+        for level in self.levels:
+            t_fill = now()
+            self.tether_fill(level)
+            self.cni_fill(level)
+            self.raw_fill(level)
+            log(f"level {level}: filled in {now() - t_fill:.1f} s; host netns has {self.worker.link_count()} links")
+            samplers: list[Callable[[int], None]] = [
+                self.sample_tether_attach,
+                self.sample_tether_create,
+                self.sample_cni,
+            ]
+            for i in range(a.samples):
+                order = samplers[i % len(samplers):] + samplers[: i % len(samplers)]
+                for fn in order:
+                    self.guard(level, fn)
+                self.guard(level, self.sample_raw, i)
+                self.guard(level, self.sample_tether_ping)
+                self.guard(level, self.sample_nsenter)
+            for i in range(a.cli_samples):
+                self.guard(level, self.sample_cli_run_d)
+                self.guard(level, self.sample_api_run_d)
+                self.guard(level, self.sample_cli_floor)
+            for i in range(a.run_samples):
+                first, second = ("bridge", "host") if i % 2 == 0 else ("host", "bridge")
+                self.guard(level, self.sample_run_rm, first)
+                self.guard(level, self.sample_run_rm, second)
+            self.rss[level] = rss_mb(self.daemon_pid)
+            counts = {
+                "tether": len([c for c in self.client.get("/containers?all=1") if c["networks"]]),
+            }
+            log(f"level {level}: done, daemon RSS {self.rss[level]:.1f} MB, tether containers with endpoints {counts['tether']}")
+            self.extra.setdefault("endpoints_at_level", {})[level] = {
+                "tether": counts["tether"], "cni": self.cni_count, "raw": self.raw_count,
+            }
+            self.print_level(level)
+        finished = dt.datetime.now()
+        return self.results(started, finished)
+
+    # -- reporting ----------------------------------------------------------------------
+    def med(self, metric: str, level: int) -> float:
+        v = self.samples.get(metric, {}).get(level, [])
+        return statistics.median(v) * 1000 if v else float("nan")
+
+    def print_level(self, level: int) -> None:
+        print(f"\n== N = {level} ==", flush=True)
+        for metric in METRICS:
+            s = summary(self.samples.get(metric, {}).get(level, []))
+            if s["n"]:
+                print(f"  {LABELS[metric]:<40} n={s['n']:<3} median {s['median_ms']:8.2f} ms   p95 {s['p95_ms']:8.2f} ms", flush=True)
+        print(f"  {'daemon RSS':<40} {self.rss[level]:.1f} MB", flush=True)
+
+    def results(self, started: dt.datetime, finished: dt.datetime) -> dict[str, Any]:
+        levels = self.levels
+        table: dict[str, dict[str, Any]] = {}
+        for metric in METRICS:
+            table[metric] = {str(lv): summary(self.samples.get(metric, {}).get(lv, [])) for lv in levels}
+        ratios: dict[str, dict[str, Any]] = {}
+        verdicts: list[dict[str, Any]] = []
+        for lv in levels:
+            attach = self.med("tether_api_attach", lv)
+            cni = self.med("cni_bridge_add", lv)
+            ns_overhead = self.med("nsenter_exec_true", lv) - self.med("exec_true", lv)
+            cni_adj = cni - ns_overhead
+            raw = self.med("raw_floor", lv)
+            bridge = self.med("tether_cli_run_rm_bridge", lv)
+            host = self.med("tether_cli_run_rm_host", lv)
+            ratios[str(lv)] = {
+                "attach_over_cni": round(attach / cni, 3),
+                "attach_over_cni_minus_nsenter": round(attach / cni_adj, 3),
+                "nsenter_overhead_ms": round(ns_overhead, 3),
+                "attach_over_raw": round(attach / raw, 2),
+                "create_attach_over_cni": round(self.med("tether_api_create_attach", lv) / cni, 3),
+                "cni_over_raw": round(cni / raw, 2),
+                "bridge_minus_host_ms": round(bridge - host, 2),
+                "daemon_rss_mb": round(self.rss[lv], 1),
+            }
+            verdicts.append(_verdict(
+                f"tether API attach / CNI ADD at N={lv} (CNI without its nsenter wrapper)",
+                attach / cni_adj, TARGETS["attach_vs_cni"], "ratio",
+                note=f"with nsenter counted in CNI: {attach / cni:.3f}",
+            ))
+            failed = [f for f in self.failures if f["level"] == lv and f["sample"].startswith("run_rm")]
+            verdicts.append(_verdict(
+                f"run --rm --net bridge minus --net host at N={lv}", bridge - host,
+                TARGETS["bridge_vs_host_ms"], "ms",
+                note=f"{len(failed)} run --rm sample(s) failed, see failed_samples" if failed else "",
+            ))
+        lo, hi = levels[0], levels[-1]
+        growth_note = "" if (lo, hi) == (10, 1000) else f"target is defined for 1000/10; this run has {hi}/{lo}"
+        for metric in ("tether_api_attach", "tether_api_create_attach", "cni_bridge_add", "raw_floor"):
+            ratios.setdefault("growth", {})[metric] = round(self.med(metric, hi) / self.med(metric, lo), 3)
+        verdicts.append(_verdict(
+            f"tether API attach median at N={hi} / at N={lo}",
+            self.med("tether_api_attach", hi) / self.med("tether_api_attach", lo),
+            TARGETS["growth"], "ratio", note=growth_note,
+        ))
+        verdicts.append(_verdict(
+            f"daemon RSS at N={hi}", self.rss[hi], TARGETS["rss_mb"], "MB",
+            note="" if hi >= 1000 else "target is defined at 1000 endpoints",
+        ))
+        return {
+            "benchmark": "attach",
+            "date": started.strftime("%Y-%m-%d"),
+            "started": started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "duration_s": round((finished - started).total_seconds(), 1),
+            "quick": bool(self.args.quick),
+            "machine": machine_info(),
+            "git_commit": _git_commit(),
+            "tether_tree_sha256": self.tree_digest,
+            "config": {
+                "counts": levels,
+                "samples": self.args.samples,
+                "cli_samples": self.args.cli_samples,
+                "run_samples": self.args.run_samples,
+                "endpoints_per_network": PER_NETWORK,
+                "networks_per_method": self.nets,
+            },
+            "endpoints_at_level": self.extra.get("endpoints_at_level", {}),
+            "labels": LABELS,
+            "results": table,
+            "daemon_rss_mb": {str(k): round(v, 1) for k, v in self.rss.items()},
+            "ratios": ratios,
+            "targets": verdicts,
+            "failed_samples": self.failures,
+            "raw_samples_ms": {
+                m: {str(lv): [round(x * 1000, 3) for x in v] for lv, v in per.items()}
+                for m, per in self.samples.items()
+            },
+        }
+
+    # -- cleanup ------------------------------------------------------------------------
+    def cleanup(self) -> list[str]:
+        problems: list[str] = []
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.kill()
+            try:
+                self.daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                problems.append(f"daemon {self.daemon.pid} did not die")
+        if self.worker is not None:
+            try:
+                self.worker.close()
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"closing the host worker: {exc}")
+            self.worker = None
+        ours = self.our_netns()
+        # processes left in any of our namespaces (shims, detached sleeps): ours, by pid
+        inodes = set()
+        for n in ours:
+            try:
+                inodes.add(os.stat(f"{NETNS_DIR}/{n}").st_ino)
+            except OSError:
+                pass
+        killed = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                    os.kill(int(entry), signal.SIGKILL)
+                    killed += 1
+            except (OSError, ProcessLookupError):
+                pass
+        if killed:
+            log(f"cleanup: killed {killed} leftover process(es) in our namespaces")
+        for n in ours:
+            if n != self.host:
+                unbind_netns(n)
+        unbind_netns(self.host)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        left = self.our_netns()
+        if left:
+            problems.append(f"namespaces left: {left[:5]}")
+        if os.path.exists(self.tmp):
+            problems.append(f"temp dir left: {self.tmp}")
+        log(f"cleanup: removed {len(ours)} namespaces and {self.tmp}" + (f"; PROBLEMS: {problems}" if problems else ""))
+        return problems
+
+    def our_netns(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(self.prefix))
+        except FileNotFoundError:
+            return []
+
+
+METRICS = [
+    "tether_api_ping",
+    "tether_api_attach",
+    "tether_api_create_attach",
+    "cni_bridge_add",
+    "raw_floor",
+    "tether_api_run_d",
+    "tether_cli_run_d",
+    "tether_cli_help",
+    "tether_cli_run_rm_bridge",
+    "tether_cli_run_rm_host",
+    "nsenter_exec_true",
+    "exec_true",
+]
+LABELS = {
+    "tether_api_ping": "tether API GET /ping (transport floor)",
+    "tether_api_attach": "tether API attach (connect)",
+    "tether_api_create_attach": "tether API create+attach",
+    "cni_bridge_add": "CNI bridge+host-local ADD",
+    "raw_floor": "raw floor (pyroute2 inline)",
+    "tether_api_run_d": "tether API create+attach+start (detach)",
+    "tether_cli_run_d": "tether CLI run -d --net NET",
+    "tether_cli_help": "tether CLI --help (startup floor)",
+    "tether_cli_run_rm_bridge": "tether CLI run --rm --net bridge true",
+    "tether_cli_run_rm_host": "tether CLI run --rm --net host true",
+    "nsenter_exec_true": "nsenter --net=HOST /bin/true",
+    "exec_true": "/bin/true",
+}
+
+
+def _verdict(what: str, value: float, target: float, unit: str, note: str = "") -> dict[str, Any]:
+    met = value <= target
+    return {"what": what, "value": round(value, 3), "target": f"<= {target} {unit}", "met": met, "note": note}
+
+
+def _no_nan(x: Any) -> Any:
+    """NaN (a metric with no successful sample) as JSON null."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_no_nan(v) for v in x]
+    return x
+
+
+def _tree_digest() -> str:
+    """A digest of tether/ as run (the working tree may differ from the commit)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted((REPO / "tether").rglob("*.py")):
+        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "tether"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("+dirty(tether/)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def print_summary(res: dict[str, Any]) -> None:
+    levels = [str(x) for x in res["config"]["counts"]]
+    m = res["machine"]
+    print(f"\n# attach benchmark {res['started']}  ({m['kernel']}, {m['nproc']} CPU {m['cpu']}, {m['memory_gb']} GB)")
+    head = f"{'median / p95 (ms)':<40}" + "".join(f"{'N=' + lv:>20}" for lv in levels)
+    print(head)
+    print("-" * len(head))
+    for metric in METRICS:
+        row = f"{LABELS[metric]:<40}"
+        for lv in levels:
+            s = res["results"][metric][lv]
+            row += f"{(str(s['median_ms']) + ' / ' + str(s['p95_ms'])) if s['n'] else '-':>20}"
+        print(row)
+    print(f"{'daemon RSS (MB)':<40}" + "".join(f"{res['daemon_rss_mb'][lv]:>20}" for lv in levels))
+    print("\nratios (of medians)")
+    keys = list(res["ratios"][levels[0]].keys())
+    for k in keys:
+        print(f"  {k:<36}" + "".join(f"{res['ratios'][lv][k]:>12}" for lv in levels))
+    print("  growth N=%s/N=%s: %s" % (levels[-1], levels[0], ", ".join(f"{k} {v}" for k, v in res["ratios"]["growth"].items())))
+    if res["failed_samples"]:
+        print(f"\nFAILED SAMPLES ({len(res['failed_samples'])}, not timed):")
+        for f in res["failed_samples"]:
+            print(f"  N={f['level']} {f['sample']}: {f['error']}")
+    print("\ntargets")
+    for v in res["targets"]:
+        mark = "MET   " if v["met"] else "MISSED"
+        print(f"  [{mark}] {v['what']}: {v['value']} (target {v['target']})" + (f"  -- {v['note']}" if v["note"] else ""))
+
+
+def markdown(res: dict[str, Any]) -> str:
+    levels = [str(x) for x in res["config"]["counts"]]
+    m = res["machine"]
+    lines = [
+        f"# attach benchmark, {res['date']}{' (quick)' if res['quick'] else ''}",
+        "",
+        f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m['cpu']}), {m['memory_gb']} GB RAM, "
+        f"Python {m['python']}, Debian {m['debian']}, containernetworking-plugins {m['cni_plugins']}. "
+        f"tether {res['git_commit']} (tree sha256 {res['tether_tree_sha256']}). Run {res['started']} - {res['finished']} ({res['duration_s']} s); "
+        f"{res['config']['samples']} samples per level (CLI run -d: {res['config']['cli_samples']}, "
+        f"run --rm bridge/host: {res['config']['run_samples']} each).",
+        "",
+        "Median / p95 in ms, N = endpoints already attached (per method) when the sample is taken.",
+        "",
+        "| | " + " | ".join(f"N={lv}" for lv in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for metric in METRICS:
+        cells = []
+        for lv in levels:
+            s = res["results"][metric][lv]
+            cells.append(f"{s['median_ms']:.2f} / {s['p95_ms']:.2f}" if s["n"] else "-")
+        lines.append(f"| {LABELS[metric]} | " + " | ".join(cells) + " |")
+    lines.append("| daemon RSS (MB) | " + " | ".join(str(res["daemon_rss_mb"][lv]) for lv in levels) + " |")
+    lines += ["", "Ratios of medians:", "", "| | " + " | ".join(f"N={lv}" for lv in levels) + " |",
+              "|---|" + "---:|" * len(levels)]
+    for k in res["ratios"][levels[0]]:
+        lines.append(f"| {k} | " + " | ".join(str(res["ratios"][lv][k]) for lv in levels) + " |")
+    lines += ["", f"Growth N={levels[-1]} / N={levels[0]}: "
+              + ", ".join(f"{k} {v}" for k, v in res["ratios"]["growth"].items()), "", "Targets:", ""]
+    for v in res["targets"]:
+        lines.append(f"- **{'met' if v['met'] else 'MISSED'}**: {v['what']} = {v['value']} (target {v['target']})"
+                     + (f"; {v['note']}" if v["note"] else ""))
+    if res["failed_samples"]:
+        lines += ["", f"Failed samples ({len(res['failed_samples'])}, not timed, not in the medians):", ""]
+        for f in res["failed_samples"]:
+            lines.append(f"- N={f['level']} {f['sample']}: `{f['error']}`")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--counts", default=None, help="endpoint counts, comma-separated (default 10,100,500,1000)")
+    p.add_argument("--quick", action="store_true", help="counts 10,100 and fewer samples")
+    p.add_argument("--samples", type=int, default=None, help="samples per level for API/CNI/raw (default 25; quick 10)")
+    p.add_argument("--cli-samples", type=int, default=None, help="tether run -d samples per level (default 10; quick 5)")
+    p.add_argument("--run-samples", type=int, default=None, help="run --rm bridge/host samples each per level (default 20; quick 10)")
+    p.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
+    args = p.parse_args()
+    args.counts = [int(x) for x in (args.counts or ("10,100" if args.quick else "10,100,500,1000")).split(",") if x.strip()]
+    if any(c < 1 for c in args.counts):
+        p.error("counts must be positive")
+    args.samples = args.samples or (10 if args.quick else 25)
+    args.cli_samples = args.cli_samples or (5 if args.quick else 10)
+    args.run_samples = args.run_samples or (10 if args.quick else 20)
+    if os.geteuid() != 0:
+        p.error("run as root: the benchmark creates network namespaces")
+    for tool in ("nsenter", "ip"):
+        if shutil.which(tool) is None:
+            p.error(f"{tool} is missing")
+    for plugin in ("bridge", "host-local"):
+        if not os.access(f"{CNI_DIR}/{plugin}", os.X_OK):
+            p.error(f"{CNI_DIR}/{plugin} is missing: apt-get install containernetworking-plugins")
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(args)
+    res: dict[str, Any] | None = None
+    try:
+        res = bench.run()
+    except BaseException:
+        tail = bench.daemon_log()
+        if tail:
+            log("daemon log tail:\n" + tail)
+        raise
+    finally:
+        problems = bench.cleanup()
+        if res is not None:
+            res["cleanup_problems"] = problems
+    print_summary(res)
+    os.makedirs(args.results_dir, exist_ok=True)
+    stem = Path(args.results_dir, f"attach-{res['date']}{'-quick' if args.quick else ''}")
+    stem.with_suffix(".json").write_text(json.dumps(_no_nan(res), indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(res))
+    print(f"\nwrote {stem}.json and {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

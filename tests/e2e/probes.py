@@ -1,0 +1,56 @@
+"""Tiny servers and clients, run inside namespaces with `python3 -c`, that report the
+peer address they saw (to check NAT and source preservation with real packets)."""
+
+TCP_WHO = (
+    "import socket,sys\n"
+    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind((sys.argv[1] if len(sys.argv)>2 else '0.0.0.0', int(sys.argv[-1]))); s.listen(64)\n"
+    "while True:\n"
+    "    c, a = s.accept(); c.sendall(a[0].encode()); c.close()\n"
+)
+
+UDP_WHO = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', int(sys.argv[1])))\n"
+    "while True:\n"
+    "    d, a = s.recvfrom(100); s.sendto(a[0].encode(), a)\n"
+)
+
+TCP_ASK = (
+    "import socket,sys\n"
+    "try:\n"
+    "    c=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2); print(c.recv(100).decode())\n"
+    "except OSError as e:\n"
+    "    print('FAIL', e); sys.exit(1)\n"
+)
+
+UDP_ASK = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+    "try:\n"
+    "    s.sendto(b'hi', (sys.argv[1], int(sys.argv[2]))); print(s.recvfrom(100)[0].decode())\n"
+    "except OSError as e:\n"
+    "    print('FAIL', e); sys.exit(1)\n"
+)
+
+# A fake upstream DNS server: answers every A query with 203.0.113.99.
+FAKE_DNS = (
+    "import socket,struct\n"
+    "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\n"
+    "while True:\n"
+    "    q, a = s.recvfrom(512)\n"
+    "    end = 12\n"
+    "    while q[end]: end += q[end] + 1\n"
+    "    question = q[12:end + 5]\n"
+    "    hdr = q[:2] + b'\\x81\\x80' + b'\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x00'\n"
+    "    ans = b'\\xc0\\x0c' + struct.pack('!HHIH', 1, 1, 5, 4) + socket.inet_aton('203.0.113.99')\n"
+    "    s.sendto(hdr + question + ans, a)\n"
+)
+
+RESOLVE = (
+    "import socket,sys\n"
+    "try:\n"
+    "    print(socket.gethostbyname(sys.argv[1]))\n"
+    "except OSError as e:\n"
+    "    print('FAIL', e); sys.exit(1)\n"
+)

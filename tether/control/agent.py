@@ -1,0 +1,240 @@
+"""The per-host overlay agent: makes this host's kernel match the cluster's records.
+
+It lists ``/cluster/`` once (a snapshot), programs everything, then follows a watch from
+the snapshot's revision. Each change is applied as a diff of the peer table (remove, then
+add; neighbour before FDB inside ``add_peer``), and the revision it reached is recorded
+in ``/applied/<node>`` for the barrier. When the store goes away the agent touches nothing
+in the kernel — the data plane never depends on etcd or on this daemon — and when it comes
+back the agent watches on from where it stopped, or, if that history was compacted, takes
+a fresh snapshot and converges by diff.
+
+It also keeps the cluster honest: endpoints this host published but no longer has are
+withdrawn, and a host that stays down past the grace period is reclaimed (its endpoints
+withdrawn, its addresses released) by the first live host in name order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..datapath import Datapath
+from ..errors import TetherError
+from .cluster import Cluster
+from . import keys
+from .peers import NetworkPeers, PeerTable
+
+__all__ = ["OverlayAgent", "AgentHooks"]
+
+log = logging.getLogger("tether.agent")
+
+
+@dataclass
+class AgentHooks:
+    ensure_network: Callable[[dict[str, Any]], str]  # record -> vxlan device name (builds bridge, vxlan, host address)
+    teardown_network: Callable[[dict[str, Any]], None]
+    owns_endpoint: Callable[[dict[str, Any]], bool]  # is this endpoint of ours still real here?
+    reclaim_node: Callable[[str], None]  # withdraw a dead host's endpoints and addresses
+
+
+class OverlayAgent:
+    def __init__(self, cluster: Cluster, datapath: Datapath, hooks: AgentHooks) -> None:
+        self.cluster = cluster
+        self.store = cluster.store
+        self.datapath = datapath
+        self.hooks = hooks
+        self.table = PeerTable(cluster.node)
+        self.programmed: dict[str, NetworkPeers] = {}
+        self.vxlans: dict[str, str] = {}
+        self.ensured: dict[str, dict[str, Any]] = {}  # net id -> the record we built it from
+        self.down_since: dict[str, float] = {}
+        self.live: set[str] = set()
+        self.applied = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.synced = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tether-overlay-agent", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=3)
+
+    # ------------------------------------------------------------------ main loop
+    def _run(self) -> None:
+        revision = 0
+        while not self._stop.is_set():
+            try:
+                if revision == 0:
+                    revision = self._snapshot()
+                    self.synced.set()
+                revision = self._follow(revision)
+            except TetherError as exc:
+                # Store unreachable or history compacted: keep the kernel exactly as it is,
+                # and once the store answers again take a fresh snapshot and converge by diff
+                # (which also withdraws what we could not withdraw while it was away).
+                log.warning("overlay agent: %s", exc)
+                revision = 0
+                self._stop.wait(0.2)
+            except Exception:
+                log.exception("overlay agent")
+                revision = 0
+                self._stop.wait(0.5)
+
+    def _snapshot(self) -> int:
+        revision = self.store.revision()
+        self.table.clear()
+        for kv in self.store.list(keys.NETWORKS):
+            self.table.networks[kv.value["id"]] = kv.value
+        for kv in self.store.list(keys.ENDPOINTS):
+            self.table.endpoints[kv.key[len(keys.ENDPOINTS):]] = kv.value
+        for kv in self.store.list(keys.NODE_INFO):
+            self.table.hosts[kv.value["name"]] = kv.value
+        self.live = {kv.key.rsplit("/", 1)[1] for kv in self.store.list(keys.NODES)}
+        now = time.monotonic()
+        for name in self.table.hosts:
+            if name not in self.live:
+                self.down_since.setdefault(name, now)
+            else:
+                self.down_since.pop(name, None)
+        self._withdraw_stale_own_endpoints()
+        for net_id in list(self.vxlans):
+            if net_id not in self.table.networks:
+                self._teardown(net_id)
+        for net_id in list(self.table.networks):
+            self._apply(net_id)
+        self._ack(revision)
+        return revision
+
+    def _follow(self, revision: int) -> int:
+        for event in self.store.watch(keys.CLUSTER, revision + 1, timeout=1.0):
+            if self._stop.is_set():
+                break
+            self._handle(event.type, event.key, event.value)
+            revision = event.revision
+            self._ack(revision)
+            self._check_grace()
+        else:
+            self._check_grace()
+        return revision
+
+    def _ack(self, revision: int) -> None:
+        if revision > self.applied:
+            self.cluster.record_applied(revision)
+            self.applied = revision
+
+    # ------------------------------------------------------------------ events
+    def _handle(self, kind: str, key: str, value: dict[str, Any] | None) -> None:
+        if key.startswith(keys.NETWORKS):
+            name = key[len(keys.NETWORKS):]
+            if kind == "put" and value:
+                self.table.networks[value["id"]] = value
+                self._apply(value["id"])
+            else:
+                for net_id, rec in list(self.table.networks.items()):
+                    if rec.get("name") == name:
+                        del self.table.networks[net_id]
+                        self._teardown(net_id)
+                for net_id, rec in list(self.ensured.items()):
+                    if rec.get("name") == name:
+                        self._teardown(net_id)
+        elif key.startswith(keys.ENDPOINTS):
+            ep_key = key[len(keys.ENDPOINTS):]
+            old = self.table.endpoints.get(ep_key)
+            if kind == "put" and value:
+                self.table.endpoints[ep_key] = value
+            else:
+                self.table.endpoints.pop(ep_key, None)
+            net_id = (value or old or {}).get("network_id") or ep_key.split("/", 1)[0]
+            self._apply(net_id)
+        elif key.startswith(keys.NODE_INFO):
+            name = key[len(keys.NODE_INFO):]
+            if kind == "put" and value:
+                self.table.hosts[name] = value
+            else:
+                self.table.hosts.pop(name, None)
+                self.down_since.pop(name, None)
+            for net_id in list(self.table.networks):
+                self._apply(net_id)
+        elif key.startswith(keys.NODES):
+            name = key[len(keys.NODES):]
+            if kind == "put":
+                self.live.add(name)
+                self.down_since.pop(name, None)
+            else:
+                self.live.discard(name)
+                if name in self.table.hosts:
+                    self.down_since[name] = time.monotonic()
+
+    # ------------------------------------------------------------------ kernel
+    def _apply(self, net_id: str) -> None:
+        record = self.table.networks.get(net_id)
+        if record is None:
+            return
+        vxlan = self.vxlans.get(net_id)
+        if vxlan is None:
+            vxlan = self.hooks.ensure_network(record)
+            self.vxlans[net_id] = vxlan
+            self.ensured[net_id] = record
+        programmed = self.programmed.setdefault(net_id, NetworkPeers())
+        changes = PeerTable.diff(programmed, self.table.desired(net_id))
+        for peer in changes.remove_peers:
+            self.datapath.remove_peer(vxlan, peer.address, peer.mac, peer.vtep)
+            programmed.peers.discard(peer)
+        for vtep in changes.remove_floods:
+            self.datapath.remove_flood(vxlan, vtep)
+            programmed.floods.discard(vtep)
+        for vtep in changes.add_floods:
+            self.datapath.add_flood(vxlan, vtep)
+            programmed.floods.add(vtep)
+        for peer in changes.add_peers:
+            self.datapath.add_peer(vxlan, peer.address, peer.mac, peer.vtep)
+            programmed.peers.add(peer)
+
+    def _teardown(self, net_id: str) -> None:
+        record = self.ensured.pop(net_id, None)
+        self.vxlans.pop(net_id, None)
+        self.programmed.pop(net_id, None)
+        if record is None:
+            return
+        try:
+            self.hooks.teardown_network(record)
+        except TetherError as exc:
+            log.warning("overlay agent: tearing down network %s: %s", net_id, exc)
+
+    def forget_network(self, net_id: str) -> None:
+        """The controller removed a network's datapath itself; drop our cache of it."""
+        self.vxlans.pop(net_id, None)
+        self.programmed.pop(net_id, None)
+        self.ensured.pop(net_id, None)
+
+    # ------------------------------------------------------------------ hygiene
+    def _withdraw_stale_own_endpoints(self) -> None:
+        for ep_key, ep in list(self.table.endpoints.items()):
+            if ep.get("node") != self.cluster.node or ep.get("kind") != "container":
+                continue
+            if not self.hooks.owns_endpoint(ep):
+                log.info("withdrawing endpoint %s (%s): no such container here any more", ep_key, ep.get("address"))
+                self.store.delete(keys.ENDPOINTS + ep_key)
+                self.table.endpoints.pop(ep_key, None)
+
+    def _check_grace(self) -> None:
+        now = time.monotonic()
+        for name, since in list(self.down_since.items()):
+            if now - since < self.cluster.grace or name in self.live:
+                continue
+            first_live = min(self.live | {self.cluster.node})
+            if first_live != self.cluster.node:
+                continue  # another live host reclaims it
+            log.info("host %s has been down for %.0f s: reclaiming its endpoints and addresses", name, now - since)
+            try:
+                self.hooks.reclaim_node(name)
+                self.down_since.pop(name, None)
+            except TetherError as exc:
+                log.warning("reclaiming %s: %s", name, exc)

@@ -1,0 +1,78 @@
+"""The overlay peer table: what one host must program for the rest of the cluster. Pure.
+
+From the cluster's records (overlay networks, endpoints, hosts) it derives, per network,
+the set of remote peers (address, MAC, VTEP: one static neighbour and one FDB entry each)
+and the set of remote VTEPs (one all-zeros flood entry each). Because the desired state is
+recomputed from the records, events may arrive in any order — an endpoint before its
+network, a host before its endpoints — and replay (as libnetwork's peerdb does by hand)
+comes for free: ``diff`` against what is programmed gives exactly the changes to make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Peer", "NetworkPeers", "PeerTable", "Changes"]
+
+
+@dataclass(frozen=True, order=True)
+class Peer:
+    address: str
+    mac: str
+    vtep: str
+
+
+@dataclass
+class NetworkPeers:
+    peers: set[Peer] = field(default_factory=set)
+    floods: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Changes:
+    add_peers: list[Peer] = field(default_factory=list)
+    remove_peers: list[Peer] = field(default_factory=list)
+    add_floods: list[str] = field(default_factory=list)
+    remove_floods: list[str] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.add_peers or self.remove_peers or self.add_floods or self.remove_floods)
+
+
+class PeerTable:
+    """Cluster records in, per-network desired peers out, for host ``node``."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.networks: dict[str, dict[str, Any]] = {}  # net id -> overlay network record
+        self.endpoints: dict[str, dict[str, Any]] = {}  # "<net id>/<ep id>" -> endpoint record
+        self.hosts: dict[str, dict[str, Any]] = {}  # node -> node-info record
+
+    def clear(self) -> None:
+        self.networks.clear()
+        self.endpoints.clear()
+        self.hosts.clear()
+
+    def desired(self, network_id: str) -> NetworkPeers:
+        out = NetworkPeers()
+        if network_id not in self.networks:
+            return out
+        for ep in self.endpoints.values():
+            if ep.get("network_id") == network_id and ep.get("node") != self.node:
+                out.peers.add(Peer(ep["address"], ep["mac"], ep["vtep"]))
+        for name, host in self.hosts.items():
+            if name != self.node and host.get("address"):
+                out.floods.add(host["address"])
+        return out
+
+    @staticmethod
+    def diff(programmed: NetworkPeers, desired: NetworkPeers) -> Changes:
+        # A MAC that moved to another VTEP shows up as remove(old) + add(new): the remove
+        # comes first so the FDB entry ends up pointing at the new VTEP.
+        return Changes(
+            add_peers=sorted(desired.peers - programmed.peers),
+            remove_peers=sorted(programmed.peers - desired.peers),
+            add_floods=sorted(desired.floods - programmed.floods),
+            remove_floods=sorted(programmed.floods - desired.floods),
+        )
