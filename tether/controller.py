@@ -291,6 +291,7 @@ class Controller:
             masquerade=network.options.get("masquerade", "true") == "true" and not network.internal,
             internal=network.internal,
             icc=network.options.get("icc", "true") == "true",
+            routed=network.driver == "overlay",
         )
 
     def _port_rules(self, container: Container, endpoint: Endpoint | None = None) -> list[PortRule]:
@@ -445,6 +446,7 @@ class Controller:
             driver = NETWORK_DRIVERS["overlay"]
             assert isinstance(driver, OverlayDriver)
             vxlan = driver.ensure_host(self.ctx, network, address, mac_for(address), self.cluster.advertise)
+            self._enable_uplink_forwarding()
             self._overlay_gateways[network.id] = address
             if self.firewall is not None:
                 self.firewall.add_network(self._network_rules(network))

@@ -131,7 +131,9 @@ def _join_cluster(url: str, advertise: str | None, node: str | None, grace: floa
     delay = 0.5
     while True:
         try:
-            store = EtcdStore(endpoints)
+            # a long per-call timeout: a `run` while etcd restarts waits for it and then
+            # converges, instead of failing after a few seconds
+            store = EtcdStore(endpoints, timeout=30.0)
             break
         except StoreError as exc:
             # an etcd that is not up yet is normal at boot: say so plainly and keep trying

@@ -30,6 +30,7 @@ add set ip tether masq_subnets { type ipv4_addr; flags interval; }
 add set ip tether icc_pairs { type ifname . ifname; }
 add set ip tether internal_bridges { type ifname; }
 add set ip tether bridge_subnets { type ifname . ipv4_addr; flags interval; }
+add set ip tether routed_subnets { type ipv4_addr; flags interval; }
 add map ip tether ports { type inet_proto . inet_service : ipv4_addr . inet_service; }
 add map ip tether ports_ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 add chain ip tether user
@@ -59,6 +60,7 @@ add rule ip tether forward iifname @internal_bridges drop
 add rule ip tether forward oifname @internal_bridges drop
 add rule ip tether forward ct status dnat accept
 add rule ip tether forward iifname @bridges oifname @bridges drop
+add rule ip tether forward ip daddr @routed_subnets accept
 add rule ip tether forward ip daddr @masq_subnets drop
 """
 
@@ -68,6 +70,7 @@ flush set ip tether masq_subnets
 flush set ip tether icc_pairs
 flush set ip tether internal_bridges
 flush set ip tether bridge_subnets
+flush set ip tether routed_subnets
 flush map ip tether ports
 flush map ip tether ports_ip
 """
@@ -92,7 +95,7 @@ def test_install_never_touches_the_user_chain_or_elements() -> None:
 
 
 def test_rule_count_is_constant() -> None:
-    assert sum(len(spec.rules) for spec in CHAINS.values()) == 17
+    assert sum(len(spec.rules) for spec in CHAINS.values()) == 18
     many = [PortRule("tcp", None, 1000 + i, "10.210.0.2", 80) for i in range(1000)]
     assert render_sync("tether", [NAT_NET], many).count("add rule") == 0
 
@@ -121,6 +124,7 @@ def test_network_elements_by_flags() -> None:
         "icc_pairs": ['"tbr-a" . "tbr-a"'],
         "internal_bridges": [],
         "bridge_subnets": ['"tbr-a" . 10.210.0.0/24'],
+        "routed_subnets": [],
         "ports": [],
         "ports_ip": [],
     }
@@ -131,6 +135,9 @@ def test_network_elements_by_flags() -> None:
     assert internal["bridge_subnets"] == ['"tbr-b" . 10.211.0.0/24']  # host bits dropped
     routed = network_elements(ROUTED_NET)
     assert routed["masq_subnets"] == [] and routed["icc_pairs"] == []
+    overlay = network_elements(NetworkRules("tov-1", "10.220.0.0/16", True, False, True, routed=True))
+    assert overlay["routed_subnets"] == ["10.220.0.0/16"]
+    assert network_elements(NetworkRules("tov-2", "10.221.0.0/16", True, True, True, routed=True))["routed_subnets"] == []
 
 
 def test_add_network_golden() -> None:
@@ -150,11 +157,13 @@ add element ip tether masq_subnets { 10.212.0.0/16 }
 add element ip tether icc_pairs { "tbr-c" . "tbr-c" }
 add element ip tether internal_bridges { "tbr-c" }
 add element ip tether bridge_subnets { "tbr-c" . 10.212.0.0/16 }
+add element ip tether routed_subnets { 10.212.0.0/16 }
 delete element ip tether bridges { "tbr-c" }
 delete element ip tether masq_subnets { 10.212.0.0/16 }
 delete element ip tether icc_pairs { "tbr-c" . "tbr-c" }
 delete element ip tether internal_bridges { "tbr-c" }
 delete element ip tether bridge_subnets { "tbr-c" . 10.212.0.0/16 }
+delete element ip tether routed_subnets { 10.212.0.0/16 }
 """
 
 

@@ -39,6 +39,7 @@ Chains, in the order a packet meets them (lower priority first on the same hook)
         oifname @internal_bridges drop          ...and nothing in (the host itself does not forward)
         ct status dnat accept                   published ports, from outside or from other bridges
         iifname @bridges oifname @bridges drop  isolation between networks, and icc off
+        ip daddr @routed_subnets accept         overlay subnets: any cluster host is a way in
         ip daddr @masq_subnets drop             no direct routing into a NAT'ed network
     postrouting  nat postrouting    priority srcnat (100)
         ip saddr @masq_subnets oifname != @bridges masquerade        outbound NAT
@@ -139,6 +140,7 @@ SETS: dict[str, tuple[str, str]] = {
     "icc_pairs": ("set", "type ifname . ifname;"),
     "internal_bridges": ("set", "type ifname;"),
     "bridge_subnets": ("set", "type ifname . ipv4_addr; flags interval;"),
+    "routed_subnets": ("set", "type ipv4_addr; flags interval;"),
     "ports": ("map", "type inet_proto . inet_service : ipv4_addr . inet_service;"),
     "ports_ip": ("map", "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;"),
 }
@@ -183,6 +185,7 @@ CHAINS: dict[str, ChainSpec] = {
         "oifname @internal_bridges drop",
         "ct status dnat accept",
         "iifname @bridges oifname @bridges drop",
+        "ip daddr @routed_subnets accept",
         "ip daddr @masq_subnets drop",
     )),
 }
@@ -227,6 +230,7 @@ class NetworkRules:
     masquerade: bool  # outbound NAT for traffic leaving the host (not to other tether bridges)
     internal: bool  # no way out, nothing in except from the host itself
     icc: bool  # containers on the same bridge may talk to each other
+    routed: bool = False  # reachable by routing from outside the host (overlay: any host is a way in)
 
 
 @dataclass(frozen=True)
@@ -263,12 +267,14 @@ def network_elements(net: NetworkRules) -> Elements:
         out["icc_pairs"].append(f"{bridge} . {bridge}")
     if net.internal:
         out["internal_bridges"].append(bridge)
+    if net.routed and not net.internal:
+        out["routed_subnets"].append(subnet)
     return out
 
 
 def network_candidates(net: NetworkRules) -> Elements:
     """Every element ``net`` could have contributed under any flags: what removal deletes."""
-    return network_elements(NetworkRules(net.bridge, net.subnet, True, False, True)) | {
+    return network_elements(NetworkRules(net.bridge, net.subnet, True, False, True, True)) | {
         "internal_bridges": [f'"{_ifname(net.bridge)}"'],
     }
 
