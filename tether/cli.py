@@ -394,11 +394,17 @@ def reap(container_id: str) -> None:
 
 
 @app.command()
-def demo(keep: bool = typer.Option(False, "--keep", help="Leave the demo containers running.")) -> None:
-    """Show every mode working: start containers and print a connectivity matrix."""
-    from .demo import run_demo
+def demo(
+    keep: bool = typer.Option(False, "--keep", help="Leave the single-host demo containers running."),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also run the multi-host part on a lab."),
+) -> None:
+    """Show every mode working: start containers and print connectivity matrices."""
+    from .demo import run_demo, run_overlay_demo
 
-    raise typer.Exit(run_demo(CTX.client(), out, keep=keep))
+    code = run_demo(CTX.client(), out, keep=keep)
+    if overlay:
+        code = code or run_overlay_demo(out)
+    raise typer.Exit(code)
 
 
 # ---------------------------------------------------------------------- lab
