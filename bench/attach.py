@@ -327,6 +327,8 @@ class Bench:
         self.rss: dict[int, float] = {}
         self.extra: dict[str, Any] = {}
         self.failures: list[dict[str, Any]] = []
+        self.daemon_crash: dict[str, Any] | None = None
+        self.daemon_fds: dict[int, int] = {}
 
     # -- helpers ------------------------------------------------------------------
     def name(self, kind: str) -> str:
@@ -551,18 +553,56 @@ class Bench:
         self.record("nsenter_exec_true", level, wrapped)
 
     # -- the run ----------------------------------------------------------------------
+    TETHER_SAMPLERS = {
+        "sample_tether_attach", "sample_tether_create", "sample_tether_ping", "sample_cli_run_d",
+        "sample_api_run_d", "sample_run_rm",
+    }
+
+    def daemon_alive(self) -> bool:
+        return self.daemon is not None and self.daemon.poll() is None
+
     def guard(self, level: int, fn: Callable[..., None], *args: Any) -> None:
-        """Take one sample; a failed one is recorded (and reported), not timed."""
+        """Take one sample; a failed one is recorded (and reported), not timed.
+
+        If the daemon died, tether samples are skipped from then on (the crash is
+        reported) while CNI and the raw floor go on.
+        """
+        if fn.__name__ in self.TETHER_SAMPLERS and not self.daemon_alive():
+            return
         try:
             fn(level, *args)
         except Exception as exc:  # noqa: BLE001
             what = fn.__name__.removeprefix("sample_") + "".join(f" {a}" for a in args if isinstance(a, str))
-            self.failures.append({"sample": what, "level": level, "error": str(exc)[:500]})
-            log(f"level {level}: sample {what} FAILED: {exc}")
-            if self.daemon is None or self.daemon.poll() is not None:
-                raise RuntimeError("the tether daemon died") from exc
-            if len(self.failures) > 50:
-                raise RuntimeError("more than 50 failed samples: giving up") from exc
+            self.note_failure(level, what, exc)
+
+    def note_failure(self, level: int, what: str, exc: BaseException) -> None:
+        self.failures.append({"sample": what, "level": level, "error": str(exc)[:500]})
+        log(f"level {level}: {what} FAILED: {exc}")
+        # a daemon that aborts takes a moment to exit: give it that before judging
+        self.check_daemon(level, what, wait=5.0 if "daemon" in str(exc).lower() else 0.0)
+        if len(self.failures) > 100:
+            raise RuntimeError("more than 100 failed samples: giving up") from exc
+
+    def check_daemon(self, level: int, during: str, wait: float = 0.0) -> None:
+        """Record (once) that the daemon has died, with its exit status and log tail."""
+        if self.daemon is None or self.daemon_crash is not None:
+            return
+        if self.daemon.poll() is None and wait > 0:
+            try:
+                self.daemon.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.daemon.poll() is None:
+            return
+        tail = self.daemon_log()
+        self.daemon_crash = {
+            "level": level,
+            "during": during,
+            "exit_status": self.daemon.returncode,
+            "log_tail": tail[-1500:],
+        }
+        log(f"THE TETHER DAEMON DIED (exit status {self.daemon.returncode}) during {during} at N={level}; "
+            f"tether samples stop here, CNI and raw go on. Log tail:\n{tail[-1500:]}")
 
     def run(self) -> dict[str, Any]:
         a = self.args
@@ -583,7 +623,11 @@ class Bench:
         self.samples.clear()
         for level in self.levels:
             t_fill = now()
-            self.tether_fill(level)
+            if self.daemon_alive():
+                try:
+                    self.tether_fill(level)
+                except Exception as exc:  # noqa: BLE001
+                    self.note_failure(level, f"tether fill to {level}", exc)
             self.cni_fill(level)
             self.raw_fill(level)
             log(f"level {level}: filled in {now() - t_fill:.1f} s; host netns has {self.worker.link_count()} links")
@@ -607,13 +651,21 @@ class Bench:
                 first, second = ("bridge", "host") if i % 2 == 0 else ("host", "bridge")
                 self.guard(level, self.sample_run_rm, first)
                 self.guard(level, self.sample_run_rm, second)
-            self.rss[level] = rss_mb(self.daemon_pid)
-            counts = {
-                "tether": len([c for c in self.client.get("/containers?all=1") if c["networks"]]),
-            }
-            log(f"level {level}: done, daemon RSS {self.rss[level]:.1f} MB, tether containers with endpoints {counts['tether']}")
+            tether_endpoints: int | None = None
+            self.check_daemon(level, "sampling")
+            if self.daemon_alive():
+                self.rss[level] = rss_mb(self.daemon_pid)
+                self.daemon_fds[level] = len(os.listdir(f"/proc/{self.daemon_pid}/fd"))
+                try:
+                    tether_endpoints = len([c for c in self.client.get("/containers?all=1") if c["networks"]])
+                except Exception as exc:  # noqa: BLE001
+                    self.note_failure(level, "GET /containers", exc)
+            else:
+                self.rss[level] = float("nan")
+            log(f"level {level}: done, daemon RSS {self.rss[level]:.1f} MB, "
+                f"fds {self.daemon_fds.get(level)}, tether containers with endpoints {tether_endpoints}")
             self.extra.setdefault("endpoints_at_level", {})[level] = {
-                "tether": counts["tether"], "cni": self.cni_count, "raw": self.raw_count,
+                "tether": tether_endpoints, "cni": self.cni_count, "raw": self.raw_count,
             }
             self.print_level(level)
         finished = dt.datetime.now()
@@ -681,6 +733,11 @@ class Bench:
             f"daemon RSS at N={hi}", self.rss[hi], TARGETS["rss_mb"], "MB",
             note="" if hi >= 1000 else "target is defined at 1000 endpoints",
         ))
+        for v in verdicts:
+            if isinstance(v["value"], float) and math.isnan(v["value"]):
+                why = (f"no tether sample: the daemon crashed at N={self.daemon_crash['level']} "
+                       f"during {self.daemon_crash['during']}") if self.daemon_crash else "no successful sample"
+                v["note"] = "; ".join(x for x in (why, v["note"]) if x)
         return {
             "benchmark": "attach",
             "date": started.strftime("%Y-%m-%d"),
@@ -706,6 +763,8 @@ class Bench:
             "ratios": ratios,
             "targets": verdicts,
             "failed_samples": self.failures,
+            "daemon_crash": self.daemon_crash,
+            "daemon_open_fds": {str(k): v for k, v in self.daemon_fds.items()},
             "raw_samples_ms": {
                 m: {str(lv): [round(x * 1000, 3) for x in v] for lv, v in per.items()}
                 for m, per in self.samples.items()
@@ -851,6 +910,11 @@ def print_summary(res: dict[str, Any]) -> None:
     for k in keys:
         print(f"  {k:<36}" + "".join(f"{res['ratios'][lv][k]:>12}" for lv in levels))
     print("  growth N=%s/N=%s: %s" % (levels[-1], levels[0], ", ".join(f"{k} {v}" for k, v in res["ratios"]["growth"].items())))
+    print(f"{'daemon open fds':<40}" + "".join(f"{res['daemon_open_fds'].get(lv, '-'):>20}" for lv in levels))
+    if res["daemon_crash"]:
+        c = res["daemon_crash"]
+        print(f"\nTHE TETHER DAEMON CRASHED at N={c['level']} during {c['during']} (exit status {c['exit_status']}); "
+              f"tether has no samples from there on. Daemon log tail:\n{c['log_tail']}")
     if res["failed_samples"]:
         print(f"\nFAILED SAMPLES ({len(res['failed_samples'])}, not timed):")
         for f in res["failed_samples"]:
@@ -894,6 +958,13 @@ def markdown(res: dict[str, Any]) -> str:
     for v in res["targets"]:
         lines.append(f"- **{'met' if v['met'] else 'MISSED'}**: {v['what']} = {v['value']} (target {v['target']})"
                      + (f"; {v['note']}" if v["note"] else ""))
+    lines.insert(lines.index("Ratios of medians:") - 1,
+                 "| daemon open fds | " + " | ".join(str(res["daemon_open_fds"].get(lv, "-")) for lv in levels) + " |")
+    if res["daemon_crash"]:
+        c = res["daemon_crash"]
+        lines += ["", f"**The tether daemon crashed** at N={c['level']} during {c['during']} "
+                  f"(exit status {c['exit_status']}); no tether samples from there on. Log tail:", "",
+                  "```", c["log_tail"].strip(), "```"]
     if res["failed_samples"]:
         lines += ["", f"Failed samples ({len(res['failed_samples'])}, not timed, not in the medians):", ""]
         for f in res["failed_samples"]:

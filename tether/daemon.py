@@ -24,7 +24,7 @@ from .datapath import Datapath
 from .errors import InvalidInput, StoreError
 from .dns import Resolver
 from .firewall import Firewall
-from .firewall.dnsredirect import redirect_dns
+from .firewall.dnsredirect import redirect_dns_here
 from .store import SqliteStore
 
 __all__ = ["run_daemon"]
@@ -55,7 +55,7 @@ def run_daemon(
     firewall = Firewall(firewall_table)
     # the resolver takes kernel-picked ports in each container namespace and a DNAT there
     # points 127.0.0.11:53 at them, so containers keep port 53 for their own servers
-    resolver = Resolver(dns_upstreams or None, port=0, on_serve=redirect_dns)
+    resolver = Resolver(dns_upstreams or None, port=0, on_serve=redirect_dns_here)
     resolver.start()
     controller = Controller(
         store,

@@ -160,6 +160,7 @@ class Container:
     rootfs: str | None = None
     created: float = 0.0
     ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping.to_dict(), one per port
+    external: bool = False  # a namespace another runtime made (CNI): netns is its path
 
     @property
     def port_mappings(self) -> list[PortMapping]:

@@ -77,7 +77,7 @@ def _allocate_keys(url: str, worker: int, count: int, barrier: Any, results: Any
     create-only compare-and-swap, always trying the lowest number not known taken."""
     try:
         store = EtcdStore([url])
-        barrier.wait()
+        barrier.wait(timeout=60)  # never hang forever if a sibling died
         won: list[str] = []
         n = 0
         while len(won) < count:
@@ -98,15 +98,21 @@ def test_cas_across_processes(store: EtcdStore, etcd: EtcdServer) -> None:
     barrier = ctx.Barrier(4)
     results = ctx.Queue()
     processes = [
-        ctx.Process(target=_allocate_keys, args=(etcd.client_url, worker, 50, barrier, results))
+        ctx.Process(target=_allocate_keys, args=(etcd.client_url, worker, 50, barrier, results), daemon=True)
         for worker in range(4)
     ]
-    for process in processes:
-        process.start()
-    outcomes = [results.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join(timeout=10)
-        assert process.exitcode == 0
+    try:
+        for process in processes:
+            process.start()
+        outcomes = [results.get(timeout=120) for _ in processes]
+        for process in processes:
+            process.join(timeout=10)
+            assert process.exitcode == 0
+    finally:
+        for process in processes:  # a failed run must not leave children behind
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
     assert [error for _, _, error in outcomes if error] == []
     keys = [key for _, won, _ in outcomes for key in won]
     assert len(keys) == 200

@@ -100,6 +100,44 @@ def nodes_list(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[s
     return c.nodes()
 
 
+@route("POST", "/cni/add")
+def cni_add(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    ports = body.get("port_mappings") or []
+    if not isinstance(ports, list) or not all(isinstance(x, dict) for x in ports):
+        raise InvalidInput("port_mappings must be a list of objects")
+    return c.cni_add(
+        container_id=_str(body, "container_id"),
+        netns_path=_str(body, "netns"),
+        ifname=_str(body, "ifname"),
+        network_name=_str(body, "network"),
+        ip=body.get("ip"),
+        mac=body.get("mac"),
+        publish=ports,
+        aliases=_str_list(body, "aliases"),
+    )
+
+
+@route("POST", "/cni/del")
+def cni_del(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    c.cni_del(_str(body, "container_id"), body.get("ifname") or "", _str(body, "network"))
+    return {}
+
+
+@route("POST", "/cni/check")
+def cni_check(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    c.cni_check(_str(body, "container_id"), _str(body, "ifname"), _str(body, "network"))
+    return {}
+
+
+@route("POST", "/cni/gc")
+def cni_gc(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    valid = body.get("valid") or []
+    if not isinstance(valid, list) or not all(isinstance(v, dict) for v in valid):
+        raise InvalidInput("valid must be a list of {containerID, ifname} objects")
+    pairs = [(str(v.get("containerID", "")), str(v.get("ifname", ""))) for v in valid]
+    return {"removed": c.cni_gc(_str(body, "network"), pairs)}
+
+
 @route("GET", "/containers")
 def containers_list(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     return c.list_containers(all_=_flag(q, "all"))

@@ -260,7 +260,10 @@ class Datapath:
     # ------------------------------------------------------------------ namespaces
 
     def netns_path(self, name: str) -> str:
-        """Where the namespace ``name`` is bound: ``{netns_dir}/{name}``, as ``ip netns``."""
+        """Where the namespace ``name`` is bound: ``{netns_dir}/{name}``, as ``ip netns``.
+        An absolute path (a namespace another runtime made, e.g. a CNI_NETNS) is itself."""
+        if name.startswith("/") and "\0" not in name and "/../" not in name:
+            return name
         if not name or "/" in name or name in (".", "..") or "\0" in name:
             raise DatapathError(f"invalid network namespace name {name!r}")
         return f"{self._netns_dir}/{name}"

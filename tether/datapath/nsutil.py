@@ -128,6 +128,20 @@ def run_in_netns(netns: str | int, fn: Callable[[], T]) -> T:
     return run_in_thread(body)
 
 
+def _bound_socket(family: int, type: int, bind: tuple[str, int]) -> socket.socket:
+    sock = socket.socket(family, type)
+    try:
+        if sock.type == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(bind)
+        if sock.type == socket.SOCK_STREAM:
+            sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def open_socket_in_netns(
     netns_path: str, family: int, type: int, bind: tuple[str, int]
 ) -> socket.socket:
@@ -137,19 +151,30 @@ def open_socket_in_netns(
     TIME_WAIT of its old connections) and is listening. The socket lives in that namespace
     for good, whichever thread uses it afterwards; the calling thread never moves.
     """
+    return open_sockets_in_netns(netns_path, [(family, type, bind)])[0]
 
-    def body() -> socket.socket:
-        sock = socket.socket(family, type)
+
+def open_sockets_in_netns(
+    netns_path: str,
+    specs: list[tuple[int, int, tuple[str, int]]],
+    inside: Callable[[list[socket.socket]], None] | None = None,
+) -> list[socket.socket]:
+    """Several sockets (as ``open_socket_in_netns``) made in one trip into the namespace;
+    ``inside(sockets)`` then runs there too (e.g. to install rules that point at them).
+    All or nothing: on any failure every socket is closed."""
+
+    def body() -> list[socket.socket]:
+        socks: list[socket.socket] = []
         try:
-            if sock.type == socket.SOCK_STREAM:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(bind)
-            if sock.type == socket.SOCK_STREAM:
-                sock.listen(socket.SOMAXCONN)
+            for family, type_, bind in specs:
+                socks.append(_bound_socket(family, type_, bind))
+            if inside is not None:
+                inside(socks)
         except BaseException:
-            sock.close()
+            for sock in socks:
+                sock.close()
             raise
-        return sock
+        return socks
 
     return run_in_netns(netns_path, body)
 

@@ -255,11 +255,12 @@ class Resolver:
         self,
         upstreams: list[str] | None = None,
         port: int = RESOLVER_PORT,
-        on_serve: Callable[[str, int, int], None] | None = None,
+        on_serve: Callable[[int, int], None] | None = None,
     ) -> None:
         """``upstreams``: 'IP' or 'IP:PORT' ('[IPv6]:PORT'); None reads /etc/resolv.conf.
         ``port`` 0 lets the kernel pick the listening ports in each namespace; ``on_serve``
-        (netns path, udp port, tcp port) then points 127.0.0.11:53 at them."""
+        (udp port, tcp port), called from inside that namespace, then points 127.0.0.11:53
+        at them."""
         self.port = port
         self.on_serve = on_serve
         texts = upstreams_from_resolv_conf() if upstreams is None else upstreams
@@ -418,25 +419,25 @@ class Resolver:
                     return
                 self._unserve_locked(sandbox)
             address = (RESOLVER_ADDRESS, self.port)
+            on_serve = self.on_serve
+
+            def inside(socks: list[socket.socket]) -> None:
+                if on_serve is not None:
+                    on_serve(socks[0].getsockname()[1], socks[1].getsockname()[1])
+
             try:
-                udp = nsutil.open_socket_in_netns(netns_path, socket.AF_INET, socket.SOCK_DGRAM, address)
-                try:
-                    tcp = nsutil.open_socket_in_netns(netns_path, socket.AF_INET, socket.SOCK_STREAM, address)
-                except BaseException:
-                    udp.close()
-                    raise
+                udp, tcp = nsutil.open_sockets_in_netns(
+                    netns_path,
+                    [(socket.AF_INET, socket.SOCK_DGRAM, address), (socket.AF_INET, socket.SOCK_STREAM, address)],
+                    inside,
+                )
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 raise DatapathError(
                     f"cannot serve DNS on {RESOLVER_ADDRESS}:{self.port} in {netns_path}: {reason}"
                 ) from exc
-            if self.on_serve is not None:
-                try:
-                    self.on_serve(netns_path, udp.getsockname()[1], tcp.getsockname()[1])
-                except Exception as exc:
-                    udp.close()
-                    tcp.close()
-                    raise DatapathError(f"cannot point 127.0.0.11:53 at the resolver in {netns_path}: {exc}") from exc
+            except Exception as exc:
+                raise DatapathError(f"cannot point 127.0.0.11:53 at the resolver in {netns_path}: {exc}") from exc
             udp.setblocking(False)
             tcp.setblocking(False)
             listener = _Listener(sandbox, netns_path, udp, tcp)

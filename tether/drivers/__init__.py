@@ -3,6 +3,7 @@
 from .base import DriverContext, NetworkDriver, SandboxMode, Undo
 from .bridge import BridgeDriver
 from .container import SharedNamespace
+from .external import ExternalNamespace
 from .host import HostNamespace
 from .none import OwnNamespace
 from .overlay import OverlayDriver, overlay_devices
@@ -14,6 +15,7 @@ __all__ = [
     "Undo",
     "BridgeDriver",
     "SharedNamespace",
+    "ExternalNamespace",
     "HostNamespace",
     "OwnNamespace",
     "OverlayDriver",

@@ -8,10 +8,9 @@ its rules replaced in one transaction; it vanishes with the namespace.
 
 from __future__ import annotations
 
-from ..datapath.nsutil import run_in_netns
 from .libnft import Nft
 
-__all__ = ["render_dns_redirect", "redirect_dns"]
+__all__ = ["render_dns_redirect", "redirect_dns_here"]
 
 TABLE = "tether_dns"
 
@@ -33,7 +32,7 @@ def render_dns_redirect(udp_port: int, tcp_port: int, address: str = "127.0.0.11
     )
 
 
-def redirect_dns(netns_path: str, udp_port: int, tcp_port: int) -> None:
-    """Install (or re-point) the redirect in the namespace at ``netns_path``."""
-    nft = run_in_netns(netns_path, Nft)
-    nft.run(render_dns_redirect(udp_port, tcp_port))
+def redirect_dns_here(udp_port: int, tcp_port: int) -> None:
+    """Install (or re-point) the redirect in the calling thread's network namespace (the
+    resolver calls it from inside the container's, in the same trip that opens its sockets)."""
+    Nft().run(render_dns_redirect(udp_port, tcp_port))
