@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .api.client import Client, default_socket, default_state_dir, q
-from .errors import TetherError
+from .errors import NotFound, TetherError
 
 __all__ = ["app", "main"]
 
@@ -306,7 +306,10 @@ def _run_foreground(client: Client, created: dict[str, Any], rm: bool) -> int:
         sys.stderr.write(f"Error: {exc}\n")
         code = 127
     if rm:
-        client.delete(f"/containers/{q(name)}?force=1")
+        try:
+            client.delete(f"/containers/{q(name)}?force=1")
+        except NotFound:
+            pass  # already gone (removed by the daemon after it saw the exit)
     else:
         client.post(f"/containers/{q(name)}/exited", {"code": code})
     return code

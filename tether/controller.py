@@ -68,6 +68,8 @@ log = logging.getLogger("tether.controller")
 NET_PREFIX = "/networks/"
 CTR_PREFIX = "/containers/"
 EP_PREFIX = "/endpoints/"
+ID_PREFIX = "/container-ids/"  # id -> name, so lookups by id need no scan
+JOIN_PREFIX = "/joins/"  # /joins/<owner id>/<joiner id>: who shares whose namespace
 NETWORK_OPTIONS = ("bridge_name", "mtu", "masquerade", "icc")
 EPHEMERAL_PORTS = range(32768, 61000)
 _RESERVED_NETWORK_NAMES = ("none", "host", "container", "default")
@@ -168,6 +170,15 @@ class Controller:
         if mode.kind == "container":
             return SharedNamespace(container.netns)
         return OwnNamespace()
+
+    def _index(self, container: Container, undo: Undo) -> None:
+        id_key = ID_PREFIX + container.id
+        self.store.put(id_key, {"name": container.name})
+        undo.push("id index", lambda: self.store.delete(id_key))
+        if container.joined:
+            join_key = f"{JOIN_PREFIX}{container.joined}/{container.id}"
+            self.store.put(join_key, {"name": container.name})
+            undo.push("join index", lambda: self.store.delete(join_key))
 
     def _save(self, container: Container) -> Container:
         self.store.put(CTR_PREFIX + container.name, container.to_dict())
@@ -693,6 +704,7 @@ class Controller:
             try:
                 self._save(container)
                 undo.push(f"record of container {name}", lambda: self.store.delete(CTR_PREFIX + name))
+                self._index(container, undo)
                 os.makedirs(self.container_dir(container), exist_ok=True)
                 undo.push("state dir", lambda: shutil.rmtree(self.container_dir(container), ignore_errors=True))
                 netns = self._sandbox(container).setup(self.ctx, container, undo)
@@ -723,8 +735,21 @@ class Controller:
                 raise
         return container
 
+    def _joiners(self, container: Container) -> list[Container]:
+        out = []
+        for kv in self.store.list(f"{JOIN_PREFIX}{container.id}/"):
+            c = self.store.get(CTR_PREFIX + kv.value["name"])
+            if c is not None:
+                out.append(Container.from_dict(c.value))
+        return out
+
     def _container_by_id(self, container_id: str) -> Container | None:
-        for c in self._containers():
+        kv = self.store.get(ID_PREFIX + container_id) if container_id else None
+        if kv is not None:
+            c = self.store.get(CTR_PREFIX + kv.value["name"])
+            if c is not None and c.value.get("id") == container_id:
+                return Container.from_dict(c.value)
+        for c in self._containers():  # records written before the index existed
             if c.id == container_id:
                 return c
         return None
@@ -1061,11 +1086,7 @@ class Controller:
             container = self._refresh(self._container(name))
             if container.state == "running" and not force:
                 raise Conflict(f"container {name!r} is running: stop it first (`tether stop {name}`) or use `tether rm -f`")
-            joiners = [
-                c.name
-                for c in (self._refresh(c) for c in self._containers())
-                if c.joined == container.id and c.state == "running"
-            ]
+            joiners = [c.name for c in map(self._refresh, self._joiners(container)) if c.state == "running"]
             if joiners and not force:
                 raise Conflict(
                     f"container {name!r} shares its network namespace with running "
@@ -1093,14 +1114,15 @@ class Controller:
             sandbox.owns_netns()
             and not netns_errors
             and not runtime.process_alive(container.pid, container.start_time)
-            and not any(
-                c.joined == container.id and runtime.process_alive(c.pid, c.start_time) for c in self._containers()
-            )
+            and not any(runtime.process_alive(c.pid, c.start_time) for c in self._joiners(container))
         )
         for ep in self._endpoints(container.id):
             errors += self._detach(container, ep, kernel_gone=kernel_gone)
         errors += _collect(lambda: self.ipam.release_owner(container.id))
         shutil.rmtree(self.container_dir(container), ignore_errors=True)
+        errors += _collect(lambda: self.store.delete(ID_PREFIX + container.id))
+        if container.joined:
+            errors += _collect(lambda: self.store.delete(f"{JOIN_PREFIX}{container.joined}/{container.id}"))
         errors += _collect(lambda: self.store.delete(CTR_PREFIX + container.name))
         return errors
 
@@ -1117,9 +1139,11 @@ class Controller:
             return True
 
     def reap_exited(self) -> None:
+        """Remove detached --rm containers that exited (a foreground --rm is removed by the
+        CLI that ran it)."""
         with self.lock:
             for c in self._containers():
-                if c.auto_remove and c.state == "running":
+                if c.auto_remove and c.detach and c.state == "running":
                     c = self._refresh(c)
                     if c.state == "exited":
                         self._log_undo(self._teardown(c))
@@ -1261,6 +1285,7 @@ class Controller:
                     )
                     self._save(container)
                     undo.push("record", lambda: self.store.delete(CTR_PREFIX + name))
+                    self._index(container, undo)
                 if mappings:
                     container = self._save(container.with_(ports=container.ports + [m.to_dict() for m in mappings]))
                 default_route = not self.ctx.datapath.has_default_route(netns_path)
@@ -1435,6 +1460,10 @@ class Controller:
                     if owner not in live_ids:
                         self.ipam.release(net_id, address)
                         actions.append(f"released orphan lease {address}")
+            # id and join index entries whose container is gone
+            for kv in self.store.list(ID_PREFIX) + self.store.list(JOIN_PREFIX):
+                if kv.key.rsplit("/", 1)[1] not in live_ids:
+                    self.store.delete(kv.key)
             # leases of networks that no longer exist
             for kv in self.store.list("/ipam/"):
                 parts = kv.key.split("/")

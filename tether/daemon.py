@@ -49,6 +49,7 @@ def run_daemon(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.makedirs(state_dir, exist_ok=True)
+    _raise_fd_limit()
     store = SqliteStore(os.path.join(state_dir, "tether.db"))
     datapath = Datapath()
     cluster = _join_cluster(cluster_store, cluster_advertise, node_name, node_grace) if cluster_store else None
@@ -141,3 +142,17 @@ def _join_cluster(url: str, advertise: str | None, node: str | None, grace: floa
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     return Cluster(store, node or socket.gethostname(), advertise, grace)
+
+
+def _raise_fd_limit() -> None:
+    """Every container costs the daemon a few descriptors (its resolver's sockets): lift
+    the soft limit to the hard one so a host with thousands of containers fits."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)

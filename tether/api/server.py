@@ -16,6 +16,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -270,13 +271,31 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._handle("DELETE")
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _UnixHTTPServer(socketserver.UnixStreamServer):
+    """Requests are served by a fixed pool of threads: each keeps its store connection and
+    netlink sockets across requests instead of opening (and leaking) them per request."""
+
     request_queue_size = 512
 
     def __init__(self, path: str, controller: Controller) -> None:
         self.controller = controller
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="tether-api")
         super().__init__(path, _RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._pool.submit(self._serve_one, request, client_address)
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class ApiServer:

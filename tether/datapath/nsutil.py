@@ -128,8 +128,29 @@ def run_in_netns(netns: str | int, fn: Callable[[], T]) -> T:
     return run_in_thread(body)
 
 
+HIGH_FD_FLOOR = 1024
+
+
+def _move_high(sock: socket.socket) -> socket.socket:
+    """Give a long-lived socket a descriptor number above 1023 (when the fd limit allows).
+
+    libnftables waits on its netlink socket with select(), which aborts the whole process
+    once that socket's number passes FD_SETSIZE (1024). A daemon serving DNS in hundreds
+    of namespaces holds thousands of sockets, so these are kept out of the low numbers
+    and every short-lived socket (nftables, netlink) still gets a small one."""
+    import fcntl
+
+    try:
+        high = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, HIGH_FD_FLOOR)
+    except OSError:
+        return sock  # the fd limit is low: keep the number we have
+    moved = socket.socket(sock.family, sock.type, sock.proto, fileno=high)
+    sock.close()
+    return moved
+
+
 def _bound_socket(family: int, type: int, bind: tuple[str, int]) -> socket.socket:
-    sock = socket.socket(family, type)
+    sock = _move_high(socket.socket(family, type))
     try:
         if sock.type == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -42,18 +42,28 @@ class BridgeDriver(NetworkDriver):
             return [f"bridge {network.bridge}: {exc}"]
         return []
 
+    # The veth verbs below serve every driver whose endpoints are veths on a bridge (the
+    # overlay driver too); they differ only in which bridge, which MTU and hairpin.
+    def port_bridge(self, network: Network) -> str:
+        return network.bridge
+
+    def port_mtu(self, network: Network) -> int:
+        return network.mtu
+
+    hairpin = True  # a container may reach its own published port through a host address
+
     def attach(self, ctx: DriverContext, network: Network, endpoint: Endpoint, netns: str, undo: Undo) -> None:
         ctx.datapath.attach_veth(
             netns=netns,
             host_ifname=endpoint.host_ifname,
             ifname=endpoint.ifname,
-            bridge=network.bridge,
+            bridge=self.port_bridge(network),
             mac=endpoint.mac,
             cidr=endpoint.cidr,
             gateway=endpoint.gateway if endpoint.default_route else None,
-            mtu=network.mtu,
+            mtu=self.port_mtu(network),
             mark=ctx.mark,
-            hairpin=True,
+            hairpin=self.hairpin,
         )
         undo.push(f"veth {endpoint.host_ifname}", lambda: ctx.datapath.detach_veth(endpoint.host_ifname))
 
@@ -66,7 +76,7 @@ class BridgeDriver(NetworkDriver):
 
     def endpoint_present(self, ctx: DriverContext, network: Network, endpoint: Endpoint) -> bool:
         # a veth that lost its bridge (the bridge was deleted and rebuilt) is as good as gone
-        return ctx.datapath.link_master(endpoint.host_ifname) == network.bridge
+        return ctx.datapath.link_master(endpoint.host_ifname) == self.port_bridge(network)
 
     def owned_links(self, network: Network) -> set[str]:
         return {network.bridge}

@@ -12,8 +12,9 @@ driver does.
 
 from __future__ import annotations
 
-from ..model import Endpoint, Network
-from .base import DriverContext, NetworkDriver, Undo
+from ..model import Network
+from .base import DriverContext, Undo
+from .bridge import BridgeDriver
 
 __all__ = ["OverlayDriver", "overlay_devices", "VXLAN_OVERHEAD"]
 
@@ -26,7 +27,7 @@ def overlay_devices(network: Network) -> tuple[str, str]:
     return f"tov-{vni}", f"tvx-{vni}"
 
 
-class OverlayDriver(NetworkDriver):
+class OverlayDriver(BridgeDriver):
     name = "overlay"
 
     def __init__(self) -> None:
@@ -62,30 +63,13 @@ class OverlayDriver(NetworkDriver):
                 errors.append(f"{name}: {exc}")
         return errors
 
-    def attach(self, ctx: DriverContext, network: Network, endpoint: Endpoint, netns: str, undo: Undo) -> None:
-        bridge, _ = overlay_devices(network)
-        ctx.datapath.attach_veth(
-            netns=netns,
-            host_ifname=endpoint.host_ifname,
-            ifname=endpoint.ifname,
-            bridge=bridge,
-            mac=endpoint.mac,
-            cidr=endpoint.cidr,
-            gateway=endpoint.gateway if endpoint.default_route else None,
-            mtu=self._mtu[bridge],  # ensure_host always runs first
-            mark=ctx.mark,
-        )
-        undo.push(f"veth {endpoint.host_ifname}", lambda: ctx.datapath.detach_veth(endpoint.host_ifname))
+    def port_bridge(self, network: Network) -> str:
+        return overlay_devices(network)[0]
 
-    def detach(self, ctx: DriverContext, network: Network, endpoint: Endpoint, netns: str | None) -> list[str]:
-        try:
-            ctx.datapath.detach_veth(endpoint.host_ifname)
-        except Exception as exc:
-            return [f"veth {endpoint.host_ifname}: {exc}"]
-        return []
+    def port_mtu(self, network: Network) -> int:
+        return self._mtu[self.port_bridge(network)]  # ensure_host always runs first
 
-    def endpoint_present(self, ctx: DriverContext, network: Network, endpoint: Endpoint) -> bool:
-        return ctx.datapath.link_master(endpoint.host_ifname) == overlay_devices(network)[0]
+    hairpin = False  # no published ports on the overlay itself
 
     def owned_links(self, network: Network) -> set[str]:
         return set(overlay_devices(network))

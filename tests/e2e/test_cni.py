@@ -1,0 +1,449 @@
+"""End to end: ``tether-cni`` against a real daemon, with real packets.
+
+The plugin runs as its own process, exactly as a runtime runs it: ``CNI_*`` variables,
+the network configuration on stdin, under ``nsenter --net=<test host>`` (a runtime runs
+plugins in the host's namespace; here the test's host namespace holds the daemon). The
+container namespaces are made by the test with ``ip netns add`` (``tt<tag>c<n>``) and
+deleted afterwards with any process in them; the last test drives Debian's Podman, with
+its CNI backend, through the same plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import NETNS_DIR, Host, sh
+from probes import RESOLVE, TCP_ASK, TCP_WHO
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def netconf(name: str, version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
+    return {"cniVersion": version, "name": name, "type": "tether", **extra}
+
+
+@dataclass
+class Call:
+    rc: int
+    out: dict[str, Any] | None
+    stderr: str
+
+
+@dataclass
+class Cni:
+    """Runs the plugin in the host's namespace; makes container namespaces the test owns."""
+
+    host: Host
+    namespaces: list[str] = field(default_factory=list)
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def netns(self) -> str:
+        name = f"{self.host.prefix[:-1]}c{len(self.namespaces)}"
+        self.host.extra_netns.append(name)  # the host fixture deletes it, even on failure
+        self.namespaces.append(name)
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return f"{NETNS_DIR}/{name}"
+
+    def call(self, command: str, config: Any, cid: str = "", netns: str = "", ifname: str = "eth0",
+             args: str = "", env: dict[str, str] | None = None) -> Call:
+        full_env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "CNI_COMMAND": command,
+                    "CNI_PATH": "/opt/cni/bin:/usr/lib/cni", "TETHER_SOCKET": self.host.socket}
+        for key, value in (("CNI_CONTAINERID", cid), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname), ("CNI_ARGS", args)):
+            if value:
+                full_env[key] = value
+        full_env.update(env or {})
+        stdin = config if isinstance(config, str) else json.dumps(config)
+        proc = subprocess.run([*self.host.enter(), sys.executable, "-m", "tether.cni"], input=stdin, env=full_env,
+                              capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+        # whatever happens: at most one line of JSON on stdout, and an error's msg is one line
+        assert len(proc.stdout.splitlines()) <= 1, proc.stdout
+        out = json.loads(proc.stdout) if proc.stdout.strip() else None
+        if proc.returncode != 0:
+            assert out is not None and isinstance(out.get("code"), int) and "\n" not in out["msg"], proc.stdout
+        return Call(proc.returncode, out, proc.stderr)
+
+    def add(self, config: Any, cid: str, netns: str, **kw: Any) -> dict[str, Any]:
+        result = self.call("ADD", config, cid, netns, **kw)
+        assert result.rc == 0 and result.out is not None, result
+        return result.out
+
+    def in_ns(self, netns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", os.path.basename(netns), *cmd, check=check)
+
+    def serve(self, netns: str, *cmd: str) -> None:
+        self.servers.append(subprocess.Popen(["ip", "netns", "exec", os.path.basename(netns), *cmd],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def cleanup(self) -> None:
+        for proc in self.servers:
+            proc.kill()
+            proc.wait()
+        for name in self.namespaces:  # anything else still running in our namespaces
+            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+
+
+@pytest.fixture
+def cni(host: Host) -> Iterator[Cni]:
+    c = Cni(host)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+def address_of(result: dict[str, Any]) -> str:
+    return str(result["ips"][-1]["address"]).split("/")[0]
+
+
+def endpoints(host: Host, network: str) -> dict[str, Any]:
+    return dict(host.json("network", "inspect", network)[0]["containers"])
+
+
+def host_veths(host: Host) -> list[str]:
+    links = host.in_host("ip", "-o", "link").stdout.splitlines()
+    return [line.split(":")[1].strip().split("@")[0] for line in links if "@" in line.split(":")[1]]
+
+
+def ping(cni: Cni, netns: str, address: str) -> bool:
+    return cni.in_ns(netns, "ping", "-c1", "-W2", address, check=False).returncode == 0
+
+
+def wait_tcp(host: Host, address: str, port: int, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = host.in_host("python3", "-c", TCP_ASK, address, str(port), check=False)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            return r.stdout.strip()
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------- ADD and packets
+def test_add_connects_cni_namespaces_and_tether_containers(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.241.0.0/24", "cninet")
+    ns1, ns2 = cni.netns(), cni.netns()
+    r1 = cni.add(netconf("cninet"), "ctr-one", ns1)
+    r2 = cni.add(netconf("cninet", runtimeConfig={"aliases": ["db", "primary"]}), "ctr-two", ns2)
+
+    # the spec's result, in the config's version
+    assert r1["cniVersion"] == "1.0.0"
+    assert r1["interfaces"][1]["name"] == "eth0" and r1["interfaces"][1]["sandbox"] == ns1
+    assert "sandbox" not in r1["interfaces"][0] or not r1["interfaces"][0]["sandbox"]  # the host end
+    assert r1["ips"] == [{"address": "10.241.0.2/24", "gateway": "10.241.0.1", "interface": 1}]
+    assert r1["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.241.0.1"}]
+    a1, a2 = address_of(r1), address_of(r2)
+    assert "10.241.0.2/24" in cni.in_ns(ns1, "ip", "-o", "-4", "addr", "show", "eth0").stdout
+    assert r1["interfaces"][1]["mac"] in cni.in_ns(ns1, "ip", "-o", "link", "show", "eth0").stdout
+    assert "via 10.241.0.1 dev eth0" in cni.in_ns(ns1, "ip", "route", "show", "default").stdout
+
+    # CNI namespace <-> CNI namespace, and both ways with a container `tether run` made
+    assert ping(cni, ns1, a2) and ping(cni, ns2, a1)
+    host.tether("run", "-d", "--name", "web", "--net", "cninet", "--", "sleep", "600")
+    web = host.inspect("web")["networks"]["cninet"]["address"]
+    assert ping(cni, ns1, web)
+    r = host.tether("run", "--rm", "--net", "cninet", "--", "ping", "-c1", "-W2", a1, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the aliases capability: tether's containers resolve them
+    r = host.tether("run", "--rm", "--net", "cninet", "--", "python3", "-c", RESOLVE, "db")
+    assert r.stdout.strip() == a2
+
+    # tether sees the attachments like any endpoint
+    eps = endpoints(host, "cninet")
+    assert {e["address"] for e in eps.values()} == {"10.241.0.2/24", a2 + "/24", web + "/24"}
+
+
+def test_requested_address_and_mac(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.242.0.0/24", "reqnet")
+    ns1, ns2 = cni.netns(), cni.netns()
+    r = cni.add(netconf("reqnet"), "req-one", ns1, args="IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.242.0.50;MAC=02:00:00:aa:bb:01")
+    assert address_of(r) == "10.242.0.50" and r["interfaces"][1]["mac"] == "02:00:00:aa:bb:01"
+    assert "02:00:00:aa:bb:01" in cni.in_ns(ns1, "ip", "-o", "link", "show", "eth0").stdout
+    rc = {"ips": ["10.242.0.60/24"], "mac": "02:00:00:aa:bb:02"}
+    r = cni.add(netconf("reqnet", "0.4.0", runtimeConfig=rc), "req-two", ns2, ifname="net1")
+    assert r["cniVersion"] == "0.4.0"
+    assert r["ips"] == [{"version": "4", "address": "10.242.0.60/24", "gateway": "10.242.0.1", "interface": 1}]
+    assert "10.242.0.60/24" in cni.in_ns(ns2, "ip", "-o", "-4", "addr", "show", "net1").stdout
+    assert ping(cni, ns2, "10.242.0.50")
+
+
+def test_chained_after_another_plugin_keeps_its_result(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.243.0.0/24", "chainnet")
+    ns = cni.netns()
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "lo", "sandbox": ns}],
+            "ips": [{"address": "127.0.0.1/8", "interface": 0}], "routes": [], "dns": {"nameservers": ["192.0.2.53"]}}
+    r = cni.add(netconf("chainnet", prevResult=prev), "chain-one", ns)
+    assert [i["name"] for i in r["interfaces"]][:1] == ["lo"] and r["interfaces"][2]["name"] == "eth0"
+    assert r["ips"][0] == prev["ips"][0] and r["ips"][1]["interface"] == 2
+    assert r["dns"] == {"nameservers": ["192.0.2.53"]}
+
+
+# ---------------------------------------------------------------------------- published ports
+def test_port_mappings_are_published_on_the_host(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.244.0.0/24", "pubnet")
+    ns = cni.netns()
+    ports = [{"hostPort": 18080, "containerPort": 8000, "protocol": "tcp"}]
+    r = cni.add(netconf("pubnet", runtimeConfig={"portMappings": ports}), "pub-one", ns)
+    cni.serve(ns, "python3", "-c", TCP_WHO, "8000")
+    # from the host's own namespace, on loopback: the server sees a connection arrive
+    seen = wait_tcp(host, "127.0.0.1", 18080)
+    assert seen and not seen.startswith("FAIL"), seen
+    assert ports[0]["hostPort"] == 18080 and address_of(r).startswith("10.244.0.")
+    # a second attachment asking for the same host port is refused, naming the holder
+    clash = cni.call("ADD", netconf("pubnet", runtimeConfig={"portMappings": ports}), "pub-two", cni.netns())
+    assert clash.rc == 1 and clash.out is not None and clash.out["code"] == 999 and "18080" in clash.out["msg"]
+    # DEL unpublishes
+    assert cni.call("DEL", netconf("pubnet"), "pub-one", ns).rc == 0
+    after = host.in_host("python3", "-c", TCP_ASK, "127.0.0.1", "18080", check=False)
+    assert after.returncode != 0
+
+
+# ---------------------------------------------------------------------------- CHECK, DEL, GC
+def test_check_passes_then_fails_when_the_interface_is_gone(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.245.0.0/24", "chknet")
+    ns = cni.netns()
+    result = cni.add(netconf("chknet"), "chk-one", ns)
+    ok = cni.call("CHECK", netconf("chknet", prevResult=result), "chk-one", ns)
+    assert (ok.rc, ok.out) == (0, None)
+    sh("ip", "-n", os.path.basename(ns), "link", "del", "eth0")
+    bad = cni.call("CHECK", netconf("chknet", prevResult=result), "chk-one", ns)
+    assert bad.rc == 1 and bad.out is not None
+    assert bad.out["code"] == 999 and "eth0" in bad.out["msg"]
+    # CHECK needs cniVersion 0.4.0 or later
+    old = cni.call("CHECK", netconf("chknet", "0.3.1", prevResult=result), "chk-one", ns)
+    assert old.out is not None and old.out["code"] == 1
+
+
+def test_del_is_idempotent(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.246.0.0/24", "delnet")
+    ns1, ns2 = cni.netns(), cni.netns()
+    cni.add(netconf("delnet"), "del-one", ns1)
+    cni.add(netconf("delnet"), "del-two", ns2)
+    assert len(host_veths(host)) == 2
+    for _ in range(2):  # DEL, and DEL again
+        assert cni.call("DEL", netconf("delnet"), "del-one", ns1).rc == 0
+    assert [e for e in endpoints(host, "delnet")] == ["cni-del-two"]
+    assert "eth0" not in cni.in_ns(ns1, "ip", "-o", "link").stdout
+    # the runtime deleted the namespace first: DEL still cleans up (twice, without CNI_NETNS too)
+    sh("ip", "netns", "del", os.path.basename(ns2))
+    assert cni.call("DEL", netconf("delnet"), "del-two", ns2).rc == 0
+    assert cni.call("DEL", netconf("delnet"), "del-two").rc == 0
+    assert endpoints(host, "delnet") == {}
+    assert host_veths(host) == []
+    # never added, unknown network: still success
+    assert cni.call("DEL", netconf("delnet"), "never-added", ns1).rc == 0
+    assert cni.call("DEL", netconf("nosuchnet"), "del-one", ns1).rc == 0
+    # and the addresses are free again
+    assert address_of(cni.add(netconf("delnet", runtimeConfig={"ips": ["10.246.0.2"]}), "del-three", ns1)) == "10.246.0.2"
+
+
+def test_gc_removes_attachments_not_in_the_valid_list(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.247.0.0/24", "gcnet")
+    nss = [cni.netns() for _ in range(3)]
+    for i, ns in enumerate(nss):
+        cni.add(netconf("gcnet", "1.1.0"), f"gc-{i}", ns)
+    host.tether("run", "-d", "--name", "keepme", "--net", "gcnet", "--", "sleep", "600")
+    valid = [{"containerID": "gc-0", "ifname": "eth0"}, {"containerID": "gc-2", "ifname": "eth0"}]
+    r = cni.call("GC", netconf("gcnet", "1.1.0", **{"cni.dev/valid-attachments": valid}))
+    assert (r.rc, r.out) == (0, None)
+    assert sorted(endpoints(host, "gcnet")) == ["cni-gc-0", "cni-gc-2", "keepme"]  # tether's own untouched
+    assert "eth0" not in cni.in_ns(nss[1], "ip", "-o", "link").stdout
+    assert ping(cni, nss[0], address_of({"ips": [{"address": endpoints(host, "gcnet")["cni-gc-2"]["address"]}]}))
+    # GC needs cniVersion 1.1.0; without any list it removes nothing
+    assert cni.call("GC", netconf("gcnet", "1.0.0", **{"cni.dev/valid-attachments": []})).out["code"] == 1  # type: ignore[index]
+    assert cni.call("GC", netconf("gcnet", "1.1.0")).rc == 0
+    assert sorted(endpoints(host, "gcnet")) == ["cni-gc-0", "cni-gc-2", "keepme"]
+
+
+# ---------------------------------------------------------------------------- STATUS and errors
+def test_version(host: Host, cni: Cni) -> None:
+    r = cni.call("VERSION", {"cniVersion": "1.0.0"})
+    assert r.rc == 0 and r.out == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+
+
+def test_errors_are_one_line_with_the_spec_codes(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.248.0.0/30", "tiny")  # room for one container
+    ns = cni.netns()
+    cases = [
+        (cni.call("ADD", netconf("nosuch"), "e-1", ns), 7, "network 'nosuch' not found"),
+        (cni.call("ADD", "{not json", "e-1", ns), 6, "not valid JSON"),
+        (cni.call("ADD", netconf("tiny"), "e-1", ""), 4, "CNI_NETNS"),
+        (cni.call("ADD", netconf("tiny"), "e-1", ns + "-gone"), 4, "does not exist"),
+        (cni.call("ADD", netconf("tiny", "0.2.0"), "e-1", ns), 1, "cniVersion 0.2.0"),
+        (cni.call("ADD", netconf("tiny", ipam={"type": "host-local"}), "e-1", ns), 2, '"ipam"'),
+        (cni.call("ADD", netconf("tiny"), "e-1", ns, args="IP=10.99.0.5"), 7, "outside network"),
+        (cni.call("ADD", netconf("tiny", runtimeConfig={"mac": "zz"}), "e-1", ns), 7, "invalid mac"),
+    ]
+    for call, code, text in cases:
+        assert call.rc == 1 and call.out is not None, call
+        assert call.out["code"] == code and text in call.out["msg"], call.out
+    assert cni.add(netconf("tiny"), "e-1", ns)["ips"][0]["address"] == "10.248.0.2/30"
+    full = cni.call("ADD", netconf("tiny"), "e-2", cni.netns())
+    assert full.out is not None and full.out["code"] == 999 and "no free address" in full.out["msg"]
+    # nothing half-made is left by the failures
+    assert list(endpoints(host, "tiny")) == ["cni-e-1"] and len(host_veths(host)) == 1
+
+
+def test_status_and_a_stopped_daemon(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.249.0.0/24", "stnet")
+    ns = cni.netns()
+    up = cni.call("STATUS", netconf("stnet", "1.1.0"))
+    assert (up.rc, up.out) == (0, None)
+    assert cni.call("STATUS", netconf("stnet", "1.0.0")).out["code"] == 1  # type: ignore[index]
+    host.kill_daemon()
+    down = cni.call("STATUS", netconf("stnet", "1.1.0"))
+    assert down.rc == 1 and down.out is not None and down.out["code"] == 50
+    assert host.socket in down.out["msg"]
+    for command in ("ADD", "DEL", "CHECK"):
+        r = cni.call(command, netconf("stnet", prevResult={"interfaces": [{"name": "eth0"}]}), "st-1", ns)
+        assert r.rc == 1 and r.out is not None and r.out["code"] == 11, (command, r)
+        assert r.out["msg"].startswith("no tether daemon answers on") or "failed" in r.out["msg"]
+    # the plugin never starts a daemon of its own
+    time.sleep(0.3)
+    probe = subprocess.run([*host.enter(), "python3", "-c",
+                            f"import socket; s=socket.socket(socket.AF_UNIX); s.connect({host.socket!r})"],
+                           capture_output=True, text=True, check=False)
+    assert probe.returncode != 0
+    # a socket path from the config wins over TETHER_SOCKET
+    other = cni.call("STATUS", netconf("stnet", "1.1.0", socket="/nonexistent/t.sock"))
+    assert other.out is not None and "/nonexistent/t.sock" in other.out["msg"]
+
+
+# ---------------------------------------------------------------------------- a real runtime
+PODMAN_ULIMITS = ["nofile=20000:20000", "nproc=4096:4096"]
+
+
+@dataclass
+class Podman:
+    """Debian's Podman with its CNI backend, every directory of its own under ``base``,
+    run inside the test host's namespace (it makes the container namespaces itself)."""
+
+    host: Host
+    base: Path
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        cmd = [*self.host.enter(), "podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "runroot"),
+               "--tmpdir", str(self.base / "tmp"), "--storage-driver", "vfs", *args]
+        env = {**os.environ, "CONTAINERS_CONF": str(self.base / "containers.conf")}
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+        if check and r.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)} failed ({r.returncode}): {r.stderr}{r.stdout}")
+        return r
+
+    def ip(self, name: str, network: str) -> str:
+        template = f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}'
+        return self("inspect", "-f", template, name).stdout.strip()
+
+
+def build_podman(host: Host, base: Path, network: str) -> Podman:
+    plugins, confdir = base / "plugins", base / "net.d"
+    for d in (plugins, confdir, base / "tmp"):
+        d.mkdir(parents=True)
+    # what `pip install` makes of [project.scripts] tether-cni, named as the config's type
+    plugin = plugins / "tether"
+    plugin.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                      "from tether.cni import main\nsys.exit(main())\n")
+    plugin.chmod(0o755)
+    (base / "containers.conf").write_text(
+        '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+        f'[network]\nnetwork_backend = "cni"\ncni_plugin_dirs = ["{plugins}", "/usr/lib/cni"]\n'
+        f'network_config_dir = "{confdir}"\n'
+        f"[containers]\ndefault_ulimits = {json.dumps(PODMAN_ULIMITS)}\n"
+    )
+    (confdir / f"{network}.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0",
+        "name": network,
+        "plugins": [{"type": "tether", "network": network, "socket": host.socket,
+                     "capabilities": {"portMappings": True, "ips": True, "mac": True, "aliases": True}}],
+    }, indent=2))
+    # an image without a registry: a rootfs of Debian's static busybox
+    rootfs = base / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "www").mkdir()
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "ping", "ip", "sleep", "httpd", "wget", "cat"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "www" / "index.html").write_text("hello from podman\n")
+    with tarfile.open(base / "rootfs.tar", "w") as tar:
+        tar.add(rootfs, arcname=".")
+    podman = Podman(host, base)
+    podman("import", str(base / "rootfs.tar"), "localhost/tetherbb:latest")
+    return podman
+
+
+def test_podman_cni_backend(host: Host) -> None:
+    if shutil.which("podman") is None or shutil.which("runc") is None or not os.path.exists("/bin/busybox"):
+        pytest.skip("needs podman, runc and busybox-static (apt-get install podman runc busybox-static)")
+    network = f"{host.prefix}pod"
+    host.tether("network", "create", "--subnet", "10.250.0.0/24", network)
+    base = Path(tempfile.mkdtemp(prefix=f"{host.prefix}podman-"))
+    podman = build_podman(host, base, network)
+    sandboxes: list[str] = []
+    try:
+        run = ["run", "-d", "--network", network, "--cap-add", "NET_RAW"]
+        podman(*run, "--name", "pa", "localhost/tetherbb", "sleep", "600")
+        podman(*run, "--name", "pb", "--network-alias", "pbee", "localhost/tetherbb", "sleep", "600")
+        podman(*run, "--name", "pweb", "-p", "18090:8000", "localhost/tetherbb", "httpd", "-f", "-p", "8000", "-h", "/www")
+        for name in ("pa", "pb", "pweb"):
+            sandboxes.append(podman("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", name).stdout.strip())
+        a, b = podman.ip("pa", network), podman.ip("pb", network)
+        assert a.startswith("10.250.0.") and b.startswith("10.250.0.") and a != b
+
+        # podman containers reach each other; a `tether run` container reaches them
+        r = podman("exec", "pa", "ping", "-c1", "-W2", b, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = host.tether("run", "--rm", "--net", network, "--", "ping", "-c1", "-W2", a, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # Podman's network alias arrives through the aliases capability
+        r = host.tether("run", "--rm", "--net", network, "--", "python3", "-c", RESOLVE, "pbee")
+        assert r.stdout.strip() == b
+        # podman run -p goes through tether's port map: reachable from the host namespace
+        got = ""
+        deadline = time.monotonic() + 10
+        fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:18090/index.html', timeout=2).read().decode())"
+        while time.monotonic() < deadline and "hello from podman" not in got:
+            got = host.in_host("python3", "-c", fetch, check=False).stdout
+            time.sleep(0.1)
+        assert "hello from podman" in got
+        assert set(endpoints(host, network)) == {f"cni-{podman('inspect', '-f', '{{.Id}}', n).stdout.strip()}"[:63]
+                                                 for n in ("pa", "pb", "pweb")}
+
+        # podman rm leaves nothing behind: no endpoint, no veth, no namespace, no CNI cache entry
+        podman("rm", "-f", "-t", "0", "pa", "pb", "pweb")
+        assert endpoints(host, network) == {}
+        assert host_veths(host) == []
+        assert not [s for s in sandboxes if os.path.exists(s)]
+        assert not [f for f in os.listdir("/var/lib/cni/results") if f.startswith(network)] \
+            if os.path.isdir("/var/lib/cni/results") else True
+        assert host.in_host("python3", "-c", TCP_ASK, "127.0.0.1", "18090", check=False).returncode != 0
+    finally:
+        podman("rm", "-a", "-f", "-t", "0", check=False)
+        for sandbox in sandboxes:
+            if os.path.exists(sandbox):
+                sh("umount", sandbox, check=False)
+                try:
+                    os.unlink(sandbox)
+                except OSError:
+                    pass
+        podman("rmi", "-a", "-f", check=False)
+        sh("umount", "-R", str(base / "root"), check=False)
+        shutil.rmtree(base, ignore_errors=True)
+

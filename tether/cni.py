@@ -1,0 +1,481 @@
+"""``tether-cni``: the CNI plugin front end, for runtimes that speak CNI (Podman's CNI
+backend, containerd/nerdctl, CRI-O).
+
+A runtime executes the plugin once per operation, with the operation in ``CNI_*``
+environment variables and the network configuration as JSON on stdin (CNI spec 1.1.0).
+The plugin is a thin client of the tether daemon: it turns that input into one API
+request (``POST /cni/add|del|check|gc``, ``GET /ping``) and the daemon's answer into the
+spec's result or error on stdout. All state and all kernel work stay in the daemon, so
+attachments made through CNI live beside ``tether run`` containers: same IPAM, same
+bridges, same names, same published-port map.
+
+A process per call makes start-up the cost that matters: this module imports only
+``tether.api.client`` and ``tether.errors`` (no Typer, Rich or pyroute2), and it never
+starts a daemon (a runtime must not get a daemon as a side effect of an ADD).
+
+Configuration (one plugin object; ``type`` must match the installed binary's name)::
+
+    {"cniVersion": "1.0.0", "name": "appnet", "type": "tether",
+     "network": "appnet",                       # tether network; default: "name"
+     "socket": "/run/tether/tether.sock",       # default: $TETHER_SOCKET, else this
+     "capabilities": {"portMappings": true, "ips": true, "mac": true, "aliases": true}}
+
+Capabilities read from ``runtimeConfig``: ``portMappings``, ``ips`` (the first IPv4,
+prefix ignored), ``mac``, ``aliases`` (a list, or Podman's ``{network: [names]}``);
+``CNI_ARGS`` ``IP=`` and ``MAC=`` are used when the capability is absent.
+
+Error codes (the spec's well-known ones, 999 for the rest):
+
+    1   incompatible CNI version (also CHECK below 0.4.0, GC/STATUS below 1.1.0)
+    2   unsupported field ("ipam": tether allocates addresses itself)
+    4   missing or invalid CNI_* environment variable
+    5   stdin could not be read
+    6   stdin is not a JSON object (or prevResult is not one)
+    7   invalid network configuration, or a network tether does not have (ADD, GC)
+    11  no daemon answers on the socket: try again later
+    50  STATUS: the daemon is not available
+    999 anything else the daemon refused (address or port in use, subnet exhausted,
+        a kernel failure), with the daemon's one-line message
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NamedTuple
+
+from .api.client import Client
+from .errors import DaemonUnavailable, InvalidInput, NotFound, TetherError
+
+__all__ = [
+    "SUPPORTED_VERSIONS",
+    "CniError",
+    "Invocation",
+    "NetConf",
+    "check_version",
+    "error_from_daemon",
+    "main",
+    "merge_result",
+    "parse_cni_args",
+    "parse_config",
+    "read_invocation",
+    "run",
+    "version_result",
+]
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+LATEST_VERSION = SUPPORTED_VERSIONS[-1]
+COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+
+# Well-known error codes (CNI spec 1.1.0, section 5), and the plugin's catch-all.
+ERR_INCOMPATIBLE_VERSION = 1
+ERR_UNSUPPORTED_FIELD = 2
+ERR_INVALID_ENV = 4
+ERR_IO = 5
+ERR_DECODE = 6
+ERR_INVALID_CONFIG = 7
+ERR_TRY_AGAIN = 11
+ERR_NOT_AVAILABLE = 50
+ERR_GENERIC = 999
+
+# Required environment per command (CNI_NETNS is optional for DEL: the runtime may have
+# removed the namespace already; CNI_PATH is never needed, tether delegates nothing).
+REQUIRED_ENV = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "GC": (),
+    "STATUS": (),
+    "VERSION": (),
+}
+
+# A daemon call that takes longer than this is stuck: the runtime gets "try again later"
+# (11) instead of hanging with it.
+DAEMON_TIMEOUT = 60.0
+
+
+class CniError(Exception):
+    """An error result: ``code`` from the table above, ``msg`` one line a person
+    understands, ``details`` anything longer."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = " ".join(msg.split())  # one line, whatever the source
+        self.details = details
+
+    def to_json(self, cni_version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class Invocation(NamedTuple):
+    """The ``CNI_*`` environment of one call."""
+
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    args: dict[str, str]  # CNI_ARGS, parsed
+    path: str
+
+
+class NetConf(NamedTuple):
+    """What tether uses from the network configuration on stdin."""
+
+    cni_version: str
+    name: str  # the CNI network (config) name
+    network: str  # the tether network
+    socket: str | None
+    prev_result: dict[str, Any] | None
+    port_mappings: list[dict[str, Any]]
+    ip: str | None
+    mac: str | None
+    aliases: list[str]
+    valid_attachments: list[dict[str, str]] | None  # GC only; None: the runtime gave none
+
+
+# ---------------------------------------------------------------------------- input
+def _is_plain_name(value: str) -> bool:
+    """The spec's rule for container IDs and network names: an alphanumeric first
+    character, then alphanumerics, ``_``, ``.`` or ``-``."""
+    return bool(value) and value[0].isascii() and value[0].isalnum() and all(
+        c.isascii() and (c.isalnum() or c in "_.-") for c in value
+    )
+
+
+def _valid_ifname(name: str) -> bool:
+    return 0 < len(name) < 16 and name not in (".", "..") and not any(c in "/:" or c.isspace() for c in name)
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """``CNI_ARGS``: ``KEY=VALUE`` pairs separated by ``;``. Unknown keys are ignored
+    (runtimes pass ``IgnoreUnknown=1``, ``K8S_POD_NAME=...`` and the like)."""
+    out: dict[str, str] = {}
+    for pair in raw.split(";"):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CniError(ERR_INVALID_ENV, f"CNI_ARGS has an invalid pair {pair!r}: expected KEY=VALUE;KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def read_invocation(environ: dict[str, str] | os._Environ[str]) -> Invocation:
+    """The call's parameters; a missing or malformed variable is error 4, naming it."""
+    command = environ.get("CNI_COMMAND", "")
+    if not command:
+        raise CniError(
+            ERR_INVALID_ENV,
+            "CNI_COMMAND is not set: tether-cni is a CNI plugin, run by a container runtime "
+            "with CNI_COMMAND=ADD|DEL|CHECK|GC|STATUS|VERSION",
+        )
+    if command not in COMMANDS:
+        raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND={command} is not a CNI operation: use one of {', '.join(COMMANDS)}")
+    missing = [name for name in REQUIRED_ENV[command] if not environ.get(name)]
+    if missing:
+        raise CniError(ERR_INVALID_ENV, f"required environment variable(s) {', '.join(missing)} missing for {command}")
+    container_id = environ.get("CNI_CONTAINERID", "")
+    if container_id and not _is_plain_name(container_id):
+        raise CniError(
+            ERR_INVALID_ENV,
+            f"CNI_CONTAINERID {container_id!r} is invalid: it must start with a letter or digit, "
+            "then letters, digits, '_', '.' or '-'",
+        )
+    ifname = environ.get("CNI_IFNAME", "")
+    if ifname and not _valid_ifname(ifname):
+        raise CniError(
+            ERR_INVALID_ENV, f"CNI_IFNAME {ifname!r} is invalid: at most 15 characters, no '/', ':' or spaces"
+        )
+    return Invocation(
+        command=command,
+        container_id=container_id,
+        netns=environ.get("CNI_NETNS", ""),
+        ifname=ifname,
+        args=parse_cni_args(environ.get("CNI_ARGS", "")),
+        path=environ.get("CNI_PATH", ""),
+    )
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        raise CniError(ERR_DECODE, f"cniVersion {version!r} is not a version number like 1.0.0") from None
+
+
+def check_version(version: str, command: str) -> None:
+    """Error 1 unless this plugin speaks ``version`` and ``version`` has ``command``."""
+    _version_key(version)
+    if version not in SUPPORTED_VERSIONS:
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            f"cniVersion {version} is not supported by tether: use one of {', '.join(SUPPORTED_VERSIONS)}",
+        )
+    minimum = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}.get(command)
+    if minimum and _version_key(version) < _version_key(minimum):
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION, f"cniVersion {version} has no {command}: it needs cniVersion {minimum} or later"
+        )
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise CniError(ERR_DECODE, "the network configuration on stdin is not valid JSON", str(exc)) from None
+    if not isinstance(data, dict):
+        raise CniError(ERR_DECODE, "the network configuration on stdin must be a JSON object")
+    return data
+
+
+def _first_ipv4(values: Any, source: str) -> str | None:
+    """The first IPv4 address of a list like ``["10.0.0.5/24", "fd00::5"]``, prefix dropped."""
+    if values is None:
+        return None
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise CniError(ERR_INVALID_CONFIG, f"{source} must be a list of addresses like [\"10.0.0.5\"]")
+    for value in values:
+        if ":" not in value:
+            return str(value).split("/", 1)[0]
+    return None
+
+
+def _config_error(msg: str) -> CniError:
+    return CniError(ERR_INVALID_CONFIG, msg)
+
+
+def parse_config(raw: bytes | dict[str, Any], inv: Invocation) -> NetConf:
+    """The network configuration on stdin (bytes, or already decoded), validated for
+    ``inv.command``."""
+    data = raw if isinstance(raw, dict) else _decode(raw)
+    version = data.get("cniVersion")
+    if not isinstance(version, str) or not version:
+        raise CniError(ERR_INCOMPATIBLE_VERSION, "the network configuration has no cniVersion: add \"cniVersion\": \"1.0.0\"")
+    check_version(version, inv.command)
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise _config_error("the network configuration has no \"name\"")
+    if not _is_plain_name(name):
+        raise _config_error(f"network name {name!r} is invalid: letters, digits, '_', '.' or '-', starting alphanumeric")
+    if "ipam" in data:
+        raise CniError(
+            ERR_UNSUPPORTED_FIELD,
+            f"unsupported field \"ipam\": {json.dumps(data['ipam'])}: tether allocates addresses itself "
+            "(choose them with `tether network create --subnet`); remove the key",
+        )
+    network = data.get("network", name)
+    if not isinstance(network, str) or not network:
+        raise _config_error("\"network\" must be the name of a tether network, such as \"appnet\"")
+    socket = data.get("socket")
+    if socket is not None and (not isinstance(socket, str) or not socket.startswith("/")):
+        raise _config_error("\"socket\" must be an absolute path such as \"/run/tether/tether.sock\"")
+
+    prev = data.get("prevResult")
+    if prev is not None and not isinstance(prev, dict):
+        raise CniError(ERR_DECODE, "prevResult must be a JSON object (the previous plugin's result)")
+
+    runtime = data.get("runtimeConfig") or {}
+    if not isinstance(runtime, dict):
+        raise _config_error("runtimeConfig must be a JSON object")
+    ports = runtime.get("portMappings") or []
+    if not isinstance(ports, list) or not all(isinstance(p, dict) for p in ports):
+        raise _config_error("runtimeConfig.portMappings must be a list of {hostPort, containerPort, protocol}")
+    args = data.get("args")
+    args = args if isinstance(args, dict) else {}
+    cni_args_conf: dict[str, Any] = args["cni"] if isinstance(args.get("cni"), dict) else {}
+    # Precedence: the capability, then the config's "args" (CONVENTIONS.md says a plugin
+    # that understands "args" ignores the CNI_ARGS equivalent), then CNI_ARGS.
+    ip = _first_ipv4(runtime.get("ips"), "runtimeConfig.ips")
+    if ip is None and "ips" in cni_args_conf:
+        ip = _first_ipv4(cni_args_conf.get("ips"), "args.cni.ips")
+    elif ip is None and inv.args.get("IP"):
+        ip = inv.args["IP"].split("/", 1)[0]
+    mac = runtime.get("mac") or inv.args.get("MAC") or None
+    if mac is not None and not isinstance(mac, str):
+        raise _config_error("runtimeConfig.mac must be a string like \"02:42:0a:00:00:05\"")
+    aliases = runtime.get("aliases") or []
+    if isinstance(aliases, dict):  # Podman: {network name: [names]}
+        aliases = aliases.get(name) or aliases.get(network) or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise _config_error("runtimeConfig.aliases must be a list of names (or {network: [names]})")
+
+    valid: list[dict[str, str]] | None = None
+    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):  # libcni sends both (cni#1101)
+        if key in data:
+            entries = data[key] or []
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise _config_error(f"{key} must be a list of {{containerID, ifname}} objects")
+            valid = [{"containerID": str(e.get("containerID", "")), "ifname": str(e.get("ifname", ""))} for e in entries]
+            break
+    return NetConf(
+        cni_version=version,
+        name=name,
+        network=network,
+        socket=socket,
+        prev_result=prev,
+        port_mappings=ports,
+        ip=ip,
+        mac=mac,
+        aliases=aliases,
+        valid_attachments=valid,
+    )
+
+
+# ---------------------------------------------------------------------------- output
+def version_result(raw: bytes) -> dict[str, Any]:
+    """VERSION: the versions tether speaks, labelled with the input's cniVersion when
+    that is one of them (the runtime may send nothing at all)."""
+    version = LATEST_VERSION
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+        if isinstance(data, dict) and data.get("cniVersion") in SUPPORTED_VERSIONS:
+            version = data["cniVersion"]
+    except ValueError:
+        pass
+    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def merge_result(result: dict[str, Any], cni_version: str, prev: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ADD result in the config's version: the daemon's interfaces, ips, routes and
+    dns appended to ``prev`` (an earlier plugin's result when tether is chained), with
+    tether's interface indexes shifted past ``prev``'s interfaces."""
+    prev = prev or {}
+    interfaces = [dict(i) for i in prev.get("interfaces") or []]
+    ips = [dict(i) for i in prev.get("ips") or []]
+    routes = [dict(r) for r in prev.get("routes") or []]
+    offset = len(interfaces)
+    interfaces += [dict(i) for i in result.get("interfaces") or []]
+    legacy = _version_key(cni_version) < (1, 0, 0)  # 0.3.x and 0.4.0 ips carry "version"
+    for entry in result.get("ips") or []:
+        ip = dict(entry)
+        if isinstance(ip.get("interface"), int):
+            ip["interface"] += offset
+        if legacy:
+            ip = {"version": "6" if ":" in str(ip.get("address", "")) else "4", **ip}
+        ips.append(ip)
+    routes += [dict(r) for r in result.get("routes") or []]
+    dns = dict(result.get("dns") or {})
+    dns.update({k: v for k, v in (prev.get("dns") or {}).items() if v})  # an earlier plugin's DNS wins
+    return {"cniVersion": cni_version, "interfaces": interfaces, "ips": ips, "routes": routes, "dns": dns}
+
+
+def error_from_daemon(exc: TetherError, command: str, socket_path: str) -> CniError:
+    """Map the daemon's error tree onto CNI codes; the daemon's one line is the msg."""
+    details = f"tether daemon on {socket_path}: {type(exc).__name__}"
+    if isinstance(exc, DaemonUnavailable):
+        if command == "STATUS":
+            return CniError(ERR_NOT_AVAILABLE, str(exc), details)
+        return CniError(ERR_TRY_AGAIN, str(exc), details)
+    if command == "STATUS":
+        return CniError(ERR_NOT_AVAILABLE, f"the tether daemon is not ready: {exc}", details)
+    if isinstance(exc, InvalidInput) or (isinstance(exc, NotFound) and command in ("ADD", "GC")):
+        return CniError(ERR_INVALID_CONFIG, str(exc), details)
+    return CniError(ERR_GENERIC, str(exc), details)
+
+
+# ---------------------------------------------------------------------------- commands
+def _cmd_add(inv: Invocation, conf: NetConf, client: Client) -> dict[str, Any]:
+    if not os.path.exists(inv.netns):
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS {inv.netns} does not exist: the runtime must create it first")
+    for iface in (conf.prev_result or {}).get("interfaces") or []:
+        if isinstance(iface, dict) and iface.get("name") == inv.ifname and iface.get("sandbox"):
+            raise _config_error(
+                f"an earlier plugin in the chain already made {inv.ifname} in the container: "
+                "put tether first in the plugin list"
+            )
+    body: dict[str, Any] = {
+        "container_id": inv.container_id,
+        "netns": inv.netns,
+        "ifname": inv.ifname,
+        "network": conf.network,
+        "port_mappings": conf.port_mappings,
+        "aliases": conf.aliases,
+    }
+    if conf.ip:
+        body["ip"] = conf.ip
+    if conf.mac:
+        body["mac"] = conf.mac
+    result = client.post("/cni/add", body)
+    return merge_result(result, conf.cni_version, conf.prev_result)
+
+
+def _cmd_del(inv: Invocation, conf: NetConf, client: Client) -> None:
+    # The daemon treats a missing container, network or endpoint as success, and needs
+    # no namespace: the runtime may have deleted it already.
+    client.post("/cni/del", {"container_id": inv.container_id, "ifname": inv.ifname, "network": conf.network})
+
+
+def _cmd_check(inv: Invocation, conf: NetConf, client: Client) -> None:
+    if conf.prev_result is not None:
+        names = {i.get("name") for i in conf.prev_result.get("interfaces") or [] if isinstance(i, dict)}
+        if inv.ifname not in names:
+            raise CniError(ERR_GENERIC, f"prevResult does not list {inv.ifname}: it is not the result of tether's ADD")
+    client.post("/cni/check", {"container_id": inv.container_id, "ifname": inv.ifname, "network": conf.network})
+
+
+def _cmd_gc(inv: Invocation, conf: NetConf, client: Client) -> None:
+    if conf.valid_attachments is None:
+        # No list at all is not "nothing is valid": removing every attachment on a guess
+        # would cut live containers off.
+        print(f"tether-cni: GC without cni.dev/valid-attachments: nothing removed on {conf.network}", file=sys.stderr)
+        return
+    reply = client.post("/cni/gc", {"network": conf.network, "valid": conf.valid_attachments})
+    for removed in (reply or {}).get("removed") or []:
+        print(f"tether-cni: GC removed {removed} from {conf.network}", file=sys.stderr)
+
+
+def _cmd_status(inv: Invocation, conf: NetConf, client: Client) -> None:
+    client.get("/ping")
+
+
+def run(
+    environ: dict[str, str] | os._Environ[str],
+    stdin: Any,
+    client_factory: Any = Client,
+) -> tuple[int, dict[str, Any] | None]:
+    """One plugin call: the exit status and the JSON to print (None: print nothing).
+    ``stdin`` is a binary file; ``client_factory(socket_path, timeout)`` makes the client."""
+    version = LATEST_VERSION
+    command = environ.get("CNI_COMMAND", "")
+    socket_path = ""
+    try:
+        inv = read_invocation(environ)
+        try:
+            raw = stdin.read() if inv.command != "VERSION" or not stdin.isatty() else b""
+        except OSError as exc:
+            raise CniError(ERR_IO, "could not read the network configuration from stdin", str(exc)) from None
+        if inv.command == "VERSION":
+            return 0, version_result(raw)
+        data = _decode(raw)
+        if data.get("cniVersion") in SUPPORTED_VERSIONS:
+            version = data["cniVersion"]  # errors too are labelled with the config's version
+        conf = parse_config(data, inv)
+        client = client_factory(conf.socket, DAEMON_TIMEOUT)
+        socket_path = client.socket_path
+        handler = {"ADD": _cmd_add, "DEL": _cmd_del, "CHECK": _cmd_check, "GC": _cmd_gc, "STATUS": _cmd_status}
+        return 0, handler[inv.command](inv, conf, client)
+    except CniError as exc:
+        return 1, exc.to_json(version)
+    except TetherError as exc:
+        return 1, error_from_daemon(exc, command, socket_path).to_json(version)
+    except Exception as exc:  # noqa: BLE001  # a bug: still one JSON error line for the runtime, the trace in details
+        import traceback
+
+        return 1, CniError(ERR_GENERIC, f"tether-cni internal error: {exc}", traceback.format_exc()).to_json(version)
+
+
+def main() -> int:
+    status, output = run(os.environ, sys.stdin.buffer)
+    if output is not None:
+        sys.stdout.write(json.dumps(output) + "\n")
+        sys.stdout.flush()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
