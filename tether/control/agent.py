@@ -55,11 +55,13 @@ class OverlayAgent:
         self.applied = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._state = threading.RLock()  # the watch thread and the grace timer share the tables
         self.synced = threading.Event()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tether-overlay-agent", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._grace_loop, name="tether-overlay-grace", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -72,7 +74,8 @@ class OverlayAgent:
         while not self._stop.is_set():
             try:
                 if revision == 0:
-                    revision = self._snapshot()
+                    with self._state:
+                        revision = self._snapshot()
                     self.synced.set()
                 revision = self._follow(revision)
             except TetherError as exc:
@@ -113,16 +116,26 @@ class OverlayAgent:
         return revision
 
     def _follow(self, revision: int) -> int:
-        for event in self.store.watch(keys.CLUSTER, revision + 1, timeout=1.0):
+        # One watch, kept open: reopening it costs tens of ms during which a new endpoint
+        # would wait. Grace-period checks run on their own timer (``_grace_loop``).
+        for event in self.store.watch(keys.CLUSTER, revision + 1, timeout=None):
             if self._stop.is_set():
                 break
-            self._handle(event.type, event.key, event.value)
-            revision = event.revision
-            self._ack(revision)
-            self._check_grace()
-        else:
-            self._check_grace()
+            with self._state:
+                self._handle(event.type, event.key, event.value)
+                revision = event.revision
+                self._ack(revision)
         return revision
+
+    def _grace_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            if not self.synced.is_set():
+                continue
+            try:
+                with self._state:
+                    self._check_grace()
+            except Exception:
+                log.exception("overlay agent: grace check")
 
     def _ack(self, revision: int) -> None:
         if revision > self.applied:

@@ -103,24 +103,19 @@ class Cluster:
 
     def wait_applied(self, revision: int, timeout: float = 5.0) -> list[str]:
         """Wait until every live host has programmed ``revision``; the hosts still behind
-        when ``timeout`` runs out (empty: all caught up)."""
+        when ``timeout`` runs out (empty: all caught up).
+
+        It polls ``/applied/`` (one range read, well under a millisecond) rather than
+        opening a watch: a watch that starts in the past costs tens of milliseconds to
+        set up, longer than the whole wait usually is."""
         deadline = time.monotonic() + timeout
-        start = self.store.revision()
-        behind = self._behind(revision)
-        if not behind:
-            return []
-        watch = self.store.watch(keys.APPLIED, start + 1, timeout=0.05)
-        while behind and time.monotonic() < deadline:
-            for event in watch:
-                if event.type == "put" and event.value and event.value.get("revision", 0) >= revision:
-                    behind.discard(event.key.rsplit("/", 1)[1])
-                if not behind or time.monotonic() >= deadline:
-                    break
-            else:
-                # quiet for a moment: re-read (a host may have gone down meanwhile)
-                behind = self._behind(revision)
-                watch = self.store.watch(keys.APPLIED, self.store.revision() + 1, timeout=0.05)
-        return sorted(behind)
+        pause = 0.001
+        while True:
+            behind = self._behind(revision)
+            if not behind or time.monotonic() >= deadline:
+                return sorted(behind)
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.01)
 
     def _behind(self, revision: int) -> set[str]:
         applied = {kv.key.rsplit("/", 1)[1]: kv.value.get("revision", 0) for kv in self.store.list(keys.APPLIED)}
