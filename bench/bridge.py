@@ -76,6 +76,8 @@ CNI_FILL_PORT = 24000
 CNI_SAMPLE_PORT = 26000
 MANY_PORTS_BASE = 30000  # part 3: container j publishes 30000+100j .. 30099+100j
 IPERF_PORT, IPERF_PUBLISHED = 5201, 15201
+PROFILE_RATE = 200  # py-spy samples per second
+ALL_PARTS = ["1", "2", "3", "4"]
 
 TARGETS = {
     "attach_vs_chain": 1 / 8,  # tether create+attach+2 ports / CNI chain ADD, at most
@@ -149,6 +151,10 @@ print(json.dumps({"lookups": len(lat) + fails, "ok": len(lat), "failed": fails, 
                   "median_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99),
                   "max_ms": round(lat[-1] * 1000, 3) if lat else None}), flush=True)
 """
+
+
+def not_run(what: str) -> dict[str, Any]:
+    return {"what": what, "value": "-", "target": "-", "met": None, "note": "not run (--parts)"}
 
 
 class BridgeBench(attach.Bench):
@@ -385,6 +391,32 @@ class BridgeBench(attach.Bench):
         self.record("nft_probe_add", level, add)
         self.record("nft_probe_remove", level, remove)
 
+    def healer_check_cost(self) -> dict[str, float]:
+        """What the daemon's firewall healer pays per check (tether/firewall/nft.py): the
+        quick one (``list chains ip``, every 0.2 s) and the full one (``list ruleset ip``
+        terse, every 2 s), with libnftables in-process in the host netns; median of 3, ms.
+        Both list the whole ip family, other tables (iptables-nft's) included."""
+        from tether.firewall.libnft import Nft
+
+        assert self.worker is not None
+
+        def work() -> dict[str, float]:
+            nft = Nft()
+            try:
+                out = {}
+                for key, cmd in (("list_chains_ip_ms", "list chains ip"), ("list_ruleset_ip_ms", "list ruleset ip")):
+                    times = []
+                    for _ in range(3):
+                        t0 = now()
+                        nft.run_json(cmd, terse=True)
+                        times.append(now() - t0)
+                    out[key] = round(statistics.median(times) * 1000, 2)
+                return out
+            finally:
+                nft.close()
+
+        return self.worker.call(work)
+
     def close_probe(self) -> None:
         if self.probe is not None and self.worker is not None:
             probe, self.probe = self.probe, None
@@ -396,17 +428,18 @@ class BridgeBench(attach.Bench):
             return
         out = os.path.join(self.tmp, f"profile-{what}.txt")
         p = subprocess.Popen(["py-spy", "record", "--pid", str(self.daemon_pid), "--format", "raw", "--function",
-                              "--nonblocking", "--rate", "200", "--output", out],
+                              "--idle", "--nonblocking", "--rate", str(PROFILE_RATE), "--output", out],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.bg.append(p)
-        self.profiles[what] = {"proc": p, "out": out}
         time.sleep(1.0)  # py-spy attaches
+        self.profiles[what] = {"proc": p, "out": out, "t0": now()}
 
     def profile_stop(self, what: str) -> None:
         entry = self.profiles.get(what)
         if not entry or "proc" not in entry:
             return
         p = entry.pop("proc")
+        window = now() - entry.pop("t0")
         p.send_signal(signal.SIGINT)
         try:
             p.wait(timeout=30)
@@ -419,7 +452,7 @@ class BridgeBench(attach.Bench):
         except OSError as exc:
             self.profiles[what] = {"error": f"py-spy wrote nothing: {exc}"}
             return
-        self.profiles[what] = summarise_profile(text)
+        self.profiles[what] = summarise_profile(text, window, PROFILE_RATE)
         self.profiles[what]["collapsed"] = text
 
     def part_attach(self) -> dict[str, Any]:
@@ -458,7 +491,8 @@ class BridgeBench(attach.Bench):
             if top:
                 self.profile_stop("attach")
             self.check_daemon(level, "part 1 sampling")
-            info: dict[str, Any] = {"iptables": self.iptables_counts(), "host_links": self.worker.link_count()}
+            info: dict[str, Any] = {"iptables": self.iptables_counts(), "host_links": self.worker.link_count(),
+                                    "healer_check": self.healer_check_cost()}
             if self.daemon_alive():
                 info["rss_mb"] = round(rss_mb(self.daemon_pid), 1)
                 info["tether_rules"], info["tether_port_elements"] = self.tether_rule_count()
@@ -688,9 +722,12 @@ class BridgeBench(attach.Bench):
                 "churn_seconds": round(churn_s, 2), "churn_start_ms": summary(starts), "churn_stop_ms": summary(stops)}
 
     # -- the run ----------------------------------------------------------------------------
-    def part(self, key: str, label: str, fn: Any) -> None:
+    def part(self, key: str, label: str, fn: Any, number: str) -> None:
         """Run one part; a part that fails is recorded (its targets become MISSED) and the
-        run goes on with the next one."""
+        run goes on with the next one. A part left out with --parts is recorded as not run."""
+        if number not in self.args.parts:
+            self.sections[key] = {"not_run": True}
+            return
         log(label)
         try:
             self.sections[key] = fn()
@@ -704,11 +741,11 @@ class BridgeBench(attach.Bench):
         self.tree_digest = _tree_digest()
         self.note_load("start")
         self.setup()
-        self.part("ports", "part 3: published ports", self.part_ports)
-        self.part("attach", "part 1: attach with two published ports", self.part_attach)
-        self.part("attach_teardown", "part 1 teardown", self.teardown_attach)  # always: CNI rules go
-        self.part("throughput", "part 2: throughput", self.part_throughput)
-        self.part("dns", "part 4: DNS", self.part_dns)
+        self.part("ports", "part 3: published ports", self.part_ports, "3")
+        self.part("attach", "part 1: attach with two published ports", self.part_attach, "1")
+        self.part("attach_teardown", "part 1 teardown", self.teardown_attach, "1")  # even if part 1 failed
+        self.part("throughput", "part 2: throughput", self.part_throughput, "2")
+        self.part("dns", "part 4: DNS", self.part_dns, "4")
         self.check_daemon(-1, "the end")
         return self.results(started, dt.datetime.now())
 
@@ -722,7 +759,7 @@ class BridgeBench(attach.Bench):
         table = {m: {str(lv): summary(self.samples.get(m, {}).get(lv, [])) for lv in levels} for m in ATTACH_METRICS}
         verdicts: list[dict[str, Any]] = []
         ratios: dict[str, dict[str, Any]] = {}
-        for lv in levels:
+        for lv in levels if "1" in self.args.parts else []:
             t, c = self.med("tether_ports", lv), self.med("cni_chain", lv)
             ratios[str(lv)] = {
                 "tether_over_chain": round(t / c, 3),
@@ -735,24 +772,33 @@ class BridgeBench(attach.Bench):
                                      round(TARGETS["attach_vs_chain"], 4), "ratio",
                                      note=f"tether {t:.1f} ms, chain {c:.1f} ms (netns creation: tether includes it, "
                                           f"the chain does not; with it the ratio is {t / self.med('cni_chain_netns', lv):.3f})"))
-        growth = {m: round(self.med(m, hi) / self.med(m, lo), 3)
+        growth = {} if "1" not in self.args.parts else {m: round(self.med(m, hi) / self.med(m, lo), 3)
                   for m in ("tether_ports", "tether_noports", "cni_chain", "cni_bridge", "cni_firewall", "cni_portmap",
                             "nft_probe_add")}
-        verdicts.append(_verdict(f"part 1: tether median at N={hi} / at N={lo} (flat)", growth["tether_ports"],
-                                 TARGETS["flat"], "ratio",
-                                 note=("" if (lo, hi) == (1, 500) else f"target is defined for 500/1; this run has {hi}/{lo}")
-                                 + f"; the chain grows {growth['cni_chain']}x"))
-        tput = self.sections["throughput"].get("results", {})
-        for s in (1, 4):
-            pub, direct = tput.get(f"lan_published_P{s}"), tput.get(f"lan_direct_P{s}")
-            value = pub["median_gbps"] / direct["median_gbps"] if pub and direct else float("nan")
-            verdicts.append({"what": f"part 2: lan -> published port / lan -> container routed, {s} stream(s)",
-                             "value": round(value, 3), "target": f">= {TARGETS['published_vs_direct']} ratio",
-                             "met": bool(value >= TARGETS["published_vs_direct"]),
-                             "note": f"{pub['median_gbps'] if pub else '-'} vs {direct['median_gbps'] if direct else '-'} "
-                                     "Gbit/s (medians)"})
+        if growth:
+            verdicts.append(_verdict(f"part 1: tether median at N={hi} / at N={lo} (flat)", growth["tether_ports"],
+                                     TARGETS["flat"], "ratio",
+                                     note="; ".join(x for x in (
+                                         "" if (lo, hi) == (1, 500) else f"target is defined for 500/1; this run has {hi}/{lo}",
+                                         f"the chain grows {growth['cni_chain']}x") if x)))
+        else:
+            verdicts.append(not_run("part 1: tether / CNI chain, and tether flat"))
+        if self.sections["throughput"].get("not_run"):
+            verdicts.append(not_run("part 2: published / direct throughput"))
+        else:
+            tput = self.sections["throughput"].get("results", {})
+            for s in (1, 4):
+                pub, direct = tput.get(f"lan_published_P{s}"), tput.get(f"lan_direct_P{s}")
+                value = pub["median_gbps"] / direct["median_gbps"] if pub and direct else float("nan")
+                verdicts.append({"what": f"part 2: lan -> published port / lan -> container routed, {s} stream(s)",
+                                 "value": round(value, 3), "target": f">= {TARGETS['published_vs_direct']} ratio",
+                                 "met": bool(value >= TARGETS["published_vs_direct"]),
+                                 "note": f"{pub['median_gbps'] if pub else '-'} vs "
+                                         f"{direct['median_gbps'] if direct else '-'} Gbit/s (medians)"})
         ports = self.sections["ports"]
-        if "error" in ports:
+        if ports.get("not_run"):
+            verdicts.append(not_run("part 3: constant rule count"))
+        elif "error" in ports:
             verdicts.append({"what": "part 3: rules in table ip tether with 1000 published ports", "value": float("nan"),
                              "target": "constant", "met": False, "note": ports["error"]})
         else:
@@ -764,7 +810,9 @@ class BridgeBench(attach.Bench):
                              "note": f"map elements {ports['map_elements_before']} -> {ports['map_elements_after']}; "
                                      f"daemon RSS {ports['rss_before_mb']} -> {ports['rss_after_mb']} MB"})
         dns = self.sections["dns"].get("churn")
-        if dns is None:
+        if self.sections["dns"].get("not_run"):
+            verdicts.append(not_run("part 4: no failed lookup during churn"))
+        elif dns is None:
             verdicts.append({"what": "part 4: failed lookups of a stable name during the churn", "value": float("nan"),
                              "target": "<= 0 lookups", "met": False, "note": self.sections["dns"].get("error", "")})
         else:
@@ -795,6 +843,7 @@ class BridgeBench(attach.Bench):
             "attach": {"results": table, "ratios": ratios, "growth": growth,
                        "levels": {str(k): v for k, v in self.level_info.items()}, **self.sections["attach"],
                        "teardown": self.sections["attach_teardown"]},
+            "parts": self.args.parts,
             "ports": ports,
             "throughput": self.sections["throughput"],
             "dns": self.sections["dns"],
@@ -834,37 +883,50 @@ ATTACH_LABELS = {
 }
 
 
-def summarise_profile(text: str, top: int = 12) -> dict[str, Any]:
-    """py-spy's collapsed stacks of the daemon -> where its busy threads spent samples.
+def summarise_profile(text: str, window_s: float, rate: int, top: int = 14) -> dict[str, Any]:
+    """py-spy's collapsed stacks of the daemon (``--idle``: waiting threads are sampled
+    too) -> where API requests spent their wall time, and how busy the firewall healer was.
 
-    Stacks are put in groups by thread role (API request, firewall healer, DNS, other);
-    for API requests, the functions with the most samples anywhere on the stack
-    (inclusive) and at the top (self)."""
+    A stack is an API request's if it holds ``_handle`` of tether/api/server.py (pool
+    threads waiting for work do not). Inclusive: samples with the function anywhere on the
+    stack; self: at the top. A Python frame at the top while its thread waits in C (a lock,
+    a syscall) is counted as that frame's self time: ``_add`` of firewall/nft.py at the top
+    is its ``with self._lock``."""
     from collections import Counter
 
-    total = 0
-    groups: Counter[str] = Counter()
+    roles: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    healer_busy: Counter[str] = Counter()
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
         frames = stack.split(";")
-        total += n
-        joined = ";".join(frames)
-        role = ("api request" if "api/server.py" in joined else "firewall healer" if "_heal_loop" in joined
-                else "dns" if "dns/resolver.py" in joined else "other")
-        groups[role] += n
-        if role == "api request":
+        if any(f.startswith("_handle (tether/api/server.py") for f in frames):
+            roles["api request"] += n
             for f in set(frames):
                 incl[f] += n
             own[frames[-1]] += n
-    req = groups["api request"] or 1
+        elif any(f.startswith("_heal_loop (") for f in frames):
+            if frames[-1].startswith("wait (threading.py"):
+                roles["firewall healer, sleeping"] += n
+            else:
+                roles["firewall healer, working"] += n
+                i = next(k for k, f in enumerate(frames) if f.startswith("_heal_loop ("))
+                healer_busy[" > ".join(f.split(" (")[0] for f in frames[i + 1:i + 4])] += n
+        else:
+            roles["other threads (idle or not)"] += n
+    req = roles["api request"] or 1
+    work = roles["firewall healer, working"]
     return {
-        "samples": total, "by_thread_role": dict(groups),
-        "api_request_inclusive_top": [[f, n, round(100 * n / req, 1)] for f, n in incl.most_common(40)
+        "window_s": round(window_s, 1), "rate_hz": rate, "samples_by_role": dict(roles),
+        "api_request_s": round(roles["api request"] / rate, 2),
+        "healer_working_s": round(work / rate, 2),
+        "healer_busy_share_of_window": round(work / rate / window_s, 3) if window_s else None,
+        "healer_working_in": [[k, round(v / rate, 2)] for k, v in healer_busy.most_common(5)],
+        "api_request_inclusive_top": [[f, n, round(100 * n / req, 1)] for f, n in incl.most_common(60)
                                       if "tether/" in f or "libnft" in f][:top],
         "api_request_self_top": [[f, n, round(100 * n / req, 1)] for f, n in own.most_common(top)],
     }
@@ -880,7 +942,8 @@ def markdown(res: dict[str, Any]) -> str:
     levels = [str(x) for x in res["config"]["counts"]]
     cfg = res["config"]
     lines = [
-        f"# bridge benchmark, {res['date']}{' (quick)' if res['quick'] else ''}",
+        f"# bridge benchmark, {res['date']}{' (quick)' if res['quick'] else ''}"
+        + ("" if res["parts"] == ALL_PARTS else f" (parts {', '.join(res['parts'])} only)"),
         "",
         f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m['cpu']}), {m['memory_gb']} GB RAM, Python {m['python']}, "
         f"Debian {m['debian']}, containernetworking-plugins {m['cni_plugins']}, {at.get('iptables_backend', 'iptables: not reached')}. "
@@ -895,29 +958,42 @@ def markdown(res: dict[str, Any]) -> str:
         "| | " + " | ".join(f"N={lv}" for lv in levels) + " |",
         "|---|" + "---:|" * len(levels),
     ]
-    for metric in ATTACH_METRICS:
+    if at.get("not_run"):
+        lines = lines[:lines.index(f"## 1. Attach with two published ports ({cfg['samples']} samples per level)")]
+        lines += ["## 1. Attach with two published ports: not run", ""]
+    for metric in ATTACH_METRICS if not at.get("not_run") else []:
         cells = []
         for lv in levels:
             s = at["results"][metric][lv]
             cells.append(f"{s['median_ms']:.2f} / {s['p95_ms']:.2f}" if s["n"] else "-")
         lines.append(f"| {res['labels'][metric]} | " + " | ".join(cells) + " |")
-    for key, label in (("rss_mb", "daemon RSS (MB)"), ("tether_rules", "rules in table ip tether"),
-                       ("iptables", "CNI iptables rules / chains"), ("host_links", "links in the host netns")):
+    for key, label in [] if at.get("not_run") else (("rss_mb", "daemon RSS (MB)"), ("tether_rules", "rules in table ip tether"),
+                       ("iptables", "CNI iptables rules / chains"), ("host_links", "links in the host netns"),
+                       ("healer_check", "healer's checks: list chains ip / list ruleset ip (ms)")):
         cells = []
         for lv in levels:
             v = at["levels"].get(lv, {}).get(key, "-")
-            cells.append(f"{v['rules']} / {v['chains']}" if isinstance(v, dict) else str(v))
+            if isinstance(v, dict) and "rules" in v:
+                cells.append(f"{v['rules']} / {v['chains']}")
+            elif isinstance(v, dict):
+                cells.append(f"{v['list_chains_ip_ms']} / {v['list_ruleset_ip_ms']}")
+            else:
+                cells.append(str(v))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| ratios of medians | " + " | ".join(f"N={lv}" for lv in levels) + " |",
-              "|---|" + "---:|" * len(levels)]
-    for k in at["ratios"][levels[0]]:
-        lines.append(f"| {k} | " + " | ".join(str(at["ratios"][lv][k]) for lv in levels) + " |")
-    lines += ["", f"Growth N={levels[-1]} / N={levels[0]}: " + ", ".join(f"{k} {v}" for k, v in at["growth"].items()),
-              "", f"Teardown (not a target): {at['teardown']}", ""]
+    if not at.get("not_run"):
+        lines += ["", "| ratios of medians | " + " | ".join(f"N={lv}" for lv in levels) + " |",
+                  "|---|" + "---:|" * len(levels)]
+        for k in at["ratios"][levels[0]]:
+            lines.append(f"| {k} | " + " | ".join(str(at["ratios"][lv][k]) for lv in levels) + " |")
+        lines += ["", f"Growth N={levels[-1]} / N={levels[0]}: "
+                  + ", ".join(f"{k} {v}" for k, v in at["growth"].items()),
+                  "", f"Teardown (not a target): {at['teardown']}", ""]
     if "error" in at:
         lines += [f"**Part 1 failed**: {at['error']}", ""]
     p = res["ports"]
-    if "error" in p:
+    if p.get("not_run"):
+        lines += ["## 3. Published ports: not run", ""]
+    elif "error" in p:
         lines += ["## 3. Published ports", "", f"**Part 3 failed**: {p['error']}", ""]
     else:
         lines += [
@@ -933,19 +1009,24 @@ def markdown(res: dict[str, Any]) -> str:
             "",
         ]
     t = res["throughput"]
-    if "error" in t:
+    if t.get("not_run"):
+        lines += ["## 2. Throughput: not run", ""]
+    elif "error" in t:
         lines += ["## 2. Throughput", "", f"**Part 2 failed**: {t['error']}", ""]
     else:
         lines += throughput_md(t)
     d = res["dns"]
-    if "error" in d:
+    if d.get("not_run"):
+        lines += ["## 4. DNS: not run", ""]
+    elif "error" in d:
         lines += ["## 4. DNS", "", f"**Part 4 failed**: {d['error']}", ""]
     else:
         lines += dns_md(d)
     lines += profiles_md(res)
     lines += ["## Targets", ""]
     for v in res["targets"]:
-        lines.append(f"- **{'met' if v['met'] else 'MISSED'}**: {v['what']} = {v['value']} (target {v['target']})"
+        mark = "NOT RUN" if v["met"] is None else "met" if v["met"] else "MISSED"
+        lines.append(f"- **{mark}**: {v['what']} = {v['value']} (target {v['target']})"
                      + (f"; {v['note']}" if v["note"] else ""))
     if res["daemon_crash"]:
         cr = res["daemon_crash"]
@@ -991,14 +1072,17 @@ def dns_md(d: dict[str, Any]) -> list[str]:
 def profiles_md(res: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for what, prof in res.get("profiles", {}).items():
-        lines += [f"## Profile of the daemon: {what} (py-spy --nonblocking, 200 Hz, busy samples only)", ""]
+        lines += [f"## Profile of the daemon during {what} (py-spy --idle --nonblocking, {PROFILE_RATE} Hz)", ""]
         if "error" in prof:
             lines += [prof["error"], ""]
             continue
-        lines += [f"{prof['samples']} samples; by thread: {prof['by_thread_role']}. API request threads, "
-                  "inclusive (share of request samples):", ""]
+        lines += [f"Window {prof['window_s']} s. Samples by thread role: {prof['samples_by_role']}. "
+                  f"API requests in flight {prof['api_request_s']} s; the firewall healer working "
+                  f"{prof['healer_working_s']} s ({100 * (prof['healer_busy_share_of_window'] or 0):.0f}% of the window), in "
+                  + ", ".join(f"{k} {v} s" for k, v in prof["healer_working_in"]) + ".", "",
+                  "API requests, wall time inclusive (share of request samples):", ""]
         lines += [f"- {pct_}% {f}" for f, _n, pct_ in prof["api_request_inclusive_top"]]
-        lines += ["", "Self (top of stack):", ""]
+        lines += ["", "API requests, self (top of stack; a frame waiting in C counts here):", ""]
         lines += [f"- {pct_}% {f}" for f, _n, pct_ in prof["api_request_self_top"]]
         lines.append("")
     return lines
@@ -1011,19 +1095,24 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=None, help="part 1 samples per level (default 15; quick 5)")
     p.add_argument("--port-containers", type=int, default=None, help="part 3: containers of 100 ports (default 10; quick 3)")
     p.add_argument("--iperf-seconds", type=float, default=None, help="part 2: seconds per iperf3 run (default 5; quick 2)")
-    p.add_argument("--iperf-reps", type=int, default=None, help="part 2: runs per path and stream count (default 3; quick 1)")
+    p.add_argument("--iperf-reps", type=int, default=None, help="part 2: runs per path and stream count (default 5; quick 1)")
     p.add_argument("--dns-seconds", type=float, default=None, help="part 4: quiet lookup loop (default 5; quick 2)")
     p.add_argument("--churn", type=int, default=None, help="part 4: containers to churn (default 100; quick 20)")
+    p.add_argument("--parts", default=",".join(ALL_PARTS),
+                   help="which parts to run, of 1 (attach), 2 (throughput), 3 (1000 ports), 4 (DNS); default all")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the daemon (--nonblocking) during part 3 and the top level of part 1")
     p.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
     args = p.parse_args()
     q = args.quick
+    args.parts = sorted({x.strip() for x in args.parts.split(",") if x.strip()})
+    if not args.parts or any(x not in ALL_PARTS for x in args.parts):
+        p.error(f"--parts takes some of {','.join(ALL_PARTS)}")
     args.counts = [int(x) for x in (args.counts or ("1,50" if q else "1,50,100,500")).split(",") if x.strip()]
     args.samples = args.samples or (5 if q else 15)
     args.port_containers = args.port_containers or (3 if q else 10)
     args.iperf_seconds = args.iperf_seconds or (2 if q else 5)
-    args.iperf_reps = args.iperf_reps or (1 if q else 3)
+    args.iperf_reps = args.iperf_reps or (1 if q else 5)
     args.dns_seconds = args.dns_seconds or (2 if q else 5)
     args.churn = args.churn or (20 if q else 100)
     if any(c < 1 for c in args.counts):
@@ -1056,7 +1145,8 @@ def main() -> int:
             res["cleanup_problems"] = problems
     print_summary(res)
     os.makedirs(args.results_dir, exist_ok=True)
-    stem = Path(args.results_dir, f"bridge-{res['date']}{'-quick' if args.quick else ''}")
+    partial = "" if args.parts == ALL_PARTS else "-parts" + "".join(args.parts)
+    stem = Path(args.results_dir, f"bridge-{res['date']}{'-quick' if args.quick else ''}{partial}")
     stem.with_suffix(".json").write_text(json.dumps(_no_nan(res), indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(res))
     for what, prof in bench.profiles.items():

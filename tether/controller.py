@@ -853,6 +853,7 @@ class Controller:
         if not mappings:
             return mappings
         host_addrs = set(self.ctx.datapath.host_addresses())
+        host_ports = self.ctx.datapath.host_ports()
         taken: list[tuple[PortMapping, str]] = [
             (p, c.name) for c in self._containers() for p in c.port_mappings
         ]
@@ -872,7 +873,7 @@ class Controller:
                     candidate = PortMapping(m.protocol, port, m.container_port, m.host_ip)
                     if not any(clash(candidate, q) for q, _ in taken) and not any(
                         clash(candidate, q) for q in chosen
-                    ) and self.ctx.datapath.port_holder(m.protocol, port, m.host_ip) is None:
+                    ) and host_ports.holder(m.protocol, port, m.host_ip) is None:
                         m = candidate
                         break
                 else:
@@ -886,7 +887,7 @@ class Controller:
                         f"-p {m}: host port {m.host_port}/{m.protocol} is already published by container "
                         f"{owner!r}: pick another host port"
                     )
-            holder = self.ctx.datapath.port_holder(m.protocol, m.host_port, m.host_ip)
+            holder = host_ports.holder(m.protocol, m.host_port, m.host_ip)
             if holder is not None:
                 raise Conflict(
                     f"-p {m}: host port {m.host_port}/{m.protocol} is held by {holder}: pick another host port"

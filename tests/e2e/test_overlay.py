@@ -389,11 +389,13 @@ def first_packet_diagnosis(lab: Lab, source: int, target: int, address: str) -> 
     mac = "02:42:" + ":".join(f"{int(o):02x}" for o in address.split("."))  # tether's mac_for
     fdb = [line.strip() for line in sh("ip", "netns", "exec", ns, "bridge", "fdb", "show", "dev",
                                        f"tvx-{vni}").stdout.splitlines() if line.startswith(mac)]
-    in_ctr = lab.in_ctr(source, f"c{source}", "ip", "neigh", "show", address, check=False).stdout.strip()
+    in_ctr = lab.in_ctr(source, f"c{source}", "ip", "neigh", "show", address, check=False)
+    links = lab.in_ctr(source, f"c{source}", "ip", "-br", "addr", check=False)
     applied = {n["name"]: n["applied_revision"] for n in lab.api(1, "/nodes")}
-    again = lab.ping_ctr(source, f"c{source}", address, wait="1")
-    return (f"source host neigh: {neigh!r}; source container neigh: {in_ctr!r}; applied revisions: {applied}; "
-            f"source host fdb: {fdb}; a second ping {'succeeds' if again else 'fails too'}")
+    again = lab.in_ctr(source, f"c{source}", "ping", "-c1", "-W1", address, check=False)
+    return (f"source host neigh: {neigh!r}; source container neigh: {(in_ctr.stdout + in_ctr.stderr).strip()!r}; "
+            f"source container links: {(links.stdout + links.stderr).strip()!r}; applied revisions: {applied}; "
+            f"source host fdb: {fdb}; a second ping: {(again.stdout + again.stderr).strip()[-160:]!r}")
 
 
 def test_first_packet_reaches_a_new_container_50_times(lab: Lab, trio: dict[int, str]) -> None:
@@ -429,13 +431,14 @@ def test_first_packet_reaches_a_new_container_50_times(lab: Lab, trio: dict[int,
             r = lab.run(target, name, "ov1", ip=address)
             started[target].append(name)
             ping = lab.in_ctr(source, f"c{source}", "ping", "-c1", "-W1", address, check=False)
+            first = (ping.stdout + ping.stderr).strip()[-160:]
             if timer:
                 timer.join()
             if r.stderr.strip():
                 failures.append(f"#{n} run on h{target}: {r.stderr.strip()}")
             if ping.returncode != 0:
                 failures.append(f"#{n}: c{source} (h{source}{', lagging' if timer else ''}) -> {name} {address} "
-                                f"(h{target}): no answer; {first_packet_diagnosis(lab, source, target, address)}")
+                                f"(h{target}): no answer ({first!r}); {first_packet_diagnosis(lab, source, target, address)}")
     finally:
         for pid in list(frozen):
             thaw(pid)

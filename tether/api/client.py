@@ -1,21 +1,20 @@
 """The client side of the daemon API, shared by the CLI (and later the CNI plugin).
 
 It only speaks HTTP/JSON over the unix socket and rebuilds daemon errors from the wire,
-so it imports nothing heavy. When no daemon answers it can start one in the background
+so it imports nothing heavy: the few lines of HTTP/1.1 it needs are written here rather
+than taken from http.client, whose imports (email, ssl) cost a short-lived CNI plugin
+process about 30 ms. When no daemon answers it can start one in the background
 (the embedded default: no configuration, no supervisor needed on one host).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
-from urllib.parse import quote
 
 from ..errors import DaemonUnavailable, error_from_wire
 
@@ -30,16 +29,36 @@ def default_state_dir() -> str:
     return os.environ.get("TETHER_STATE_DIR", "/var/lib/tether")
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
+def _http(path: str, method: str, target: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
+    """One HTTP/1.1 request over the unix socket at ``path``; (status, body)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        head = f"{method} {target} HTTP/1.1\r\nHost: tether\r\nConnection: close\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    header, _, payload = raw.partition(b"\r\n\r\n")
+    lines = header.split(b"\r\n")
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        raise ValueError("malformed reply") from None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            payload = payload[: int(value.strip())]
+    return status, payload
 
 
 class Client:
@@ -48,27 +67,22 @@ class Client:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        data = json.dumps(body).encode() if body is not None else None
         try:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            try:
-                conn.request(method, path, body=data, headers=headers)
-                response = conn.getresponse()
-                raw = response.read()
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise DaemonUnavailable(
-                    f"no tether daemon answers on {self.socket_path}: start one with `tether daemon`"
-                ) from exc
-            except OSError as exc:
-                raise DaemonUnavailable(f"talking to the daemon on {self.socket_path} failed: {exc}") from exc
-        finally:
-            conn.close()
+            status, raw = _http(self.socket_path, method, path, data, self.timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise DaemonUnavailable(
+                f"no tether daemon answers on {self.socket_path}: start one with `tether daemon`"
+            ) from exc
+        except OSError as exc:
+            raise DaemonUnavailable(f"talking to the daemon on {self.socket_path} failed: {exc}") from exc
+        except ValueError:
+            raise DaemonUnavailable(f"the daemon on {self.socket_path} sent a malformed reply") from None
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:
             raise DaemonUnavailable(f"the daemon on {self.socket_path} sent a malformed reply") from None
-        if response.status >= 400:
+        if status >= 400:
             raise error_from_wire(payload if isinstance(payload, dict) else {})
         return payload
 
@@ -92,6 +106,8 @@ class Client:
         """Start a background daemon on this socket if none answers (the embedded default)."""
         if self.alive():
             return
+        import subprocess  # only here: a short-lived client never needs it
+
         state_dir = state_dir or default_state_dir()
         os.makedirs(state_dir, exist_ok=True)
         log_path = os.path.join(state_dir, "daemon.log")
@@ -114,4 +130,6 @@ class Client:
 
 def q(name: str) -> str:
     """Quote a name for use in a URL path."""
+    from urllib.parse import quote
+
     return quote(name, safe="")

@@ -15,7 +15,7 @@ import struct
 
 from ..errors import DatapathError
 
-__all__ = ["port_holder", "set_interface_sysctl", "interface_sysctl"]
+__all__ = ["HostPorts", "set_interface_sysctl", "interface_sysctl"]
 
 _TCP_LISTEN = "0A"
 
@@ -66,29 +66,39 @@ def _socket_owners() -> dict[int, str]:
     return owners
 
 
-def port_holder(protocol: str, port: int, host_ip: str | None) -> str | None:
-    """Who already holds ``port`` on the host (a listening TCP or bound UDP socket), or None."""
-    inodes: list[int] = []
-    for family in ("", "6"):
-        try:
-            with open(f"/proc/net/{protocol}{family}") as fh:
-                lines = fh.read().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            fields = line.split()
-            ip, local_port = _parse_addr(fields[1])
-            if local_port != port or (protocol == "tcp" and fields[3] != _TCP_LISTEN):
-                continue
-            if _covers(ip, host_ip) or (host_ip is None):
-                inodes.append(int(fields[9]))
-    if not inodes:
-        return None
-    owners = _socket_owners()
-    for inode in inodes:
-        if inode in owners:
-            return owners[inode]
-    return "a socket of a process tether cannot see"
+class HostPorts:
+    """The host's bound ports, read once (each /proc/net file costs milliseconds: the
+    kernel walks machine-wide hash tables), then asked about as many ports as needed."""
+
+    def __init__(self) -> None:
+        # (protocol, port) -> [(bound address, socket inode)]
+        self._bound: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        for protocol in ("tcp", "udp"):
+            for family in ("", "6"):
+                try:
+                    with open(f"/proc/net/{protocol}{family}") as fh:
+                        lines = fh.read().splitlines()[1:]
+                except FileNotFoundError:
+                    continue
+                for line in lines:
+                    fields = line.split()
+                    if protocol == "tcp" and fields[3] != _TCP_LISTEN:
+                        continue
+                    ip, port = _parse_addr(fields[1])
+                    self._bound.setdefault((protocol, port), []).append((ip, int(fields[9])))
+        self._owners: dict[int, str] | None = None
+
+    def holder(self, protocol: str, port: int, host_ip: str | None) -> str | None:
+        """Who holds ``port`` for ``host_ip`` (None = every address), or None."""
+        inodes = [inode for ip, inode in self._bound.get((protocol, port), []) if _covers(ip, host_ip)]
+        if not inodes:
+            return None
+        if self._owners is None:
+            self._owners = _socket_owners()
+        for inode in inodes:
+            if inode in self._owners:
+                return self._owners[inode]
+        return "a socket of a process tether cannot see"
 
 
 def _sysctl_path(ifname: str, key: str) -> str:

@@ -622,9 +622,10 @@ class Datapath:
         """net.ipv4.conf.IFNAME.KEY = VALUE in the host namespace (forwarding, route_localnet)."""
         hostinfo.set_interface_sysctl(ifname, key, value)
 
-    def port_holder(self, protocol: str, port: int, host_ip: str | None) -> str | None:
-        """Which host process already holds ``port`` (listening TCP, bound UDP), or None."""
-        return hostinfo.port_holder(protocol, port, host_ip)
+    def host_ports(self) -> hostinfo.HostPorts:
+        """The host's bound ports, read once; ``.holder(protocol, port, host_ip)`` names
+        the process holding one (listening TCP, bound UDP), or None."""
+        return hostinfo.HostPorts()
 
     def host_addresses(self) -> list[str]:
         """Every IPv4 address of the host namespace (no prefix length)."""

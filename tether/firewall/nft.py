@@ -70,10 +70,15 @@ class Firewall:
         self.table = validate_table(table)
         if netns is None:
             self._nft = Nft()
+            self._probe_nft = Nft()
         else:
             from ..datapath.nsutil import run_in_netns
 
             self._nft = run_in_netns(netns, Nft)
+            self._probe_nft = run_in_netns(netns, Nft)
+        # The healer reads the ruleset through its own context, without the lock: a full
+        # read can take long when other tables are large (iptables-nft rules of another
+        # engine), and it must never make an add_ports wait. Only a repair takes the lock.
         self._lock = threading.RLock()
         self._healer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -81,11 +86,13 @@ class Firewall:
 
     # -- reading --------------------------------------------------------------------
 
-    def _table_state(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], Counter[str]] | None:
+    def _table_state(
+        self, nft: Nft | None = None
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], Counter[str]] | None:
         """(sets by name, chains by name, rule count by chain) of our table, or None."""
         # ``list ruleset ip`` with terse output skips set elements (0.5 ms with 1000 ports);
         # ``list table`` fetches them even when terse (6.5 ms).
-        items = self._nft.run_json("list ruleset ip", terse=True)
+        items = (nft or self._nft).run_json("list ruleset ip", terse=True)
         found = False
         sets: dict[str, dict[str, Any]] = {}
         chains: dict[str, dict[str, Any]] = {}
@@ -104,9 +111,9 @@ class Firewall:
                 rules[obj["chain"]] += 1
         return (sets, chains, rules) if found else None
 
-    def _problem(self) -> str | None:
+    def _problem(self, nft: Nft | None = None) -> str | None:
         """Why ``ensure`` must act, or None when the table is complete."""
-        state = self._table_state()
+        state = self._table_state(nft)
         if state is None:
             return "table missing"
         sets, chains, rules = state
@@ -125,18 +132,20 @@ class Firewall:
                 return f"chain {name} has {rules[name]} rules, not {len(spec.rules)}"
         return None
 
-    def present(self) -> bool:
+    def present(self, nft: Nft | None = None) -> bool:
         """True if the table, the ``user`` chain and every base chain exist (cheap)."""
-        names = {
-            obj["name"]
-            for item in self._nft.run_json("list chains ip", terse=True)
-            if (obj := item.get("chain")) and obj.get("table") == self.table
-        }
+        if nft is None:
+            with self._lock:
+                items = self._nft.run_json("list chains ip", terse=True)
+        else:
+            items = nft.run_json("list chains ip", terse=True)
+        names = {obj["name"] for item in items if (obj := item.get("chain")) and obj.get("table") == self.table}
         return names >= {USER_CHAIN, *CHAINS}
 
     def rule_count(self) -> int:
         """Rules in the table, the ``user`` chain's included (constant in the port count)."""
-        state = self._table_state()
+        with self._lock:
+            state = self._table_state()
         return 0 if state is None else sum(state[2].values())
 
     def _elements(self, name: str) -> set[str]:
@@ -247,8 +256,9 @@ class Firewall:
         while not stop.wait(interval):
             tick += 1
             try:
-                with self._lock:
-                    broken = not self.present() or (tick % full_every == 0 and self._problem() is not None)
+                broken = not self.present(self._probe_nft) or (
+                    tick % full_every == 0 and self._problem(self._probe_nft) is not None
+                )
                 if not broken:
                     continue
                 networks, ports = desired()

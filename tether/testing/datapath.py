@@ -106,7 +106,10 @@ class RecordingDatapath:
     def set_interface_sysctl(self, ifname: str, key: str, value: str) -> None:
         self.calls.append(f"sysctl {ifname} {key}={value}")
 
-    def port_holder(self, protocol: str, port: int, host_ip: str | None) -> str | None:
+    def host_ports(self) -> "RecordingDatapath":
+        return self
+
+    def holder(self, protocol: str, port: int, host_ip: str | None) -> str | None:
         return None
 
     def host_networks(self) -> list[str]:
