@@ -138,7 +138,7 @@ def _join_cluster(url: str, advertise: str | None, node: str | None, grace: floa
             break
         except StoreError as exc:
             # an etcd that is not up yet is normal at boot: say so plainly and keep trying
-            log.warning("%s; retrying in %.0f s", exc, delay)
+            log.warning("%s; retrying in %.1f s", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     return Cluster(store, node or socket.gethostname(), advertise, grace)

@@ -25,7 +25,7 @@ from ..datapath import Datapath
 from ..errors import TetherError
 from .cluster import Cluster
 from . import keys
-from .peers import NetworkPeers, PeerTable
+from .peers import NetworkPeers, Peer, PeerTable
 
 __all__ = ["OverlayAgent", "AgentHooks"]
 
@@ -195,6 +195,11 @@ class OverlayAgent:
             vxlan = self.hooks.ensure_network(record)
             self.vxlans[net_id] = vxlan
             self.ensured[net_id] = record
+            if net_id not in self.programmed:  # first sight in this process: what the kernel holds
+                self.programmed[net_id] = NetworkPeers(
+                    peers={Peer(*p) for p in self.datapath.list_peers(vxlan)},
+                    floods=set(self.datapath.list_floods(vxlan)),
+                )
         programmed = self.programmed.setdefault(net_id, NetworkPeers())
         changes = PeerTable.diff(programmed, self.table.desired(net_id))
         for peer in changes.remove_peers:

@@ -325,7 +325,7 @@ class Datapath:
 
     # ------------------------------------------------------------------ bridges
 
-    def ensure_bridge(self, name: str, gateway_cidr: str, mtu: int, mark: str) -> None:
+    def ensure_bridge(self, name: str, gateway_cidr: str, mtu: int, mark: str, exclusive: bool = False) -> None:
         """Create the bridge if missing, mark it, give it ``gateway_cidr`` and bring it up.
 
         Idempotent: on an existing bridge it only fixes what differs (alias, MTU, a missing
@@ -372,6 +372,9 @@ class Datapath:
                     (a.get("address"), a["prefixlen"])
                     for a in ipr.addr("dump", index=index, family=socket.AF_INET)
                 }
+                if exclusive:
+                    for other, other_len in present - {(address, prefixlen)}:
+                        ipr.addr("del", index=index, address=other, prefixlen=other_len)
                 if (address, prefixlen) not in present:
                     try:
                         ipr.addr(

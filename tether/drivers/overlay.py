@@ -40,7 +40,7 @@ class OverlayDriver(BridgeDriver):
         bridge, vxlan = overlay_devices(network)
         mtu = ctx.datapath.underlay_mtu(vtep) - VXLAN_OVERHEAD
         self._mtu[bridge] = mtu
-        ctx.datapath.ensure_bridge(bridge, f"{host_address}/{network.prefixlen}", mtu, ctx.mark)
+        ctx.datapath.ensure_bridge(bridge, f"{host_address}/{network.prefixlen}", mtu, ctx.mark, exclusive=True)
         ctx.datapath.set_bridge_mac(bridge, host_mac)
         ctx.datapath.ensure_vxlan(vxlan, int(network.options["vni"]), vtep, bridge, mtu, ctx.mark)
         ctx.datapath.set_interface_sysctl(bridge, "forwarding", "1")
