@@ -60,9 +60,27 @@ for _p in (str(REPO), str(BENCH)):
 
 # Shared bench helpers: bench/common.py once a colleague has made it, else attach.py.
 try:
-    from common import _git_commit, _no_nan, _tree_digest, _verdict, log, machine_info, pct, rss_mb  # type: ignore
+    from common import (  # type: ignore[import-not-found]
+        _git_commit,
+        _no_nan,
+        _tree_digest,
+        _verdict,
+        log,
+        machine_info,
+        pct,
+        rss_mb,
+    )
 except ImportError:
-    from attach import _git_commit, _no_nan, _tree_digest, _verdict, log, machine_info, pct, rss_mb  # noqa: E402
+    from attach import (
+        _git_commit,
+        _no_nan,
+        _tree_digest,
+        _verdict,
+        log,
+        machine_info,
+        pct,
+        rss_mb,
+    )
 
 NETNS_DIR = "/var/run/netns"
 ETCD_URL = "http://10.99.0.254:2379"  # tether.lab: etcd in every lab's fabric namespace
@@ -145,7 +163,7 @@ def loadavg() -> list[float]:
 
 def arp_entries() -> int | None:
     """Entries of the kernel's ARP table: one table for every namespace of the machine."""
-    out = subprocess.run(["ip", "-s", "ntable", "show", "name", "arp_cache"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "-s", "ntable", "show", "name", "arp_cache"], capture_output=True, text=True, check=False).stdout
     m = re.search(r"entries (\d+)", out)
     return int(m.group(1)) if m else None
 
@@ -156,7 +174,7 @@ def uptime_s() -> float:
 
 def neigh_overflows_since(since: float) -> int | None:
     """Kernel "neighbor table overflow" messages stamped after ``since`` (seconds since boot)."""
-    res = subprocess.run(["dmesg"], capture_output=True, text=True)
+    res = subprocess.run(["dmesg"], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         return None
     count = 0
@@ -172,7 +190,7 @@ def netns_path(name: str) -> str:
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, input=input)
+    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, input=input, check=False)
     if check and res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
     return res
@@ -248,7 +266,7 @@ def etcd_helper_main(mode: str, endpoint: str, count: int) -> int:
         store.put("/other", {"i": i})  # the ack that moves the revision past ``last``
         got: queue.SimpleQueue[float] = queue.SimpleQueue()
 
-        def first_event(prefix: str = key, since: int = last) -> None:
+        def first_event(prefix: str = key, since: int = last, got: queue.SimpleQueue[float] = got) -> None:
             for _ev in store.watch(prefix, since + 1, timeout=10):
                 got.put(mono())
                 return
@@ -275,9 +293,8 @@ def etcd_helper_main(mode: str, endpoint: str, count: int) -> int:
 def wait_probe(store: Any, reps: int) -> int:
     """tether's own ``Cluster.wait_applied`` (the creator's side of the barrier), on a
     prefix of our own with one fake live node: the node's ack is written ``delay`` after
-    wait_applied is called; how long after that ack does wait_applied return? An ack that
-    lands after wait_applied read the revision but before its watch is open makes that
-    watch start in the past (a catch-up), which etcd serves from its 100 ms sync loop."""
+    wait_applied is called (0 to 30 ms, so that some land while it reads the revision and
+    opens its watch); how long after that ack does wait_applied return?"""
     from tether.control.cluster import Cluster
 
     cluster = Cluster(store, node="probe", advertise="192.0.2.1")
@@ -289,13 +306,12 @@ def wait_probe(store: Any, reps: int) -> int:
             store.put("/applied/peer", {"revision": revision - 1})  # behind
             acked: list[float] = []
 
-            def ack(rev: int = revision, wait: float = delay_ms / 1000) -> None:
+            def ack(rev: int = revision, wait: float = delay_ms / 1000, acked: list[float] = acked) -> None:
                 time.sleep(wait)
                 acked.append(mono())
                 store.put("/applied/peer", {"revision": rev})
 
             thread = threading.Thread(target=ack, daemon=True)
-            t0 = mono()
             thread.start()
             behind = cluster.wait_applied(revision, timeout=5.0)
             t1 = mono()
@@ -369,7 +385,7 @@ class Watcher:
 
 def etcd_floor(netns: str, count: int, mode: str = "floor") -> dict[str, Any]:
     res = subprocess.run(helper_argv(netns, mode, count), capture_output=True, text=True,
-                         env=daemon_env(), cwd=str(REPO), timeout=120)
+                         env=daemon_env(), cwd=str(REPO), timeout=120, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"etcd floor helper failed: {res.stderr.strip()[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -437,7 +453,7 @@ class Pinger:
             self.sock.settimeout(max(0.0005, min(next_send, deadline) - mono()))
             try:
                 data, addr = self.sock.recvfrom(4096)
-            except (socket.timeout, BlockingIOError):
+            except (TimeoutError, BlockingIOError):
                 continue
             t_rx = mono()
             ihl = (data[0] & 0x0F) * 4
@@ -617,7 +633,7 @@ class Bench:
             separate hosts do not have. tether's own entries are permanent and stay."""
             cmds = [["ip", "-n", h.netns, "neigh", "flush", "dev", bridge] for h in hosts]
             cmds.append(["ip", "-n", container_netns, "neigh", "flush", "dev", "eth0"])
-            list(flusher.map(lambda cmd: subprocess.run(cmd, capture_output=True), cmds))
+            list(flusher.map(lambda cmd: subprocess.run(cmd, capture_output=True, check=False), cmds))
 
         flusher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="flush")
         res["arp_entries_before"] = arp_entries()
@@ -951,7 +967,8 @@ class Bench:
                 time.sleep(0.05)
             key = f"/cluster/nodes/{victim.name}"
             ev = self.watcher.wait_for(
-                lambda evs: next((e for e in evs if e["key"] == key and e["type"] == "delete"), None), mark, timeout=5)
+                lambda evs, key=key: next((e for e in evs if e["key"] == key and e["type"] == "delete"), None),
+                mark, timeout=5)
             lease_gone = None if ev is None else ev["t"] - t_kill
             try:
                 os.waitpid(pid, os.WNOHANG)
@@ -972,7 +989,7 @@ class Bench:
                     if me is not None and me["up"] and self.client(victim, 2).alive():
                         back = mono() - t_restart
                         break
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001, S110 - the restarted daemon is not up yet
                     pass
                 time.sleep(0.05)
             samples.append({
@@ -987,6 +1004,9 @@ class Bench:
     # -- run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         started = dt.datetime.now().astimezone()
+        # what runs is what tether/ holds when each lab comes up: record it at the start,
+        # and say so if it changed before the end (another session editing the tree)
+        self.commit_at_start, self.tree_at_start = _git_commit(), _tree_digest()
         sizes = self.args.sizes
         extra_size = min((s for s in sizes if s >= 4), default=max(sizes))
         rss_seen = 90.0
@@ -1137,8 +1157,11 @@ class Bench:
             "machine": dict(machine_info(), etcd=etcd_version,
                             iperf3=sh("iperf3", "--version", check=False).stdout.splitlines()[0],
                             etcd_data_fs=fs[0] if fs else "unknown"),
-            "git_commit": _git_commit(),
-            "tether_tree_sha256": _tree_digest(),
+            "git_commit": self.commit_at_start,
+            "tether_tree_sha256": self.tree_at_start,
+            "tether_changed_during_run": (
+                None if _tree_digest() == self.tree_at_start
+                else {"tree_sha256_at_end": _tree_digest(), "git_commit_at_end": _git_commit()}),
             "config": {
                 "sizes": self.args.sizes, "samples": self.args.samples, "iperf_rounds": self.args.iperf_rounds,
                 "iperf_seconds": self.args.iperf_seconds, "kills": self.args.kills,
@@ -1207,7 +1230,10 @@ def _cell(s: dict[str, Any]) -> str:
 def print_summary(res: dict[str, Any]) -> None:
     sizes = list(res["summary"])
     m = res["machine"]
-    print(f"\n# overlay benchmark {res['started']}  ({m['kernel']}, {m['nproc']} CPU {m['cpu']}, {m['memory_gb']} GB)")
+    print(f"\n# overlay benchmark {res['started']}  ({m['kernel']}, {m['nproc']} CPU {m['cpu']}, {m['memory_gb']} GB)"
+          f"  tether {res['git_commit']} tree {res['tether_tree_sha256']}")
+    if res["tether_changed_during_run"]:
+        print(f"WARNING: tether/ changed during the run: {res['tether_changed_during_run']}")
     head = f"{'median / p99 (ms)':<44}" + "".join(f"{'hosts=' + n:>18}" for n in sizes)
     print(head)
     print("-" * len(head))
@@ -1258,11 +1284,13 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"# overlay benchmark, {res['date']}{' (quick)' if res['quick'] else ''}",
         "",
-        f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m['cpu']}), {m['memory_gb']} GB RAM, Python {m['python']}, "
+        (f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m['cpu']}), {m['memory_gb']} GB RAM, Python {m['python']}, "
         f"Debian {m['debian']}, {m['etcd']}, {m['iperf3']}; etcd data on `{m['etcd_data_fs']}`. "
-        f"tether {res['git_commit']} (tree sha256 {res['tether_tree_sha256']}). Run {res['started']} - {res['finished']} "
+        f"tether {res['git_commit']} (tree sha256 {res['tether_tree_sha256']} at the start"
+        + (f"; CHANGED during the run, {res['tether_changed_during_run']['tree_sha256_at_end']} at the end"
+           if res["tether_changed_during_run"] else ", unchanged at the end") + f"). Run {res['started']} - {res['finished']} "
         f"({res['duration_s']} s); per lab size (a fresh lab each) {cfg['samples']} samples at each of two cadences, "
-        "alternating: busy (the next POST 50 ms after the previous sample) and sporadic (after 1-3 s).",
+        "alternating: busy (the next POST 50 ms after the previous sample) and sporadic (after 1-3 s)."),
         "",
         f"Convergence, median / p99 in ms (p99 of {cfg['samples']} or {2 * cfg['samples']} samples is about the worst one):",
         "",
@@ -1290,8 +1318,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["", f"{n} hosts skipped: {why}."]
     tp = res.get("throughput")
     if tp:
-        lines += ["", f"Throughput in the {res['extra_lab_hosts']}-host lab, h1 -> h2, iperf3 TCP {cfg['iperf_seconds']} s, "
-                  f"Gbit/s, median of {cfg['iperf_rounds']} interleaved rounds (every run in the JSON):", "",
+        lines += ["", (f"Throughput in the {res['extra_lab_hosts']}-host lab, h1 -> h2, iperf3 TCP {cfg['iperf_seconds']} s, "
+                  f"Gbit/s, median of {cfg['iperf_rounds']} interleaved rounds (every run in the JSON):"), "",
                   "| streams | tether overlay | hand-built VXLAN | overlay / hand | hand-built + the containers' nft ruleset | that / hand |",
                   "|---|---:|---:|---:|---:|---:|"]
         for streams in (1, 4):
@@ -1299,14 +1327,14 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {streams} | {s['overlay_gbps']} | {s['hand_gbps']} | {s['ratio']} | {s['hand_nat_gbps']} | {s['hand_nat_ratio']} |")
     out = res.get("etcd_outage")
     if out:
-        lines += ["", f"etcd outage: etcd SIGSTOPped for {out['etcd_stopped_s']} s during a 100/s ping between "
+        lines += ["", (f"etcd outage: etcd SIGSTOPped for {out['etcd_stopped_s']} s during a 100/s ping between "
                   f"containers on h1 and h2: {out['sent']} sent, {out['received']} received, loss {out['loss_pct']} %. "
                   f"All nodes up again {out['all_nodes_up_after_resume_s']} s after SIGCONT; a `run -d` right after took "
-                  f"{out['post_after_resume_s']} s (lagging: {out['post_after_resume_lagging']})."]
+                  f"{out['post_after_resume_s']} s (lagging: {out['post_after_resume_lagging']}).")]
     fail = res.get("failure")
     if fail:
-        lines += ["", "Failure detection (SIGKILL of a daemon; `GET /nodes` on h1 polled every 50 ms; the lease's "
-                  "delete event as the etcd watcher saw it; restart until shown up again):", "",
+        lines += ["", ("Failure detection (SIGKILL of a daemon; `GET /nodes` on h1 polled every 50 ms; the lease's "
+                  "delete event as the etcd watcher saw it; restart until shown up again):"), "",
                   "| host | shown down (s) | lease deleted (s) | restart -> up (s) |", "|---|---:|---:|---:|"]
         for s in fail["samples"]:
             lines.append(f"| {s['victim']} | {s['api_shows_down_s']} | {s['lease_delete_event_s']} | {s['restart_to_up_s']} |")

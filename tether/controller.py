@@ -1119,7 +1119,8 @@ class Controller:
         )
         for ep in self._endpoints(container.id):
             errors += self._detach(container, ep, kernel_gone=kernel_gone)
-        errors += _collect(lambda: self.ipam.release_owner(container.id))
+        # (each endpoint's lease went with _detach; a lease left by a crash mid-attach is
+        # released by reconcile's orphan sweep, not by a scan of every lease here)
         shutil.rmtree(self.container_dir(container), ignore_errors=True)
         errors += _collect(lambda: self.store.delete(ID_PREFIX + container.id))
         if container.joined:
@@ -1142,12 +1143,21 @@ class Controller:
     def reap_exited(self) -> None:
         """Remove detached --rm containers that exited (a foreground --rm is removed by the
         CLI that ran it)."""
-        with self.lock:
-            for c in self._containers():
-                if c.auto_remove and c.detach and c.state == "running":
-                    c = self._refresh(c)
-                    if c.state == "exited":
-                        self._log_undo(self._teardown(c))
+        # Scan without the lock (reads only); take it only to remove what has exited, so
+        # a host with a thousand containers does not stall requests every 2 s.
+        candidates = [
+            c.name
+            for c in self._containers()
+            if c.auto_remove and c.detach and c.state == "running" and not runtime.process_alive(c.pid, c.start_time)
+        ]
+        for name in candidates:
+            with self.lock:
+                kv = self.store.get(CTR_PREFIX + name)
+                if kv is None:
+                    continue
+                c = self._refresh(Container.from_dict(kv.value))
+                if c.auto_remove and c.state == "exited":
+                    self._log_undo(self._teardown(c))
 
     # ------------------------------------------------------------------ connect
     def connect(
