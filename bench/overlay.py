@@ -847,8 +847,12 @@ class Bench:
             ov = statistics.median(runs[f"overlay_{streams}"])
             hd = statistics.median(runs[f"hand_{streams}"])
             hn = statistics.median(runs[f"hand_nat_{streams}"])
+            # beside the verdict's ratio of medians: the ratio within each round (the two
+            # runs of a round are seconds apart), a gauge of how much the machine drifted
+            paired = [round(o / h, 3) for o, h in zip(runs[f"overlay_{streams}"], runs[f"hand_{streams}"])]
             out[f"streams_{streams}"] = {"overlay_gbps": round(ov, 3), "hand_gbps": round(hd, 3), "ratio": round(ov / hd, 3),
-                                         "hand_nat_gbps": round(hn, 3), "hand_nat_ratio": round(hn / hd, 3)}
+                                         "hand_nat_gbps": round(hn, 3), "hand_nat_ratio": round(hn / hd, 3),
+                                         "ratio_per_round": paired}
         self.tp_pair = (a_ns, b_ip)
         return out
 
@@ -1004,9 +1008,10 @@ class Bench:
     # -- run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         started = dt.datetime.now().astimezone()
-        # what runs is what tether/ holds when each lab comes up: record it at the start,
-        # and say so if it changed before the end (another session editing the tree)
+        # What runs is what tether/ holds when each lab's daemons start: recorded at the
+        # start, at each lab's start and at the end (another session may edit the tree).
         self.commit_at_start, self.tree_at_start = _git_commit(), _tree_digest()
+        self.tree_at_lab_up: dict[str, str] = {}
         sizes = self.args.sizes
         extra_size = min((s for s in sizes if s >= 4), default=max(sizes))
         rss_seen = 90.0
@@ -1020,6 +1025,7 @@ class Bench:
                 continue
             log(f"--- {n} hosts (MemAvailable {avail} MB, load {loadavg()})")
             try:
+                self.tree_at_lab_up[str(n)] = _tree_digest()
                 self.lab_up(n)
                 conv = self.convergence(n)
                 conv["mem_available_mb_before"] = avail
@@ -1108,7 +1114,9 @@ class Bench:
             if tp:
                 s = tp[f"streams_{streams}"]
                 verdicts.append(verdict_at_least(what, s["ratio"], TARGETS["throughput_ratio"], "ratio",
-                                                 note=f"{s['overlay_gbps']} / {s['hand_gbps']} Gbit/s, median of {self.args.iperf_rounds}"))
+                                                 note=f"{s['overlay_gbps']} / {s['hand_gbps']} Gbit/s, medians of "
+                                                      f"{self.args.iperf_rounds} rounds; ratio within each round "
+                                                      f"{s['ratio_per_round']}"))
             else:
                 verdicts.append(not_run(what, f">= {TARGETS['throughput_ratio']}", "not measured"))
         out = self.results.get("etcd_outage")
@@ -1159,9 +1167,11 @@ class Bench:
                             etcd_data_fs=fs[0] if fs else "unknown"),
             "git_commit": self.commit_at_start,
             "tether_tree_sha256": self.tree_at_start,
+            "tether_tree_sha256_at_lab_up": self.tree_at_lab_up,
             "tether_changed_during_run": (
-                None if _tree_digest() == self.tree_at_start
-                else {"tree_sha256_at_end": _tree_digest(), "git_commit_at_end": _git_commit()}),
+                None if {_tree_digest(), *self.tree_at_lab_up.values()} == {self.tree_at_start}
+                else {"tree_sha256_at_end": _tree_digest(), "git_commit_at_end": _git_commit(),
+                      "labs_ran_the_start_tree": set(self.tree_at_lab_up.values()) == {self.tree_at_start}}),
             "config": {
                 "sizes": self.args.sizes, "samples": self.args.samples, "iperf_rounds": self.args.iperf_rounds,
                 "iperf_seconds": self.args.iperf_seconds, "kills": self.args.kills,
@@ -1277,6 +1287,17 @@ def print_summary(res: dict[str, Any]) -> None:
         print(f"  [{mark}] {v['what']}: {v['value']} (target {v['target']})" + (f"  -- {v['note']}" if v["note"] else ""))
 
 
+def _tree_note(res: dict[str, Any]) -> str:
+    changed = res["tether_changed_during_run"]
+    if not changed:
+        return ", unchanged to the end"
+    if changed["labs_ran_the_start_tree"]:
+        return (f"; every lab started on that tree, which changed to {changed['tree_sha256_at_end']} "
+                "after the last lab was up")
+    return (f"; CHANGED during the run, per lab size {res['tether_tree_sha256_at_lab_up']}, "
+            f"{changed['tree_sha256_at_end']} at the end")
+
+
 def markdown(res: dict[str, Any]) -> str:
     sizes = list(res["summary"])
     m = res["machine"]
@@ -1287,8 +1308,7 @@ def markdown(res: dict[str, Any]) -> str:
         (f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m['cpu']}), {m['memory_gb']} GB RAM, Python {m['python']}, "
         f"Debian {m['debian']}, {m['etcd']}, {m['iperf3']}; etcd data on `{m['etcd_data_fs']}`. "
         f"tether {res['git_commit']} (tree sha256 {res['tether_tree_sha256']} at the start"
-        + (f"; CHANGED during the run, {res['tether_changed_during_run']['tree_sha256_at_end']} at the end"
-           if res["tether_changed_during_run"] else ", unchanged at the end") + f"). Run {res['started']} - {res['finished']} "
+        + _tree_note(res) + f"). Run {res['started']} - {res['finished']} "
         f"({res['duration_s']} s); per lab size (a fresh lab each) {cfg['samples']} samples at each of two cadences, "
         "alternating: busy (the next POST 50 ms after the previous sample) and sporadic (after 1-3 s)."),
         "",

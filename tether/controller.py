@@ -1097,7 +1097,18 @@ class Controller:
             runtime.stop_process(container.pid, container.start_time, 0)
         with self.lock:
             container = self._container(name)
+            links = [ep.host_ifname for ep in self._endpoints(container.id)]
             self._log_undo(self._teardown(container))
+        # The kernel removes the veths with the namespace a few tens of ms later; `rm`
+        # returns once they are gone (outside the lock: other requests go on meanwhile).
+        self._wait_links_gone(links)
+
+    def _wait_links_gone(self, links: list[str], timeout: float = 1.0) -> None:
+        deadline = time.monotonic() + timeout
+        while links and time.monotonic() < deadline:
+            links = [link for link in links if self.ctx.datapath.link_exists(link)]
+            if links:
+                time.sleep(0.005)
 
     def _teardown(self, container: Container) -> list[str]:
         """Remove everything a container holds. Keeps going past errors; idempotent."""
