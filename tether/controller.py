@@ -786,7 +786,8 @@ class Controller:
         ipam = self._ipam_for(network)
         gateway = network.gateway
         if network.driver == "overlay":
-            self._ensure_overlay(network)
+            if network.id not in self._overlay_gateways:  # built once per network, not per attach
+                self._ensure_overlay(network)
             gateway = self._overlay_gateways[network.id]  # this host is its containers' gateway
         address = ipam.allocate(network, container.id, ip)
         undo.push(f"lease {address}", lambda: ipam.release(network.id, address))

@@ -15,7 +15,7 @@ import struct
 
 from ..errors import DatapathError
 
-__all__ = ["HostPorts", "set_interface_sysctl", "interface_sysctl"]
+__all__ = ["HostPorts", "set_interface_sysctl"]
 
 _TCP_LISTEN = "0A"
 
@@ -105,14 +105,6 @@ def _sysctl_path(ifname: str, key: str) -> str:
     if "/" in ifname or ifname in ("", ".", ".."):
         raise DatapathError(f"invalid interface name {ifname!r}")
     return f"/proc/sys/net/ipv4/conf/{ifname}/{key}"
-
-
-def interface_sysctl(ifname: str, key: str) -> str | None:
-    try:
-        with open(_sysctl_path(ifname, key)) as fh:
-            return fh.read().strip()
-    except FileNotFoundError:
-        return None
 
 
 def set_interface_sysctl(ifname: str, key: str, value: str) -> None:
