@@ -1,15 +1,21 @@
 # Two entry points on a fresh Debian 12 machine, as root: `make demo` and `make test`.
+# Services the packages bring (dockerd, etcd) are not started by apt (policy-rc.d): the
+# tests start their own, each with its own directories, inside their own namespaces.
 PYTHON ?= python3
 VENV   := .venv
 APT_PACKAGES := iproute2 iputils-ping procps util-linux nftables libnftables1 \
-                containernetworking-plugins iperf3 etcd-server python3-venv python3-pip
+                containernetworking-plugins iperf3 etcd-server python3-venv python3-pip \
+                podman runc busybox-static docker.io
 
 .PHONY: deps demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; rc=$$?; \
+	  if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; [ $$rc -eq 0 ]; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip

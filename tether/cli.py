@@ -109,6 +109,11 @@ def daemon(
     node_grace: float = typer.Option(
         60.0, "--node-grace", help="Seconds a host may stay down before its endpoints are withdrawn elsewhere."
     ),
+    docker_plugin: str = typer.Option(
+        os.environ.get("TETHER_DOCKER_PLUGIN", ""),
+        "--docker-plugin",
+        help="Serve Docker's network and IPAM driver API as NAME (/run/docker/plugins/NAME.sock) or on a socket path.",
+    ),
 ) -> None:
     """Run the per-host daemon in the foreground."""
     from .daemon import run_daemon
@@ -123,6 +128,7 @@ def daemon(
         cluster_advertise=cluster_advertise,
         node_name=node_name,
         node_grace=node_grace,
+        docker_plugin=docker_plugin or None,
     )
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import runtime
 from .datapath import Datapath
 from .control import keys as ckeys
+from .controller_docker import DockerDoor
 from .drivers import (
     NETWORK_DRIVERS,
     DriverContext,
@@ -85,7 +86,9 @@ def _valid_ifname(name: str) -> bool:
     return 0 < len(name) <= 15 and all(c not in name for c in "/: \t\n") and name not in (".", "..")
 
 
-class Controller:
+class Controller(DockerDoor):
+    """Docker's remote driver and IPAM calls live in ``DockerDoor`` (controller_docker.py)."""
+
     def __init__(
         self,
         store: Store,
@@ -784,11 +787,7 @@ class Controller:
         while f"eth{index}" in used:
             index += 1
         ipam = self._ipam_for(network)
-        gateway = network.gateway
-        if network.driver == "overlay":
-            if network.id not in self._overlay_gateways:  # built once per network, not per attach
-                self._ensure_overlay(network)
-            gateway = self._overlay_gateways[network.id]  # this host is its containers' gateway
+        gateway = self._local_gateway(network)
         address = ipam.allocate(network, container.id, ip)
         undo.push(f"lease {address}", lambda: ipam.release(network.id, address))
         endpoint = Endpoint(
@@ -813,6 +812,15 @@ class Controller:
             self._publish_overlay_endpoint(container, network, endpoint, undo)
         self._add_dns_records(container, network, endpoint, undo)
         return endpoint
+
+    def _local_gateway(self, network: Network) -> str:
+        """The gateway of this host's containers on ``network``; for an overlay, this
+        host's own address on it, with the host side built (once per network)."""
+        if network.driver != "overlay":
+            return network.gateway
+        if network.id not in self._overlay_gateways:
+            self._ensure_overlay(network)
+        return self._overlay_gateways[network.id]
 
     def _publish_overlay_endpoint(self, container: Container, network: Network, endpoint: Endpoint, undo: Undo) -> None:
         """Tell every host where the endpoint is; its revision is what the barrier waits for."""
@@ -1425,12 +1433,16 @@ class Controller:
                 except TetherError as exc:
                     actions.append(f"network {network.name}: {exc}")
             containers = self._containers()
+            docker_waiting = self.docker_pending()  # Docker endpoints get their namespace at Join
             live_ids: set[str] = set()
             for c in containers:
                 c = self._refresh(c)
                 if c.state == "creating" or (c.auto_remove and c.state == "exited"):
                     actions.append(f"removed container {c.name} ({c.state})")
                     actions += self._teardown(c)
+                    continue
+                if c.external and not c.netns and c.name in docker_waiting:
+                    live_ids.add(c.id)
                     continue
                 if c.external and (not c.netns or not os.path.exists(c.netns)):
                     actions.append(f"removed CNI attachment {c.name}: its runtime's namespace is gone")
@@ -1514,6 +1526,7 @@ class Controller:
             return []
         errors: list[str] = []
         containers = {c.id: c for c in self._containers()}
+        docker = self.docker_pending()  # Docker's sandboxes have Docker's own resolver
         records: dict[str, dict[str, list[str]]] = {}
         for ep in self._endpoints():
             c = containers.get(ep.container_id)
@@ -1525,7 +1538,7 @@ class Controller:
         for network in self._networks():
             self.resolver.set_records(network.name, records.get(network.name, {}))
         for c in containers.values():
-            if c.netns and c.joined is None and self.ctx.datapath.netns_exists(c.netns):
+            if c.netns and c.joined is None and c.name not in docker and self.ctx.datapath.netns_exists(c.netns):
                 try:
                     self.resolver.serve(c.id, self.ctx.datapath.netns_path(c.netns))
                     self._set_dns_view(c)

@@ -43,6 +43,7 @@ def run_daemon(
     cluster_advertise: str | None = None,
     node_name: str | None = None,
     node_grace: float = 60.0,
+    docker_plugin: str | None = None,
 ) -> None:
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
@@ -81,6 +82,14 @@ def run_daemon(
     firewall.start_healer(controller.desired_firewall)
     log.info("reconciled with %d correction(s)", len(actions))
     server = ApiServer(controller, socket_path)
+    plugin = None
+    if docker_plugin:
+        from .api.docker_plugin import DockerPluginServer
+
+        # a name (socket in /run/docker/plugins, where dockerd looks) or a socket path
+        plugin = DockerPluginServer(controller, docker_plugin, docker_plugin if "/" in docker_plugin else None)
+        plugin.serve_in_thread("tether-docker")
+        log.info("Docker network and IPAM driver on %s", plugin.socket_path)
     stopping = threading.Event()
 
     def reaper() -> None:
@@ -97,6 +106,8 @@ def run_daemon(
         log.info("signal %d: shutting down (containers keep running)", signum)
         stopping.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
+        if plugin is not None:
+            threading.Thread(target=plugin.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -285,6 +285,19 @@ class IPAM:
                 released.append((network_id, address))
         return released
 
+    def transfer(self, network_id: str, address: str, from_owner: str, to_owner: str) -> bool:
+        """Hand a lease held by ``from_owner`` to ``to_owner`` in one compare-and-swap;
+        False (and nothing changed) when someone else holds it or it is free."""
+        key = lease_key(network_id, str(_parse_address("address", address)))
+        kv = self._store.get(key)
+        if kv is None or kv.value.get("owner") != from_owner:
+            return False
+        return self._store.compare_and_swap(key, kv.mod_revision, {"owner": to_owner})
+
+    def owner(self, network_id: str, address: str) -> str | None:
+        kv = self._store.get(lease_key(network_id, str(_parse_address("address", address))))
+        return None if kv is None else str(kv.value.get("owner", ""))
+
     def leases(self, network_id: str) -> dict[str, str]:
         """address -> owner for every lease of the network, in address order."""
         prefix = f"{_LEASES}{network_id}/"

@@ -16,11 +16,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,6 +125,22 @@ class Host:
         for ns in [n for n in os.listdir(NETNS_DIR) if n.startswith(self.prefix)] + self.extra_netns + [self.name]:
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def busybox_image(base: Path, page: str) -> Path:
+    """An image without a registry, for Podman and Docker to import: a rootfs tarball of
+    Debian's static busybox with ``page`` as /www/index.html. Returns the tarball."""
+    rootfs = base / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "www").mkdir()
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "ping", "ip", "sleep", "httpd", "wget", "cat"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "www" / "index.html").write_text(page)
+    tarball = base / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    return tarball
 
 
 def _new_host() -> Host:

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NETNS_DIR, Host, sh
+from conftest import NETNS_DIR, Host, busybox_image, sh
 from probes import RESOLVE, TCP_ASK, TCP_WHO
 
 pytestmark = pytest.mark.e2e
@@ -374,18 +373,8 @@ def build_podman(host: Host, base: Path, network: str) -> Podman:
         "plugins": [{"type": "tether", "network": network, "socket": host.socket,
                      "capabilities": {"portMappings": True, "ips": True, "mac": True, "aliases": True}}],
     }, indent=2))
-    # an image without a registry: a rootfs of Debian's static busybox
-    rootfs = base / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
-    (rootfs / "www").mkdir()
-    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
-    for applet in ("sh", "ping", "ip", "sleep", "httpd", "wget", "cat"):
-        (rootfs / "bin" / applet).symlink_to("busybox")
-    (rootfs / "www" / "index.html").write_text("hello from podman\n")
-    with tarfile.open(base / "rootfs.tar", "w") as tar:
-        tar.add(rootfs, arcname=".")
     podman = Podman(host, base)
-    podman("import", str(base / "rootfs.tar"), "localhost/tetherbb:latest")
+    podman("import", str(busybox_image(base, "hello from podman\n")), "localhost/tetherbb:latest")
     return podman
 
 

@@ -40,10 +40,12 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Host, sh
+from dockerkit import Docker, have_docker
 from probes import TCP_ASK, TCP_WHO
 
 from tether import lab as tlab
@@ -237,12 +239,14 @@ class Lab:
             json.dump(self.info.to_json(), f, indent=2, sort_keys=True)
         os.replace(self.info.path + ".tmp", self.info.path)
 
-    def restart_daemon(self, i: int) -> None:
-        """Start host i's daemon again with exactly the lab's command line and environment."""
+    def restart_daemon(self, i: int, **extra_env: str) -> None:
+        """Start host i's daemon again with exactly the lab's command line and environment
+        (plus ``extra_env``, e.g. TETHER_DOCKER_PLUGIN)."""
         host = self.host(i)
         env = tlab._with_pythonpath(dict(os.environ))
         for key in ("TETHER_HOST", "TETHER_SOCKET", "TETHER_STATE_DIR", "TETHER_NETNS_PREFIX"):
             env.pop(key, None)
+        env.update(extra_env)
         try:
             os.unlink(host.socket)
         except FileNotFoundError:
@@ -681,6 +685,46 @@ def test_vni_clash_is_refused_and_changes_nothing(lab: Lab, trio: dict[int, str]
         lab.tether(3, "network", "rm", "ovv2")
     finally:
         lab.tether(1, "network", "rm", "ovv1", check=False)
+
+
+def test_docker_containers_on_an_overlay_reach_other_hosts_at_once(lab: Lab, trio: dict[int, str]) -> None:
+    """`docker network create -d tether -o tether.driver=overlay` on h1: Docker's
+    containers there and tether's on h2 reach each other with the first packet, over one
+    interface each, and h3 reaches the Docker container's own address."""
+    if not have_docker():
+        pytest.skip("needs Debian's docker.io and busybox-static (apt-get install docker.io busybox-static)")
+    prefix = lab.name(1)[: -len("h1")]
+    plugin = f"{prefix}dkr"
+    lab.kill_daemon(1)
+    lab.restart_daemon(1, TETHER_DOCKER_PLUGIN=plugin)
+    base = Path(tempfile.mkdtemp(prefix=f"{prefix}dk-"))
+    docker = Docker(lab.host(1).enter, base, plugin)
+    try:
+        docker.start()
+        docker.load_image("overlay\n")
+        docker("network", "create", "-d", plugin, "--ipam-driver", plugin, "--subnet", "10.227.0.0/16",
+               "-o", "tether.driver=overlay", "-o", "tether.network=ovd", "ovd")
+        assert lab.inspect_net(2, "ovd")["driver"] == "overlay"  # the cluster has it
+        t2 = lab.serve(2, "td2", "ovd")
+        for n in range(5):  # the very first packet, from a container that has just started
+            docker("run", "-d", "--name", f"dk{n}", "--net", "ovd", "tbb", "sleep", "600")
+            r = docker("exec", f"dk{n}", "ping", "-c1", "-W2", t2, check=False)
+            assert r.returncode == 0, f"dk{n}: {r.stdout}{r.stderr}"
+            ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                        f"dk{n}").stdout.strip()
+            assert lab.ping_ctr(2, "td2", ip, wait="2"), f"h2 -> dk{n} {ip}"
+        links = docker("exec", "dk0", "ip", "-o", "link").stdout
+        assert link_names(links) == ["eth0", "lo"]
+        assert lab.ping_host(3, ip), f"h3 -> {ip}"
+        docker("rm", "-f", *[f"dk{n}" for n in range(5)])
+        assert sorted(lab.inspect_net(1, "ovd")["containers"]) == ["td2"]
+        lab.tether(2, "rm", "-f", "td2")
+        docker("network", "rm", "ovd")
+        assert lab.tether(2, "network", "inspect", "ovd", check=False).returncode != 0
+    finally:
+        docker.cleanup()
+        lab.tether(2, "rm", "-f", "td2", check=False)
+        lab.tether(1, "network", "rm", "ovd", check=False)
 
 
 def test_overlay_on_a_daemon_without_cluster_store(host: Host) -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from conftest import Host, World, sh
+from conftest import Host, World
 from probes import FAKE_DNS, RESOLVE, TCP_ASK, TCP_WHO, UDP_ASK, UDP_WHO
 
 

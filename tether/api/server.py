@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from ..controller import Controller
-from ..errors import InvalidInput, TetherError
+from ..errors import Conflict, InvalidInput, TetherError
 
 __all__ = ["ApiServer"]
 
@@ -277,10 +277,10 @@ class _UnixHTTPServer(socketserver.UnixStreamServer):
 
     request_queue_size = 512
 
-    def __init__(self, path: str, controller: Controller) -> None:
+    def __init__(self, path: str, controller: Controller, handler: type[BaseHTTPRequestHandler]) -> None:
         self.controller = controller
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="tether-api")
-        super().__init__(path, _RequestHandler)
+        super().__init__(path, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self._pool.submit(self._serve_one, request, client_address)
@@ -299,9 +299,12 @@ class _UnixHTTPServer(socketserver.UnixStreamServer):
 
 
 class ApiServer:
-    """Serves the controller on ``socket_path`` (mode 0600) until ``shutdown``."""
+    """Serves the controller on ``socket_path`` (mode 0600) until ``shutdown``; ``handler``
+    speaks the protocol (tether's own API by default, Docker's plugin API for the driver)."""
 
-    def __init__(self, controller: Controller, socket_path: str) -> None:
+    def __init__(
+        self, controller: Controller, socket_path: str, handler: type[BaseHTTPRequestHandler] | None = None
+    ) -> None:
         os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
         if os.path.exists(socket_path):
             probe = socket.socket(socket.AF_UNIX)
@@ -310,12 +313,12 @@ class ApiServer:
             except OSError:
                 os.unlink(socket_path)  # stale socket of a dead daemon
             else:
-                raise TetherError(f"another daemon already serves {socket_path}: stop it or use another --socket")
+                raise Conflict(f"another daemon already serves {socket_path}: stop it or choose another socket path")
             finally:
                 probe.close()
         old = os.umask(0o177)
         try:
-            self.httpd = _UnixHTTPServer(socket_path, controller)
+            self.httpd = _UnixHTTPServer(socket_path, controller, handler or _RequestHandler)
         finally:
             os.umask(old)
         os.chmod(socket_path, 0o600)
@@ -324,8 +327,8 @@ class ApiServer:
     def serve_forever(self) -> None:
         self.httpd.serve_forever(poll_interval=0.2)
 
-    def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="tether-api", daemon=True)
+    def serve_in_thread(self, name: str = "tether-api") -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name=name, daemon=True)
         thread.start()
         return thread
 

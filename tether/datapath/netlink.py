@@ -518,6 +518,48 @@ class Datapath:
 
         self._host(work)
 
+    def create_veth_pair(
+        self, *, host_ifname: str, peer_ifname: str, bridge: str, mac: str, mtu: int, mark: str, hairpin: bool = False
+    ) -> None:
+        """A veth pair with both ends on the host: ``host_ifname`` marked, enslaved to
+        ``bridge`` and up; ``peer_ifname`` down with ``mac`` and ``mtu``, for a runtime that
+        moves and configures it itself (Docker's remote driver protocol). All or nothing."""
+        if not _MAC_RE.match(mac):
+            raise DatapathError(f"invalid MAC address {mac!r}")
+
+        def work(ipr: IPRoute) -> None:
+            what = f"cannot create veth {host_ifname} on {bridge}"
+            bridge_index = _ifindex(bridge)
+            if bridge_index is None:
+                raise DatapathError(f"{what}: bridge {bridge} does not exist")
+            try:
+                ipr.link(
+                    "add",
+                    ifname=host_ifname,
+                    kind="veth",
+                    mtu=mtu,
+                    master=bridge_index,
+                    state="up",
+                    ifalias=mark,
+                    peer={"ifname": peer_ifname, "address": mac, "mtu": mtu},
+                )
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    raise DatapathError(f"{what}: {host_ifname} or {peer_ifname} already exists") from exc
+                raise DatapathError(f"{what}: {_reason(exc)}") from exc
+            if hairpin:
+                try:
+                    with _mapped(what):
+                        ipr.brport("set", index=_ifindex(host_ifname), mode=1)
+                except BaseException:
+                    try:
+                        ipr.link("del", ifname=host_ifname)
+                    except (NetlinkError, OSError):
+                        pass
+                    raise
+
+        self._host(work)
+
     def detach_veth(self, host_ifname: str) -> None:
         """Delete an endpoint by its host end (the peer goes too); missing is success.
 

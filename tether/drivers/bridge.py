@@ -67,6 +67,22 @@ class BridgeDriver(NetworkDriver):
         )
         undo.push(f"veth {endpoint.host_ifname}", lambda: ctx.datapath.detach_veth(endpoint.host_ifname))
 
+    def attach_unplaced(
+        self, ctx: DriverContext, network: Network, endpoint: Endpoint, peer_ifname: str, undo: Undo
+    ) -> None:
+        """The endpoint's veth with its container end left on the host as ``peer_ifname``,
+        for a runtime that moves it into its sandbox and sets its address itself (Docker)."""
+        ctx.datapath.create_veth_pair(
+            host_ifname=endpoint.host_ifname,
+            peer_ifname=peer_ifname,
+            bridge=self.port_bridge(network),
+            mac=endpoint.mac,
+            mtu=self.port_mtu(network),
+            mark=ctx.mark,
+            hairpin=self.hairpin,
+        )
+        undo.push(f"veth {endpoint.host_ifname}", lambda: ctx.datapath.detach_veth(endpoint.host_ifname))
+
     def detach(self, ctx: DriverContext, network: Network, endpoint: Endpoint, netns: str | None) -> list[str]:
         try:
             ctx.datapath.detach_veth(endpoint.host_ifname)

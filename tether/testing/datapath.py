@@ -77,6 +77,14 @@ class RecordingDatapath:
             raise DatapathError(f"no netns {kw['netns']}")
         self.veths[kw["host_ifname"]] = kw
 
+    def create_veth_pair(self, **kw: Any) -> None:
+        self._call("create_veth_pair")
+        if kw["bridge"] not in self.bridges:
+            raise DatapathError(f"no bridge {kw['bridge']}")
+        if kw["host_ifname"] in self.veths:
+            raise DatapathError(f"{kw['host_ifname']} already exists")
+        self.veths[kw["host_ifname"]] = dict(kw, netns=None, ifname=kw["peer_ifname"], gateway=None, cidr="")
+
     def detach_veth(self, host_ifname: str) -> None:
         self._call("detach_veth")
         self.veths.pop(host_ifname, None)

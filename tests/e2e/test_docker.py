@@ -1,0 +1,174 @@
+"""A real Docker engine uses tether as its network and IPAM driver.
+
+Debian's dockerd runs inside the test host's namespace, confined as ``dockerkit`` says;
+the host's tether daemon serves the plugin socket under a per-test name, which is the
+driver name Docker is given. The image is a busybox rootfs imported offline.
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Host
+from dockerkit import Docker, have_docker
+from probes import TCP_ASK
+
+PAGE = "hello from docker\n"
+
+
+@pytest.fixture
+def docker(bare_host: Host) -> Iterator[Docker]:
+    if not have_docker():
+        pytest.skip("needs Debian's docker.io and busybox-static (apt-get install docker.io busybox-static)")
+    plugin = bare_host.prefix.rstrip("-") + "d"
+    bare_host.daemon_args = ["--docker-plugin", plugin]
+    bare_host.start_daemon()
+    base = Path(tempfile.mkdtemp(prefix=f"{bare_host.prefix}dk-"))
+    d = Docker(bare_host.enter, base, plugin)
+    try:
+        d.start()
+        d.load_image(PAGE)
+        yield d
+    finally:
+        d.cleanup()
+
+
+def endpoints(host: Host, network: str) -> list[str]:
+    return sorted(host.json("network", "inspect", network)[0].get("containers", {}))
+
+
+def host_veths(host: Host) -> list[str]:
+    out = host.in_host("ip", "-o", "link", "show", "type", "veth").stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+
+def fetch(host: Host, port: int) -> str:
+    ask = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/index.html', timeout=2).read().decode())"
+    got = ""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and PAGE not in got:
+        got = host.in_host("python3", "-c", ask, check=False).stdout
+        time.sleep(0.1)
+    return got
+
+
+def test_docker_containers_on_a_tether_network(bare_host: Host, docker: Docker) -> None:
+    host, d = bare_host, docker
+    net = f"{host.prefix}dn"
+    d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.252.0.0/24",
+      "-o", f"tether.network={net}", net)
+    tnet = host.json("network", "inspect", net)[0]
+    assert tnet["subnet"] == "10.252.0.0/24" and tnet["driver"] == "bridge"
+
+    d("run", "-d", "--name", "da", "--net", net, "tbb", "sleep", "600")
+    d("run", "-d", "--name", "db", "--net", net, "tbb", "sleep", "600")
+    a, b = d.ip("da"), d.ip("db")
+    assert a.startswith("10.252.0.") and b.startswith("10.252.0.") and a != b
+    # one interface besides lo, the default route via tether's bridge: no extra gateway NIC
+    links = d("exec", "da", "ip", "-o", "link").stdout
+    assert [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()] == ["lo", "eth0"]
+    assert "default via 10.252.0.1 dev eth0" in d("exec", "da", "ip", "route").stdout
+
+    # Docker containers reach each other, and a `tether run` container reaches them
+    r = d("exec", "da", "ping", "-c1", "-W2", b, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = host.tether("run", "--rm", "--net", net, "--", "ping", "-c1", "-W2", a, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # ... and the other way, with one IPAM: the tether container's address is not Docker's
+    host.tether("run", "-d", "--name", "tr", "--net", net, "sleep", "600")
+    t = host.inspect("tr")["networks"][net]["address"]
+    assert t not in (a, b)
+    r = d("exec", "db", "ping", "-c1", "-W2", t, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the host reaches a container's own address (no published port needed)
+    assert host.in_host("ping", "-c1", "-W2", a, check=False).returncode == 0
+
+    # docker run -p publishes through tether's port map
+    d("run", "-d", "--name", "dweb", "--net", net, "-p", "18191:8000", "tbb", "httpd", "-f", "-p", "8000", "-h", "/www")
+    assert PAGE in fetch(host, 18191)
+    assert len(endpoints(host, net)) == 4  # da, db, dweb and tr
+
+    # docker rm leaves nothing: no endpoint, no veth, no lease, no published port
+    d("rm", "-f", "da", "db", "dweb")
+    assert endpoints(host, net) == ["tr"]
+    assert len(host_veths(host)) == 1  # tr's
+    assert host.in_host("python3", "-c", TCP_ASK, "127.0.0.1", "18191", check=False).returncode != 0
+
+    # restarting dockerd: the network is still there and works
+    d.stop()
+    d.start()
+    r = d("run", "--rm", "--net", net, "tbb", "ping", "-c1", "-W2", t, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    # docker network rm: a network tether made for Docker goes; one it adopted stays
+    host.tether("rm", "-f", "tr")
+    d("network", "rm", net)
+    assert host.tether("network", "inspect", net, check=False).returncode != 0
+    assert host_veths(host) == []
+    assert host.in_host("ip", "-o", "link", "show", tnet["bridge"], check=False).returncode != 0
+
+
+def test_docker_adopts_a_tether_network_and_tether_ipam_picks_subnets(bare_host: Host, docker: Docker) -> None:
+    host, d = bare_host, docker
+    net = f"{host.prefix}shared"
+    host.tether("network", "create", "--subnet", "10.253.0.0/24", net)
+    host.tether("run", "-d", "--name", "tr", "--net", net, "sleep", "600")
+    t = host.inspect("tr")["networks"][net]["address"]
+    # the same tether network, seen from Docker (its subnet and gateway come from tether)
+    d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.253.0.0/24",
+      "-o", f"tether.network={net}", "dshared")
+    assert "10.253.0.0/24" in d("network", "inspect", "-f", "{{json .IPAM.Config}}", "dshared").stdout
+    r = d("run", "--rm", "--net", "dshared", "tbb", "ping", "-c1", "-W2", t, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d("network", "rm", "dshared")
+    assert host.json("network", "inspect", net)[0]["subnet"] == "10.253.0.0/24"  # adopted: kept
+
+    # no --subnet: tether's IPAM picks one that overlaps nothing
+    d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "dauto")
+    subnet = d("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", "dauto").stdout.strip()
+    nid = d("network", "inspect", "-f", "{{.Id}}", "dauto").stdout.strip()
+    assert host.json("network", "inspect", f"docker-{nid[:12]}")[0]["subnet"] == subnet != "10.253.0.0/24"
+    d("network", "rm", "dauto")
+    assert host.tether("network", "inspect", f"docker-{nid[:12]}", check=False).returncode != 0
+
+
+def test_docker_errors_are_one_line_and_change_nothing(bare_host: Host, docker: Docker) -> None:
+    host, d = bare_host, docker
+    net = f"{host.prefix}e"
+    d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.0.0/30",
+      "-o", f"tether.network={net}", net)
+    before = host.snapshot()
+
+    def fails(*args: str, says: str) -> None:
+        r = d(*args, check=False)
+        assert r.returncode != 0
+        line = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("Run '", "See '", "WARNING:"))]
+        assert len(line) == 1 and says in line[0] and "Traceback" not in r.stderr, r.stderr
+
+    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.0.0/24", "x1",
+          says="overlaps network")
+    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "colour=blue", "x2",
+          says="unknown option -o colour")
+    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--ipv6", "--subnet", "fd00::/64", "x3",
+          says="IPv4 only")
+    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "tether.driver=magic", "x4",
+          says="use bridge or overlay")
+    assert host.snapshot() == before
+    # a /30 holds one container: the second gets tether's "no free address" line
+    d("run", "-d", "--name", "one", "--net", net, "tbb", "sleep", "600")
+    fails("run", "-d", "--name", "two", "--net", net, "tbb", "sleep", "600", says="no free address left")
+    d("rm", "-f", "one")
+    d("rm", "-f", "two", check=False)
+    assert host.snapshot() == before
+
+    # the daemon not running: dockerd reports that the plugin cannot be found
+    host.kill_daemon(signal.SIGTERM)
+    r = d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "x5", check=False, timeout=120)
+    assert r.returncode != 0 and d.plugin in r.stderr and "Traceback" not in r.stderr
+    host.start_daemon()
+    d("network", "rm", net)

@@ -1,0 +1,155 @@
+"""Docker's remote driver and IPAM calls on the controller, against in-memory fakes: the
+order dockerd calls them in, shared leases, idempotence and undo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tether.controller import Controller
+from tether.controller_docker import RESERVED_OWNER
+from tether.errors import Conflict, DatapathError, Exhausted, InvalidInput, NotFound
+from tether.testing.datapath import RecordingDatapath
+from tether.testing.memory import MemoryStore
+
+NID = "n" * 64
+GW_REQUEST = {"RequestAddressType": "com.docker.network.gateway"}
+
+
+@pytest.fixture
+def ctl(tmp_path: Any) -> Controller:
+    return Controller(MemoryStore(), RecordingDatapath(["192.168.1.0/24"]), str(tmp_path), netns_prefix="u-")
+
+
+def create(ctl: Controller, subnet: str = "10.1.0.0/24", nid: str = NID, **generic: str) -> str:
+    """What `docker network create -d tether --ipam-driver tether --subnet S` does."""
+    pool = ctl.ipam_request_pool(subnet, "", {}, False)
+    gateway = ctl.ipam_request_address(pool["PoolID"], "", GW_REQUEST)
+    ctl.docker_create_network(
+        nid,
+        {"com.docker.network.generic": generic},
+        [{"AddressSpace": "tether", "Pool": pool["Pool"], "Gateway": gateway}],
+        [],
+    )
+    return str(pool["PoolID"])
+
+
+def endpoint(ctl: Controller, pool_id: str, eid: str) -> str:
+    """RequestAddress then CreateEndpoint, as dockerd does before Join."""
+    cidr = ctl.ipam_request_address(pool_id, "", {})
+    ctl.docker_create_endpoint(NID, eid, {"Address": cidr, "MacAddress": ""}, {})
+    return cidr.split("/")[0]
+
+
+def test_pool_gateway_and_network(ctl: Controller) -> None:
+    create(ctl, **{"tether.network": "appnet"})
+    net = ctl.inspect_network("appnet")
+    assert net["subnet"] == "10.1.0.0/24" and net["gateway"] == "10.1.0.1"
+
+
+def test_pool_without_subnet_avoids_host_routes_and_other_pools(ctl: Controller) -> None:
+    first = ctl.ipam_request_pool("", "", {}, False)["Pool"]
+    second = ctl.ipam_request_pool("", "", {}, False)["Pool"]
+    assert first != second  # dockerd asks again when it dislikes a pool: never the same answer
+    assert "192.168.1" not in first + second
+
+
+def test_overlapping_pool_and_ipv6_are_refused(ctl: Controller) -> None:
+    create(ctl)
+    with pytest.raises(Conflict, match="overlaps"):
+        ctl.ipam_request_pool("10.1.0.128/25", "", {}, False)
+    with pytest.raises(InvalidInput, match="IPv4 only"):
+        ctl.ipam_request_pool("", "", {}, True)
+    with pytest.raises(InvalidInput, match="unknown option -o colour"):
+        ctl.docker_create_network("m" * 64, {"com.docker.network.generic": {"colour": "blue"}}, [], [])
+
+
+def test_endpoint_takes_over_the_ipam_lease_and_join_leaves_the_peer_on_the_host(ctl: Controller) -> None:
+    pool = create(ctl, **{"tether.network": "appnet"})
+    ip = endpoint(ctl, pool, "e1")
+    net_id = ctl.inspect_network("appnet")["id"]
+    owner = ctl.ipam.leases(net_id)[ip]
+    assert owner != RESERVED_OWNER and ctl._container_by_id(owner) is not None
+    reply = ctl.docker_join(NID, "e1", "/run/docker/netns/abc")
+    assert reply["Gateway"] == "10.1.0.1" and reply["InterfaceName"]["DstPrefix"] == "eth"
+    veth = next(iter(ctl.ctx.datapath.veths.values()))  # type: ignore[attr-defined]
+    assert veth["peer_ifname"] == reply["InterfaceName"]["SrcName"] and veth["netns"] is None
+    # Leave removes the veth; DeleteEndpoint the lease; ReleaseAddress then has nothing to do
+    ctl.docker_leave(NID, "e1")
+    assert ctl.ctx.datapath.veths == {}  # type: ignore[attr-defined]
+    ctl.docker_delete_endpoint(NID, "e1")
+    ctl.ipam_release_address(pool, ip)
+    assert ctl.ipam.leases(net_id) == {}
+    assert [c["name"] for c in ctl.list_containers(all_=True)] == []
+
+
+def test_release_address_never_frees_a_live_owners_lease(ctl: Controller) -> None:
+    pool = create(ctl, **{"tether.network": "appnet"})
+    ip = endpoint(ctl, pool, "e1")
+    ctl.ipam_release_address(pool, ip)  # out of order: the endpoint still holds it
+    assert ip in ctl.ipam.leases(ctl.inspect_network("appnet")["id"])
+
+
+def test_docker_default_ipam_address_taken_by_tether_is_a_conflict(ctl: Controller) -> None:
+    ctl.docker_create_network(NID, {"com.docker.network.generic": {"tether.network": "appnet"}},
+                              [{"Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}], [])
+    net = ctl.inspect_network("appnet")
+    ctl.ipam.allocate(ctl._network("appnet"), "someone", "10.1.0.2")
+    with pytest.raises(Conflict, match="already in use"):
+        ctl.docker_create_endpoint(NID, "e1", {"Address": "10.1.0.2/24"}, {})
+    assert [c["name"] for c in ctl.list_containers(all_=True)] == []
+    assert ctl.ipam.leases(net["id"]) == {"10.1.0.2": "someone"}
+
+
+def test_failed_join_undoes_and_can_be_retried(ctl: Controller) -> None:
+    pool = create(ctl)
+    endpoint(ctl, pool, "e1")
+    ctl.ctx.datapath.fail.add("create_veth_pair")  # type: ignore[attr-defined]
+    with pytest.raises(DatapathError):
+        ctl.docker_join(NID, "e1", "/run/docker/netns/abc")
+    assert ctl.ctx.datapath.veths == {}  # type: ignore[attr-defined]
+    ctl.ctx.datapath.fail.clear()  # type: ignore[attr-defined]
+    assert ctl.docker_join(NID, "e1", "/run/docker/netns/abc")["Gateway"] == "10.1.0.1"
+
+
+def test_exhausted_pool_and_unknown_ids(ctl: Controller) -> None:
+    pool = create(ctl, "10.2.0.0/30")
+    endpoint(ctl, pool, "e1")
+    with pytest.raises(Exhausted, match="no free address"):
+        ctl.ipam_request_address(pool, "", {})
+    with pytest.raises(NotFound, match="not a tether network"):
+        ctl.docker_create_endpoint("x" * 64, "e2", {"Address": "10.2.0.2/30"}, {})
+    with pytest.raises(NotFound, match="unknown tether address pool"):
+        ctl.ipam_request_address("tether-nope", "", {})
+    # the idempotent ones: DEL-like calls on what does not exist succeed
+    ctl.docker_leave(NID, "nope")
+    ctl.docker_delete_endpoint(NID, "nope")
+    ctl.docker_delete_network("nope")
+
+
+def test_adopted_network_survives_docker_network_rm(ctl: Controller) -> None:
+    ctl.create_network("appnet", subnet="10.3.0.0/24")
+    create(ctl, "10.3.0.0/24", **{"tether.network": "appnet"})  # the exact subnet: adopted, not an overlap
+    ctl.docker_delete_network(NID)
+    assert ctl.inspect_network("appnet")["subnet"] == "10.3.0.0/24"
+    with pytest.raises(Conflict, match="has subnet 10.3.0.0/24"):
+        ctl.docker_create_network("m" * 64, {"com.docker.network.generic": {"tether.network": "appnet"}},
+                                  [{"Pool": "10.4.0.0/24", "Gateway": "10.4.0.1/24"}], [])
+
+
+def test_network_made_for_docker_goes_with_docker_network_rm(ctl: Controller) -> None:
+    create(ctl)
+    name = f"docker-{NID[:12]}"
+    assert ctl.inspect_network(name)
+    ctl.docker_delete_network(NID)
+    with pytest.raises(NotFound):
+        ctl.inspect_network(name)
+
+
+def test_reconcile_keeps_an_endpoint_waiting_for_its_join(ctl: Controller) -> None:
+    pool = create(ctl, **{"tether.network": "appnet"})
+    ip = endpoint(ctl, pool, "e1")
+    ctl.reconcile()
+    assert ip in ctl.ipam.leases(ctl.inspect_network("appnet")["id"])
+    assert ctl.docker_join(NID, "e1", "/run/docker/netns/abc")["Gateway"] == "10.1.0.1"
