@@ -10,8 +10,9 @@ attachments made through CNI live beside ``tether run`` containers: same IPAM, s
 bridges, same names, same published-port map.
 
 A process per call makes start-up the cost that matters: this module imports only
-``tether.api.client`` and ``tether.errors`` (no Typer, Rich or pyroute2), and it never
-starts a daemon (a runtime must not get a daemon as a side effect of an ADD).
+``tether.api.client``, ``tether.errors``, ``tether.wirejson``, os and sys (no Typer, Rich
+or pyroute2; not even ``json``, ``typing`` or ``socket``, which cost milliseconds per call),
+and it never starts a daemon (a runtime must not get a daemon as a side effect of an ADD).
 
 Configuration (one plugin object; ``type`` must match the installed binary's name)::
 
@@ -40,13 +41,16 @@ Error codes (the spec's well-known ones, 999 for the rest):
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Any, NamedTuple
 
+from . import wirejson as json  # the stdlib's json costs every call ~7 ms of imports (re)
 from .api.client import Client
 from .errors import DaemonUnavailable, InvalidInput, NotFound, TetherError
+
+TYPE_CHECKING = False  # typing itself costs every plugin call ~2 ms: annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -112,20 +116,50 @@ class CniError(Exception):
         return out
 
 
-class Invocation(NamedTuple):
-    """The ``CNI_*`` environment of one call."""
+class _Record:
+    """A small immutable record (typing.NamedTuple and collections.namedtuple cost a
+    plugin call their imports): positional or keyword construction, equality, repr."""
 
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(self.__slots__):
+            raise TypeError(f"{type(self).__name__} takes {len(self.__slots__)} fields")
+        values = dict(zip(self.__slots__, args), **kwargs)
+        if set(values) != set(self.__slots__):
+            raise TypeError(f"{type(self).__name__} needs exactly {', '.join(self.__slots__)}")
+        for name in self.__slots__:
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
+class Invocation(_Record):
+    """The ``CNI_*`` environment of one call; ``args`` is ``CNI_ARGS``, parsed."""
+
+    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path")
     command: str
     container_id: str
     netns: str
     ifname: str
-    args: dict[str, str]  # CNI_ARGS, parsed
+    args: dict[str, str]
     path: str
 
 
-class NetConf(NamedTuple):
+class NetConf(_Record):
     """What tether uses from the network configuration on stdin."""
 
+    __slots__ = (
+        "cni_version", "name", "network", "socket", "prev_result", "port_mappings", "ip", "mac", "aliases",
+        "valid_attachments",
+    )
     cni_version: str
     name: str  # the CNI network (config) name
     network: str  # the tether network

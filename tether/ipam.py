@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from ipaddress import IPv4Address, IPv4Network
+from socket import inet_aton
 
 from .errors import Conflict, Exhausted, InvalidInput
 from .model import Network
@@ -42,6 +43,12 @@ DEFAULT_POOLS: list[tuple[str, int]] = [(f"172.{n}.0.0/16", 16) for n in range(1
 
 _LEASES = "/ipam/"
 _CURSORS = "/ipam-cursor/"
+
+
+def _as_int(address: str) -> int:
+    """A stored (well-formed) IPv4 address as an int: inet_aton is ~20x cheaper than
+    ipaddress, which matters when every allocation reads every lease of the network."""
+    return int.from_bytes(inet_aton(address), "big")
 
 
 def lease_key(network_id: str, address: str) -> str:
@@ -207,7 +214,8 @@ class IPAM:
         reserved = {int(subnet.network_address), int(subnet.broadcast_address)}
         if gateway is not None:
             reserved.add(int(gateway))
-        leased = {int(ipaddress.ip_address(address)) for address in self.leases(network.id)}
+        prefix = f"{_LEASES}{network.id}/"
+        leased = {_as_int(kv.key[len(prefix) :]) for kv in self._store.list(prefix)}
 
         cursor = self._store.get(cursor_key(network.id))
         start = first
@@ -302,7 +310,7 @@ class IPAM:
         """address -> owner for every lease of the network, in address order."""
         prefix = f"{_LEASES}{network_id}/"
         found = {kv.key[len(prefix) :]: str(kv.value.get("owner", "")) for kv in self._store.list(prefix)}
-        return dict(sorted(found.items(), key=lambda item: int(ipaddress.ip_address(item[0]))))
+        return dict(sorted(found.items(), key=lambda item: _as_int(item[0])))
 
     def drop_network(self, network_id: str) -> None:
         """Forget every lease and the cursor of a network (when the network is removed)."""

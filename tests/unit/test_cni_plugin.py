@@ -393,7 +393,14 @@ def test_imports_stay_light() -> None:
     mods = set(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
     heavy = {m for m in mods if m.split(".")[0] in ("typer", "rich", "click", "pyroute2", "sqlite3", "asyncio", "grpc")}
     assert not heavy, heavy
-    assert {m for m in mods if m.startswith("tether")} == {"tether", "tether.api", "tether.api.client", "tether.errors", "tether.cni"}
+    assert {m for m in mods if m.startswith("tether")} == {
+        "tether", "tether.api", "tether.api.client", "tether.errors", "tether.cni", "tether.wirejson"
+    }
+    # nor the stdlib modules that cost milliseconds each (json's re, typing, socket.py's enum)
+    code_bare = code.replace("import sys, tether.cni;", "import sys; sys.path.insert(0, '.'); import tether.cni;")
+    bare = set(subprocess.run([sys.executable, "-S", "-c", code_bare], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.split())
+    assert not bare & {"json", "re", "typing", "socket", "enum", "collections", "pathlib"}, bare
 
 
 def test_main_process_prints_one_json_line(tmp_path: Path) -> None:

@@ -9,14 +9,17 @@ process about 30 ms. When no daemon answers it can start one in the background
 
 from __future__ import annotations
 
-import json
+import _socket  # the C module: socket.py's enum and selectors imports cost a plugin call ms
 import os
-import socket
 import sys
 import time
-from typing import Any
 
+from .. import wirejson as json
 from ..errors import DaemonUnavailable, error_from_wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Client", "default_socket", "default_state_dir"]
 
@@ -31,7 +34,7 @@ def default_state_dir() -> str:
 
 def _http(path: str, method: str, target: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
     """One HTTP/1.1 request over the unix socket at ``path``; (status, body)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
