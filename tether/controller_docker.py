@@ -132,7 +132,8 @@ class DockerDoor:
                 return f"{gateway}/{subnet.prefixlen}"
             if network is None:
                 raise NotFound(
-                    f"no tether network uses pool {pool['subnet']} yet: create it with `docker network create -d tether`"
+                    f"no tether network has subnet {pool['subnet']} (removed with `tether network rm`?): "
+                    "remove the Docker network and create it again"
                 )
             leased = self._ipam_for(network).allocate(network, RESERVED_OWNER, address or None)
             return f"{leased}/{subnet.prefixlen}"

@@ -158,6 +158,10 @@ def test_docker_errors_are_one_line_and_change_nothing(bare_host: Host, docker: 
           says="IPv4 only")
     fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "tether.driver=magic", "x4",
           says="use bridge or overlay")
+    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "tether.mtu=big", "x6",
+          says="invalid mtu")
+    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.1.0/33", "x7",
+          says="invalid")
     assert host.snapshot() == before
     # a /30 holds one container: the second gets tether's "no free address" line
     d("run", "-d", "--name", "one", "--net", net, "tbb", "sleep", "600")
@@ -165,6 +169,14 @@ def test_docker_errors_are_one_line_and_change_nothing(bare_host: Host, docker: 
     d("rm", "-f", "one")
     d("rm", "-f", "two", check=False)
     assert host.snapshot() == before
+
+    # the tether network removed behind Docker's back: a run says so, in one line
+    gone = f"{host.prefix}gone"
+    d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.2.0/24",
+      "-o", f"tether.network={gone}", gone)
+    host.tether("network", "rm", gone)
+    fails("run", "--rm", "--net", gone, "tbb", "true", says="no tether network has subnet 10.254.2.0/24")
+    d("network", "rm", gone)
 
     # the daemon not running: dockerd reports that the plugin cannot be found
     host.kill_daemon(signal.SIGTERM)
