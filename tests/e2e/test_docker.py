@@ -105,6 +105,22 @@ def test_docker_containers_on_a_tether_network(bare_host: Host, docker: Docker) 
     r = d("run", "--rm", "--net", net, "tbb", "ping", "-c1", "-W2", t, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
+    # the tether daemon killed while Docker's containers run: they keep their network, and
+    # the restarted daemon serves Docker again (its veths carry tether's mark, so a restart
+    # would sweep one no record owns)
+    d("run", "-d", "--name", "dc", "--net", net, "tbb", "sleep", "600")
+    c = d.ip("dc")
+    veth = next(v for v in host_veths(host) if v != host.inspect("tr")["networks"][net]["host_ifname"])
+    assert host.in_host("ip", "-o", "link", "show", veth).stdout.count("alias tether:") == 1
+    host.kill_daemon(signal.SIGKILL)
+    host.start_daemon()
+    r = d("exec", "dc", "ping", "-c1", "-W2", t, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = d("run", "--rm", "--net", net, "tbb", "ping", "-c1", "-W2", c, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d("rm", "-f", "dc")
+    assert endpoints(host, net) == ["tr"]
+
     # docker network rm: a network tether made for Docker goes; one it adopted stays
     host.tether("rm", "-f", "tr")
     d("network", "rm", net)

@@ -467,54 +467,17 @@ class Datapath:
 
         def work(ipr: IPRoute) -> None:
             what = f"cannot attach {host_ifname} to {bridge}"
-            bridge_index = _ifindex(bridge)
-            if bridge_index is None:
-                raise DatapathError(f"{what}: bridge {bridge} does not exist")
             ns_fd = self._open_netns(netns)
             if ns_fd is None:
                 raise DatapathError(f"{what}: network namespace {netns} does not exist")
+            peer = {"ifname": ifname, "net_ns_fd": ns_fd, "address": mac, "mtu": mtu}
             try:
-                # One request makes both ends. Nothing exists yet to undo if it fails;
-                # EEXIST means a name belongs to someone else's link: leave it alone.
-                ipr.link(
-                    "add",
-                    ifname=host_ifname,
-                    kind="veth",
-                    mtu=mtu,
-                    master=bridge_index,
-                    state="up",
-                    peer={
-                        "ifname": ifname,
-                        "net_ns_fd": ns_fd,
-                        "address": mac,
-                        "mtu": mtu,
-                    },
+                self._add_veth(
+                    ipr, what, host_ifname, bridge, mtu, mark, hairpin, peer, f"{ifname} in {netns}",
+                    lambda: self._in_netns(netns, f"cannot configure {ifname} in {netns}", configure_inside),
                 )
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST:
-                    raise DatapathError(
-                        f"{what}: {host_ifname} or {ifname} in {netns} already exists"
-                    ) from exc
-                raise DatapathError(f"{what}: {_reason(exc)}") from exc
             finally:
                 os.close(ns_fd)
-            try:
-                with _mapped(what):
-                    ipr.link("set", ifname=host_ifname, ifalias=mark)
-                    if hairpin:
-                        # a container reaching its own published port through a host
-                        # address comes back on the port it left from
-                        host_index = _ifindex(host_ifname)
-                        ipr.brport("set", index=host_index, mode=1)
-                self._in_netns(
-                    netns, f"cannot configure {ifname} in {netns}", configure_inside
-                )
-            except BaseException:
-                try:
-                    ipr.link("del", ifname=host_ifname)  # takes the peer with it
-                except (NetlinkError, OSError):
-                    pass  # the original error is the one to report
-                raise
 
         self._host(work)
 
@@ -526,39 +489,51 @@ class Datapath:
         moves and configures it itself (Docker's remote driver protocol). All or nothing."""
         if not _MAC_RE.match(mac):
             raise DatapathError(f"invalid MAC address {mac!r}")
+        peer = {"ifname": peer_ifname, "address": mac, "mtu": mtu}
+        what = f"cannot create veth {host_ifname} on {bridge}"
+        self._host(lambda ipr: self._add_veth(ipr, what, host_ifname, bridge, mtu, mark, hairpin, peer, peer_ifname))
 
-        def work(ipr: IPRoute) -> None:
-            what = f"cannot create veth {host_ifname} on {bridge}"
-            bridge_index = _ifindex(bridge)
-            if bridge_index is None:
-                raise DatapathError(f"{what}: bridge {bridge} does not exist")
+    def _add_veth(
+        self,
+        ipr: IPRoute,
+        what: str,
+        host_ifname: str,
+        bridge: str,
+        mtu: int,
+        mark: str,
+        hairpin: bool,
+        peer: dict[str, Any],
+        peer_text: str,
+        then: Callable[[], object] | None = None,
+    ) -> None:
+        """Both ends in one request, the host end marked, enslaved and up, then ``then``;
+        on any failure after the request the pair is deleted again (all or nothing)."""
+        bridge_index = _ifindex(bridge)
+        if bridge_index is None:
+            raise DatapathError(f"{what}: bridge {bridge} does not exist")
+        try:
+            # Nothing exists yet to undo if this fails; EEXIST means a name belongs to
+            # someone else's link: leave it alone.
+            ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, master=bridge_index, state="up", peer=peer)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise DatapathError(f"{what}: {host_ifname} or {peer_text} already exists") from exc
+            raise DatapathError(f"{what}: {_reason(exc)}") from exc
+        try:
+            with _mapped(what):
+                ipr.link("set", ifname=host_ifname, ifalias=mark)  # (IFLA_IFALIAS is ignored on add)
+                if hairpin:
+                    # a container reaching its own published port through a host address
+                    # comes back on the port it left from
+                    ipr.brport("set", index=_ifindex(host_ifname), mode=1)
+            if then is not None:
+                then()
+        except BaseException:
             try:
-                ipr.link(
-                    "add",
-                    ifname=host_ifname,
-                    kind="veth",
-                    mtu=mtu,
-                    master=bridge_index,
-                    state="up",
-                    ifalias=mark,
-                    peer={"ifname": peer_ifname, "address": mac, "mtu": mtu},
-                )
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST:
-                    raise DatapathError(f"{what}: {host_ifname} or {peer_ifname} already exists") from exc
-                raise DatapathError(f"{what}: {_reason(exc)}") from exc
-            if hairpin:
-                try:
-                    with _mapped(what):
-                        ipr.brport("set", index=_ifindex(host_ifname), mode=1)
-                except BaseException:
-                    try:
-                        ipr.link("del", ifname=host_ifname)
-                    except (NetlinkError, OSError):
-                        pass
-                    raise
-
-        self._host(work)
+                ipr.link("del", ifname=host_ifname)  # takes the peer with it
+            except (NetlinkError, OSError):
+                pass  # the original error is the one to report
+            raise
 
     def detach_veth(self, host_ifname: str) -> None:
         """Delete an endpoint by its host end (the peer goes too); missing is success.
