@@ -36,7 +36,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -45,26 +44,23 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from common import (CNI_DIR, NETNS_DIR, REPO, check_host, git_commit, ints, log, machine_brief, machine_info,
+                    machine_md, md_head, median_p95, now, our_netns, parse_args, parser, print_failures,
+                    print_targets, quick_defaults, result_head, rss_mb, run_bench, summary, tree_digest,
+                    verdict, write_results)
+from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
-from pyroute2 import IPRoute  # noqa: E402  # type: ignore[import-untyped]
-
-from tether.api.client import Client  # noqa: E402
-from tether.datapath import Datapath  # noqa: E402
+from tether.api.client import Client
+from tether.datapath import Datapath
 
 T = TypeVar("T")
 
-NETNS_DIR = "/var/run/netns"
-CNI_DIR = "/usr/lib/cni"
 CLONE_NEWNET = 0x40000000
 MNT_DETACH = 2
 PER_NETWORK = 250  # endpoints per network/bridge (a Linux bridge takes at most 1024 ports)
@@ -101,85 +97,6 @@ def unbind_netns(name: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def now() -> float:
-    return time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------- stats
-def pct(values: list[float], q: float) -> float:
-    """Percentile with linear interpolation between closest ranks."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    pos = (len(s) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def summary(values_s: list[float]) -> dict[str, Any]:
-    ms = [v * 1000 for v in values_s]
-    if not ms:
-        return {"n": 0}
-    return {
-        "n": len(ms),
-        "median_ms": round(statistics.median(ms), 3),
-        "p95_ms": round(pct(ms, 0.95), 3),
-        "min_ms": round(min(ms), 3),
-        "max_ms": round(max(ms), 3),
-    }
-
-
-# ---------------------------------------------------------------------------- machine
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_kb = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
-    return {
-        "kernel": platform.release(),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gb": round(mem_kb / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "debian": _read_first("/etc/debian_version"),
-        "cni_plugins": _dpkg_version("containernetworking-plugins"),
-    }
-
-
-def _read_first(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def _dpkg_version(pkg: str) -> str:
-    try:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # ---------------------------------------------------------------------------- host netns
@@ -607,7 +524,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         a = self.args
         started = dt.datetime.now()
-        self.tree_digest = _tree_digest()
+        self.tree_digest = tree_digest()
         self.setup()
         assert self.worker is not None
         # warm-up: first use of every path (imports, default network, caches) is not a sample
@@ -709,13 +626,13 @@ class Bench:
                 "bridge_minus_host_ms": round(bridge - host, 2),
                 "daemon_rss_mb": round(self.rss[lv], 1),
             }
-            verdicts.append(_verdict(
+            verdicts.append(verdict(
                 f"tether API attach / CNI ADD at N={lv} (CNI without its nsenter wrapper)",
                 attach / cni_adj, TARGETS["attach_vs_cni"], "ratio",
                 note=f"with nsenter counted in CNI: {attach / cni:.3f}",
             ))
             failed = [f for f in self.failures if f["level"] == lv and f["sample"].startswith("run_rm")]
-            verdicts.append(_verdict(
+            verdicts.append(verdict(
                 f"run --rm --net bridge minus --net host at N={lv}", bridge - host,
                 TARGETS["bridge_vs_host_ms"], "ms",
                 note=f"{len(failed)} run --rm sample(s) failed, see failed_samples" if failed else "",
@@ -724,12 +641,12 @@ class Bench:
         growth_note = "" if (lo, hi) == (10, 1000) else f"target is defined for 1000/10; this run has {hi}/{lo}"
         for metric in ("tether_api_attach", "tether_api_create_attach", "cni_bridge_add", "raw_floor"):
             ratios.setdefault("growth", {})[metric] = round(self.med(metric, hi) / self.med(metric, lo), 3)
-        verdicts.append(_verdict(
+        verdicts.append(verdict(
             f"tether API attach median at N={hi} / at N={lo}",
             self.med("tether_api_attach", hi) / self.med("tether_api_attach", lo),
             TARGETS["growth"], "ratio", note=growth_note,
         ))
-        verdicts.append(_verdict(
+        verdicts.append(verdict(
             f"daemon RSS at N={hi}", self.rss[hi], TARGETS["rss_mb"], "MB",
             note="" if hi >= 1000 else "target is defined at 1000 endpoints",
         ))
@@ -739,14 +656,11 @@ class Bench:
                        f"during {self.daemon_crash['during']}") if self.daemon_crash else "no successful sample"
                 v["note"] = "; ".join(x for x in (why, v["note"]) if x)
         return {
-            "benchmark": "attach",
-            "date": started.strftime("%Y-%m-%d"),
-            "started": started.isoformat(timespec="seconds"),
-            "finished": finished.isoformat(timespec="seconds"),
+            **result_head("attach", started, finished),
             "duration_s": round((finished - started).total_seconds(), 1),
             "quick": bool(self.args.quick),
             "machine": machine_info(),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "tether_tree_sha256": self.tree_digest,
             "config": {
                 "counts": levels,
@@ -820,10 +734,7 @@ class Bench:
         return problems
 
     def our_netns(self) -> list[str]:
-        try:
-            return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(self.prefix))
-        except FileNotFoundError:
-            return []
+        return our_netns(self.prefix)
 
 
 METRICS = [
@@ -856,45 +767,10 @@ LABELS = {
 }
 
 
-def _verdict(what: str, value: float, target: float, unit: str, note: str = "") -> dict[str, Any]:
-    met = value <= target
-    return {"what": what, "value": round(value, 3), "target": f"<= {target} {unit}", "met": met, "note": note}
-
-
-def _no_nan(x: Any) -> Any:
-    """NaN (a metric with no successful sample) as JSON null."""
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _no_nan(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_no_nan(v) for v in x]
-    return x
-
-
-def _tree_digest() -> str:
-    """A digest of tether/ as run (the working tree may differ from the commit)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for path in sorted((REPO / "tether").rglob("*.py")):
-        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "tether"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("+dirty(tether/)" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def print_summary(res: dict[str, Any]) -> None:
     levels = [str(x) for x in res["config"]["counts"]]
     m = res["machine"]
-    print(f"\n# attach benchmark {res['started']}  ({m['kernel']}, {m['nproc']} CPU {m['cpu']}, {m['memory_gb']} GB)")
+    print(f"\n# attach benchmark {res['started']}  {machine_brief(m)}")
     head = f"{'median / p95 (ms)':<40}" + "".join(f"{'N=' + lv:>20}" for lv in levels)
     print(head)
     print("-" * len(head))
@@ -915,14 +791,8 @@ def print_summary(res: dict[str, Any]) -> None:
         c = res["daemon_crash"]
         print(f"\nTHE TETHER DAEMON CRASHED at N={c['level']} during {c['during']} (exit status {c['exit_status']}); "
               f"tether has no samples from there on. Daemon log tail:\n{c['log_tail']}")
-    if res["failed_samples"]:
-        print(f"\nFAILED SAMPLES ({len(res['failed_samples'])}, not timed):")
-        for f in res["failed_samples"]:
-            print(f"  N={f['level']} {f['sample']}: {f['error']}")
-    print("\ntargets")
-    for v in res["targets"]:
-        mark = "MET   " if v["met"] else "MISSED"
-        print(f"  [{mark}] {v['what']}: {v['value']} (target {v['target']})" + (f"  -- {v['note']}" if v["note"] else ""))
+    print_failures(res["failed_samples"], ", not timed", lambda f: f"N={f['level']} {f['sample']}: {f['error']}")
+    print_targets(res["targets"], 6)
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -931,26 +801,19 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"# attach benchmark, {res['date']}{' (quick)' if res['quick'] else ''}",
         "",
-        f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m['cpu']}), {m['memory_gb']} GB RAM, "
-        f"Python {m['python']}, Debian {m['debian']}, containernetworking-plugins {m['cni_plugins']}. "
+        machine_md(m) + f", containernetworking-plugins {m['cni_plugins']}. "
         f"tether {res['git_commit']} (tree sha256 {res['tether_tree_sha256']}). Run {res['started']} - {res['finished']} ({res['duration_s']} s); "
         f"{res['config']['samples']} samples per level (CLI run -d: {res['config']['cli_samples']}, "
         f"run --rm bridge/host: {res['config']['run_samples']} each).",
         "",
         "Median / p95 in ms, N = endpoints already attached (per method) when the sample is taken.",
         "",
-        "| | " + " | ".join(f"N={lv}" for lv in levels) + " |",
-        "|---|" + "---:|" * len(levels),
+        *md_head(f"N={lv}" for lv in levels),
     ]
     for metric in METRICS:
-        cells = []
-        for lv in levels:
-            s = res["results"][metric][lv]
-            cells.append(f"{s['median_ms']:.2f} / {s['p95_ms']:.2f}" if s["n"] else "-")
-        lines.append(f"| {LABELS[metric]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[metric]} | " + " | ".join(median_p95(res["results"][metric][lv]) for lv in levels) + " |")
     lines.append("| daemon RSS (MB) | " + " | ".join(str(res["daemon_rss_mb"][lv]) for lv in levels) + " |")
-    lines += ["", "Ratios of medians:", "", "| | " + " | ".join(f"N={lv}" for lv in levels) + " |",
-              "|---|" + "---:|" * len(levels)]
+    lines += ["", "Ratios of medians:", "", *md_head(f"N={lv}" for lv in levels)]
     for k in res["ratios"][levels[0]]:
         lines.append(f"| {k} | " + " | ".join(str(res["ratios"][lv][k]) for lv in levels) + " |")
     lines += ["", f"Growth N={levels[-1]} / N={levels[0]}: "
@@ -974,52 +837,22 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--counts", default=None, help="endpoint counts, comma-separated (default 10,100,500,1000)")
     p.add_argument("--quick", action="store_true", help="counts 10,100 and fewer samples")
     p.add_argument("--samples", type=int, default=None, help="samples per level for API/CNI/raw (default 25; quick 10)")
     p.add_argument("--cli-samples", type=int, default=None, help="tether run -d samples per level (default 10; quick 5)")
     p.add_argument("--run-samples", type=int, default=None, help="run --rm bridge/host samples each per level (default 20; quick 10)")
-    p.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
-    args = p.parse_args()
-    args.counts = [int(x) for x in (args.counts or ("10,100" if args.quick else "10,100,500,1000")).split(",") if x.strip()]
+    args = parse_args(p)
+    quick_defaults(args, counts=("10,100,500,1000", "10,100"), samples=(25, 10), cli_samples=(10, 5), run_samples=(20, 10))
+    args.counts = ints(args.counts)
     if any(c < 1 for c in args.counts):
         p.error("counts must be positive")
-    args.samples = args.samples or (10 if args.quick else 25)
-    args.cli_samples = args.cli_samples or (5 if args.quick else 10)
-    args.run_samples = args.run_samples or (10 if args.quick else 20)
-    if os.geteuid() != 0:
-        p.error("run as root: the benchmark creates network namespaces")
-    for tool in ("nsenter", "ip"):
-        if shutil.which(tool) is None:
-            p.error(f"{tool} is missing")
-    for plugin in ("bridge", "host-local"):
-        if not os.access(f"{CNI_DIR}/{plugin}", os.X_OK):
-            p.error(f"{CNI_DIR}/{plugin} is missing: apt-get install containernetworking-plugins")
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
+    check_host(p, ("nsenter", "ip"), ("bridge", "host-local"))
     bench = Bench(args)
-    res: dict[str, Any] | None = None
-    try:
-        res = bench.run()
-    except BaseException:
-        tail = bench.daemon_log()
-        if tail:
-            log("daemon log tail:\n" + tail)
-        raise
-    finally:
-        problems = bench.cleanup()
-        if res is not None:
-            res["cleanup_problems"] = problems
+    res = run_bench(bench, failure_log=bench.daemon_log)
     print_summary(res)
-    os.makedirs(args.results_dir, exist_ok=True)
-    stem = Path(args.results_dir, f"attach-{res['date']}{'-quick' if args.quick else ''}")
-    stem.with_suffix(".json").write_text(json.dumps(_no_nan(res), indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
-    print(f"\nwrote {stem}.json and {stem}.md")
+    write_results(args.results_dir, f"attach-{res['date']}{'-quick' if args.quick else ''}", res, markdown(res))
     return 0
 
 

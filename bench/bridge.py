@@ -3,13 +3,13 @@
 
 Run as root from the repository:  python bench/bridge.py [--quick]
 
-Same conventions as bench/attach.py, whose helpers (and its Bench: setup of the daemon,
-failure bookkeeping, cleanup) this script imports: one process; one throwaway "host"
-network namespace ``tbench<random>host`` holding a tether daemon (``nsenter --net``), the
-CNI plugins' bridge and iptables rules, and every container; plus a "lan" namespace
-``tbench<random>lan`` (198.51.100.1) joined to the host (198.51.100.2) by a veth, as in
-tests/e2e/conftest.py. Packets only flow between these namespaces. Everything carrying
-the prefix is removed at the end, also on failure.
+Same conventions as bench/attach.py, whose Bench (setup of the daemon, failure
+bookkeeping, cleanup) this script imports, with bench/common.py's helpers: one process;
+one throwaway "host" network namespace ``tbench<random>host`` holding a tether daemon
+(``nsenter --net``), the CNI plugins' bridge and iptables rules, and every container;
+plus a "lan" namespace ``tbench<random>lan`` (198.51.100.1) joined to the host
+(198.51.100.2) by a veth, as in tests/e2e/conftest.py. Packets only flow between these
+namespaces. Everything carrying the prefix is removed at the end, also on failure.
 
 Four parts, in this order (see bench/README.md):
 
@@ -33,33 +33,22 @@ import datetime as dt
 import json
 import math
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import attach  # the colleague's bench: its helpers and Bench are reused, not copied
-from attach import (
-    CNI_DIR,
-    NETNS_DIR,
-    REPO,
-    _git_commit,
-    _no_nan,
-    _tree_digest,
-    _verdict,
-    log,
-    machine_info,
-    now,
-    rss_mb,
-    summary,
-    unbind_netns,
-)
+import attach  # the colleague's bench: its Bench and HostWorker are reused, not copied
+from attach import unbind_netns
+from common import (CNI_DIR, NETNS_DIR, check_host, git_commit, ints, log, machine_info, machine_md, md_head,
+                    median_p95, now, parse_args, parser, quick_defaults, result_head, rss_mb, run_bench,
+                    summary, tree_digest, verdict, write_results)
 
 # Subnets, all inside our own namespaces (10.211-213 are attach.py's, 10.210/10.220 the tests').
 ATTACH_SUBNET = "10.215.0.0/22"  # tether network of part 1 (500 endpoints + samples)
@@ -738,7 +727,7 @@ class BridgeBench(attach.Bench):
 
     def run(self) -> dict[str, Any]:  # type: ignore[override]
         started = dt.datetime.now()
-        self.tree_digest = _tree_digest()
+        self.tree_digest = tree_digest()
         self.note_load("start")
         self.setup()
         self.part("ports", "part 3: published ports", self.part_ports, "3")
@@ -768,19 +757,19 @@ class BridgeBench(attach.Bench):
                 "portmap_share_of_chain": round(self.med("cni_portmap", lv) / c, 3),
                 "nft_probe_add_ms": round(self.med("nft_probe_add", lv), 2),
             }
-            verdicts.append(_verdict(f"part 1: tether create+attach+2 ports / CNI chain ADD at N={lv}", t / c,
-                                     round(TARGETS["attach_vs_chain"], 4), "ratio",
-                                     note=f"tether {t:.1f} ms, chain {c:.1f} ms (netns creation: tether includes it, "
-                                          f"the chain does not; with it the ratio is {t / self.med('cni_chain_netns', lv):.3f})"))
+            verdicts.append(verdict(f"part 1: tether create+attach+2 ports / CNI chain ADD at N={lv}", t / c,
+                                    round(TARGETS["attach_vs_chain"], 4), "ratio",
+                                    note=f"tether {t:.1f} ms, chain {c:.1f} ms (netns creation: tether includes it, "
+                                         f"the chain does not; with it the ratio is {t / self.med('cni_chain_netns', lv):.3f})"))
         growth = {} if "1" not in self.args.parts else {m: round(self.med(m, hi) / self.med(m, lo), 3)
                   for m in ("tether_ports", "tether_noports", "cni_chain", "cni_bridge", "cni_firewall", "cni_portmap",
                             "nft_probe_add")}
         if growth:
-            verdicts.append(_verdict(f"part 1: tether median at N={hi} / at N={lo} (flat)", growth["tether_ports"],
-                                     TARGETS["flat"], "ratio",
-                                     note="; ".join(x for x in (
-                                         "" if (lo, hi) == (1, 500) else f"target is defined for 500/1; this run has {hi}/{lo}",
-                                         f"the chain grows {growth['cni_chain']}x") if x)))
+            verdicts.append(verdict(f"part 1: tether median at N={hi} / at N={lo} (flat)", growth["tether_ports"],
+                                    TARGETS["flat"], "ratio",
+                                    note="; ".join(x for x in (
+                                        "" if (lo, hi) == (1, 500) else f"target is defined for 500/1; this run has {hi}/{lo}",
+                                        f"the chain grows {growth['cni_chain']}x") if x)))
         else:
             verdicts.append(not_run("part 1: tether / CNI chain, and tether flat"))
         if self.sections["throughput"].get("not_run"):
@@ -816,9 +805,9 @@ class BridgeBench(attach.Bench):
             verdicts.append({"what": "part 4: failed lookups of a stable name during the churn", "value": float("nan"),
                              "target": "<= 0 lookups", "met": False, "note": self.sections["dns"].get("error", "")})
         else:
-            verdicts.append(_verdict(f"part 4: failed lookups of a stable name during a churn of {self.args.churn}",
-                                     dns["failed"], TARGETS["dns_failures"], "lookups",
-                                     note=f"of {dns['lookups']}; {dns['kinds']}" if dns["failed"] else f"of {dns['lookups']}"))
+            verdicts.append(verdict(f"part 4: failed lookups of a stable name during a churn of {self.args.churn}",
+                                    dns["failed"], TARGETS["dns_failures"], "lookups",
+                                    note=f"of {dns['lookups']}; {dns['kinds']}" if dns["failed"] else f"of {dns['lookups']}"))
         for key, sec in self.sections.items():
             if "error" in sec:
                 verdicts.append({"what": f"part {key} ran to the end", "value": "no", "target": "yes", "met": False,
@@ -828,15 +817,12 @@ class BridgeBench(attach.Bench):
                 v["met"] = False
                 v["note"] = "no successful sample; " + v["note"]
         return {
-            "benchmark": "bridge",
-            "date": started.strftime("%Y-%m-%d"),
-            "started": started.isoformat(timespec="seconds"),
-            "finished": finished.isoformat(timespec="seconds"),
+            **result_head("bridge", started, finished),
             "duration_s": round((finished - started).total_seconds(), 1),
             "quick": bool(self.args.quick),
             "machine": machine_info(),
             "load": self.load,
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "tether_tree_sha256": self.tree_digest,
             "config": {k: v for k, v in vars(self.args).items() if k != "results_dir"},
             "labels": ATTACH_LABELS,
@@ -945,8 +931,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"# bridge benchmark, {res['date']}{' (quick)' if res['quick'] else ''}"
         + ("" if res["parts"] == ALL_PARTS else f" (parts {', '.join(res['parts'])} only)"),
         "",
-        f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m['cpu']}), {m['memory_gb']} GB RAM, Python {m['python']}, "
-        f"Debian {m['debian']}, containernetworking-plugins {m['cni_plugins']}, {at.get('iptables_backend', 'iptables: not reached')}. "
+        machine_md(m) + f", containernetworking-plugins {m['cni_plugins']}, {at.get('iptables_backend', 'iptables: not reached')}. "
         f"tether {res['git_commit']} (tree sha256 {res['tether_tree_sha256']}). Run {res['started']} - "
         f"{res['finished']} ({res['duration_s']} s). Load average (1/5/15 min): "
         + "; ".join(f"{w}: {v}" for w, v in res["load"]) + ".",
@@ -955,18 +940,13 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "Median / p95 in ms; N = endpoints of that method already attached, each with 2 published ports.",
         "",
-        "| | " + " | ".join(f"N={lv}" for lv in levels) + " |",
-        "|---|" + "---:|" * len(levels),
+        *md_head(f"N={lv}" for lv in levels),
     ]
     if at.get("not_run"):
         lines = lines[:lines.index(f"## 1. Attach with two published ports ({cfg['samples']} samples per level)")]
         lines += ["## 1. Attach with two published ports: not run", ""]
     for metric in ATTACH_METRICS if not at.get("not_run") else []:
-        cells = []
-        for lv in levels:
-            s = at["results"][metric][lv]
-            cells.append(f"{s['median_ms']:.2f} / {s['p95_ms']:.2f}" if s["n"] else "-")
-        lines.append(f"| {res['labels'][metric]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {res['labels'][metric]} | " + " | ".join(median_p95(at["results"][metric][lv]) for lv in levels) + " |")
     for key, label in [] if at.get("not_run") else (("rss_mb", "daemon RSS (MB)"), ("tether_rules", "rules in table ip tether"),
                        ("iptables", "CNI iptables rules / chains"), ("host_links", "links in the host netns"),
                        ("healer_check", "healer's checks: list chains ip / list ruleset ip (ms)")):
@@ -981,8 +961,7 @@ def markdown(res: dict[str, Any]) -> str:
                 cells.append(str(v))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if not at.get("not_run"):
-        lines += ["", "| ratios of medians | " + " | ".join(f"N={lv}" for lv in levels) + " |",
-                  "|---|" + "---:|" * len(levels)]
+        lines += ["", *md_head((f"N={lv}" for lv in levels), corner="ratios of medians")]
         for k in at["ratios"][levels[0]]:
             lines.append(f"| {k} | " + " | ".join(str(at["ratios"][lv][k]) for lv in levels) + " |")
         lines += ["", f"Growth N={levels[-1]} / N={levels[0]}: "
@@ -990,38 +969,9 @@ def markdown(res: dict[str, Any]) -> str:
                   "", f"Teardown (not a target): {at['teardown']}", ""]
     if "error" in at:
         lines += [f"**Part 1 failed**: {at['error']}", ""]
-    p = res["ports"]
-    if p.get("not_run"):
-        lines += ["## 3. Published ports: not run", ""]
-    elif "error" in p:
-        lines += ["## 3. Published ports", "", f"**Part 3 failed**: {p['error']}", ""]
-    else:
-        lines += [
-            f"## 3. {p['ports']} published ports ({p['containers']} containers x 100)", "",
-            f"- time to publish: {p['total_s']} s in all, {p['ms_per_port']} ms per port; per 100-port container "
-            f"median {p['create_ms']['median_ms']} ms, p95 {p['create_ms']['p95_ms']} ms (raw {p['create_raw_ms']})",
-            f"- a 2-port container with the {p['ports']} ports in place: median "
-            f"{p['two_port_create_with_ports_present_ms']['median_ms']} ms, p95 {p['two_port_create_with_ports_present_ms']['p95_ms']} ms",
-            f"- rules in `table ip tether`: {p['rules_before']} with no port, {p['rules_after']} with {p['ports']} "
-            f"(after each container: {p['rules_after_each']}), {p['rules_after_removal']} after removal",
-            f"- map elements: {p['map_elements_before']} -> {p['map_elements_after']} -> {p['map_elements_after_removal']}",
-            f"- daemon RSS: {p['rss_before_mb']} MB before, {p['rss_after_mb']} MB with {p['ports']} ports",
-            "",
-        ]
-    t = res["throughput"]
-    if t.get("not_run"):
-        lines += ["## 2. Throughput: not run", ""]
-    elif "error" in t:
-        lines += ["## 2. Throughput", "", f"**Part 2 failed**: {t['error']}", ""]
-    else:
-        lines += throughput_md(t)
-    d = res["dns"]
-    if d.get("not_run"):
-        lines += ["## 4. DNS: not run", ""]
-    elif "error" in d:
-        lines += ["## 4. DNS", "", f"**Part 4 failed**: {d['error']}", ""]
-    else:
-        lines += dns_md(d)
+    lines += part_md("3", "Published ports", res["ports"], ports_md)
+    lines += part_md("2", "Throughput", res["throughput"], throughput_md)
+    lines += part_md("4", "DNS", res["dns"], dns_md)
     lines += profiles_md(res)
     lines += ["## Targets", ""]
     for v in res["targets"]:
@@ -1037,6 +987,30 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"- {f['sample']} (level {f['level']}): `{f['error']}`" for f in res["failed_samples"]]
     lines.append("")
     return "\n".join(lines)
+
+
+def part_md(part: str, title: str, sec: dict[str, Any], body: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+    """A part's section of the report: ``body(sec)``, or that the part was not run or failed."""
+    if sec.get("not_run"):
+        return [f"## {part}. {title}: not run", ""]
+    if "error" in sec:
+        return [f"## {part}. {title}", "", f"**Part {part} failed**: {sec['error']}", ""]
+    return body(sec)
+
+
+def ports_md(p: dict[str, Any]) -> list[str]:
+    return [
+        f"## 3. {p['ports']} published ports ({p['containers']} containers x 100)", "",
+        f"- time to publish: {p['total_s']} s in all, {p['ms_per_port']} ms per port; per 100-port container "
+        f"median {p['create_ms']['median_ms']} ms, p95 {p['create_ms']['p95_ms']} ms (raw {p['create_raw_ms']})",
+        f"- a 2-port container with the {p['ports']} ports in place: median "
+        f"{p['two_port_create_with_ports_present_ms']['median_ms']} ms, p95 {p['two_port_create_with_ports_present_ms']['p95_ms']} ms",
+        f"- rules in `table ip tether`: {p['rules_before']} with no port, {p['rules_after']} with {p['ports']} "
+        f"(after each container: {p['rules_after_each']}), {p['rules_after_removal']} after removal",
+        f"- map elements: {p['map_elements_before']} -> {p['map_elements_after']} -> {p['map_elements_after_removal']}",
+        f"- daemon RSS: {p['rss_before_mb']} MB before, {p['rss_after_mb']} MB with {p['ports']} ports",
+        "",
+    ]
 
 
 def throughput_md(t: dict[str, Any]) -> list[str]:
@@ -1089,7 +1063,7 @@ def profiles_md(res: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="N = 1, 50; fewer samples, shorter runs, smaller churn")
     p.add_argument("--counts", default=None, help="part 1 endpoint counts (default 1,50,100,500; quick 1,50)")
     p.add_argument("--samples", type=int, default=None, help="part 1 samples per level (default 15; quick 5)")
@@ -1102,57 +1076,25 @@ def main() -> int:
                    help="which parts to run, of 1 (attach), 2 (throughput), 3 (1000 ports), 4 (DNS); default all")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the daemon (--nonblocking) during part 3 and the top level of part 1")
-    p.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
-    args = p.parse_args()
-    q = args.quick
+    args = parse_args(p)
     args.parts = sorted({x.strip() for x in args.parts.split(",") if x.strip()})
     if not args.parts or any(x not in ALL_PARTS for x in args.parts):
         p.error(f"--parts takes some of {','.join(ALL_PARTS)}")
-    args.counts = [int(x) for x in (args.counts or ("1,50" if q else "1,50,100,500")).split(",") if x.strip()]
-    args.samples = args.samples or (5 if q else 15)
-    args.port_containers = args.port_containers or (3 if q else 10)
-    args.iperf_seconds = args.iperf_seconds or (2 if q else 5)
-    args.iperf_reps = args.iperf_reps or (1 if q else 5)
-    args.dns_seconds = args.dns_seconds or (2 if q else 5)
-    args.churn = args.churn or (20 if q else 100)
+    quick_defaults(args, counts=("1,50,100,500", "1,50"), samples=(15, 5), port_containers=(10, 3), iperf_seconds=(5, 2),
+                   iperf_reps=(5, 1), dns_seconds=(5, 2), churn=(100, 20))
+    args.counts = ints(args.counts)
     if any(c < 1 for c in args.counts):
         p.error("counts must be positive")
-    if os.geteuid() != 0:
-        p.error("run as root: the benchmark creates network namespaces")
-    for tool in ("nsenter", "ip", "nft", "iperf3", "iptables", "iptables-save", "ss") + (("py-spy",) if args.profile else ()):
-        if shutil.which(tool) is None:
-            p.error(f"{tool} is missing (apt-get install iptables iperf3 nftables iproute2 util-linux)")
-    for plugin in ("bridge", "host-local", "firewall", "portmap"):
-        if not os.access(f"{CNI_DIR}/{plugin}", os.X_OK):
-            p.error(f"{CNI_DIR}/{plugin} is missing: apt-get install containernetworking-plugins")
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
+    check_host(p, ("nsenter", "ip", "nft", "iperf3", "iptables", "iptables-save", "ss") + (("py-spy",) if args.profile else ()),
+               ("bridge", "host-local", "firewall", "portmap"),
+               install="apt-get install iptables iperf3 nftables iproute2 util-linux")
     bench = BridgeBench(args)
-    res: dict[str, Any] | None = None
-    try:
-        res = bench.run()
-    except BaseException:
-        tail = bench.daemon_log()
-        if tail:
-            log("daemon log tail:\n" + tail)
-        raise
-    finally:
-        problems = bench.cleanup()
-        if res is not None:
-            res["cleanup_problems"] = problems
+    res = run_bench(bench, failure_log=bench.daemon_log)
     print_summary(res)
-    os.makedirs(args.results_dir, exist_ok=True)
     partial = "" if args.parts == ALL_PARTS else "-parts" + "".join(args.parts)
-    stem = Path(args.results_dir, f"bridge-{res['date']}{'-quick' if args.quick else ''}{partial}")
-    stem.with_suffix(".json").write_text(json.dumps(_no_nan(res), indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
-    for what, prof in bench.profiles.items():
-        if "collapsed" in prof:
-            Path(f"{stem}-profile-{what}.txt").write_text(prof["collapsed"])
-    print(f"\nwrote {stem}.json and {stem}.md" + (" and the profiles' collapsed stacks" if bench.profiles else ""))
+    write_results(args.results_dir, f"bridge-{res['date']}{'-quick' if args.quick else ''}{partial}", res, markdown(res),
+                  extra={f"-profile-{what}.txt": prof["collapsed"] for what, prof in bench.profiles.items() if "collapsed" in prof},
+                  also=" and the profiles' collapsed stacks" if bench.profiles else "")
     return 0
 
 

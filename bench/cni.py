@@ -38,17 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-for p in (str(REPO), str(REPO / "bench")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+from common import (CNI_DIR, NETNS_DIR, REPO, check_host, git_commit, log, machine_brief, machine_info,
+                    machine_md, our_netns, parse_args, parser, result_head, run_bench, summary, tree_digest,
+                    write_results)
 
-from attach import _git_commit, _tree_digest, log, machine_info, summary  # noqa: E402
+from tether.api.client import Client
 
-from tether.api.client import Client  # noqa: E402
-
-NETNS_DIR = "/var/run/netns"
-CNI_DIR = "/usr/lib/cni"
 TETHER_SUBNET = "10.218.0.0/22"
 BRIDGE_SUBNET = "10.219.0.0/22"
 TARGET = 1.0  # tether-cni ADD / bridge ADD, at most: no slower than the reference plugin
@@ -243,8 +238,6 @@ class Bench:
         }
         # where tether-cni's ADD goes: the plugin process (interpreter, site, imports) and
         # the daemon's work; the remainder is the request itself and noise
-        # where tether-cni's ADD goes: the plugin process (interpreter, site, imports) and
-        # the daemon's work; the remainder is the request itself and noise
         breakdown = {
             "nsenter_ms": round(med("nsenter_true"), 2),
             "interpreter_ms": round(med("python_pass"), 2),
@@ -254,13 +247,10 @@ class Bench:
         breakdown["rest_ms"] = round(med("tether_cni_add") - sum(breakdown.values()), 2)
         ratios["shared_python_site_ms"] = round(med("python_pass_shared") - med("python_pass"), 2)
         return {
-            "benchmark": "cni",
-            "date": started.date().isoformat(),
-            "started": started.isoformat(timespec="seconds"),
-            "finished": finished.isoformat(timespec="seconds"),
+            **result_head("cni", started, finished),
             "machine": machine_info(),
-            "commit": _git_commit(),
-            "tether_tree_sha256": _tree_digest(),
+            "commit": git_commit(),
+            "tether_tree_sha256": tree_digest(),
             "config": {"samples": self.args.samples, "warmup": self.args.warmup, "plugin": self.plugin,
                        "plugin_python": self.venv_python if not self.args.plugin else "(given)",
                        "shared_python": sys.executable, "tether_subnet": TETHER_SUBNET, "bridge_subnet": BRIDGE_SUBNET},
@@ -274,10 +264,7 @@ class Bench:
 
     # ---------------------------------------------------------------- cleanup
     def our_netns(self) -> list[str]:
-        try:
-            return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(self.prefix))
-        except FileNotFoundError:
-            return []
+        return our_netns(self.prefix)
 
     def cleanup(self) -> list[str]:
         problems: list[str] = []
@@ -316,7 +303,7 @@ def table(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def print_summary(res: dict[str, Any]) -> None:
     m = res["machine"]
-    print(f"\n# CNI ADD benchmark {res['started']}  ({m['kernel']}, {m['nproc']} CPU {m['cpu']}, {m['memory_gb']} GB)")
+    print(f"\n# CNI ADD benchmark {res['started']}  {machine_brief(m)}")
     print(f"{res['config']['samples']} samples each, medians and p95 in ms; last column: median / bridge ADD median\n")
     print(f"{'':<62}{'median':>10}{'p95':>10}{'x bridge':>10}")
     for label, median, p95, vs in table(res):
@@ -333,8 +320,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"# CNI ADD benchmark, {res['date']}",
         "",
-        (f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m['cpu']}), {m['memory_gb']} GB RAM, Python {m['python']}, "
-         f"Debian {m['debian']}, containernetworking-plugins {m['cni_plugins']}. tether {res['commit']} "
+        (machine_md(m) + f", containernetworking-plugins {m['cni_plugins']}. tether {res['commit']} "
          f"(tree sha256 {res['tether_tree_sha256']}). Run {res['started']} - {res['finished']}; "
          f"{res['config']['samples']} samples per row after {res['config']['warmup']} warm-up rounds."),
         "",
@@ -359,43 +345,18 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--samples", type=int, default=30, help="samples per row (default 30)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     p.add_argument("--plugin", default=None, help="a tether-cni executable to measure instead of the console "
                                                   "script made in a fresh venv")
-    p.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
-    args = p.parse_args()
-    if os.geteuid() != 0:
-        p.error("run as root: the benchmark creates network namespaces")
-    for tool in ("nsenter", "ip"):
-        if shutil.which(tool) is None:
-            p.error(f"{tool} is missing")
-    for plugin in ("bridge", "host-local"):
-        if not os.access(f"{CNI_DIR}/{plugin}", os.X_OK):
-            p.error(f"{CNI_DIR}/{plugin} is missing: apt-get install containernetworking-plugins")
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
+    args = parse_args(p)
+    check_host(p, ("nsenter", "ip"), ("bridge", "host-local"))
     bench = Bench(args)
-    try:
-        res = bench.run()
-    except BaseException:
-        tail = bench.daemon_log()
-        if tail:
-            log("daemon log tail:\n" + tail)
-        raise
-    finally:
-        problems = bench.cleanup()
-    res["cleanup_problems"] = problems
+    res = run_bench(bench, failure_log=bench.daemon_log)
     print_summary(res)
-    os.makedirs(args.results_dir, exist_ok=True)
-    stem = Path(args.results_dir, f"cni-{res['date']}")
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
-    print(f"\nwrote {stem}.json and {stem}.md")
+    # unlike the other scripts', this JSON has always kept NaN (a row with no sample) as NaN
+    write_results(args.results_dir, f"cni-{res['date']}", res, markdown(res), nan_as_null=False)
     return 0
 
 

@@ -52,37 +52,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = Path(__file__).resolve().parent
-for _p in (str(REPO), str(BENCH)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from common import (NETNS_DIR, REPO, check_host, git_commit, ints, log, machine_brief, machine_info,
+                    machine_md, md_head, parse_args, parser, print_failures, print_targets, quick_defaults,
+                    result_head, rss_mb, run_bench, summary, tree_digest, verdict, write_results)
 
-# Shared bench helpers: bench/common.py once a colleague has made it, else attach.py.
-try:
-    from common import (  # type: ignore[import-not-found]
-        _git_commit,
-        _no_nan,
-        _tree_digest,
-        _verdict,
-        log,
-        machine_info,
-        pct,
-        rss_mb,
-    )
-except ImportError:
-    from attach import (
-        _git_commit,
-        _no_nan,
-        _tree_digest,
-        _verdict,
-        log,
-        machine_info,
-        pct,
-        rss_mb,
-    )
-
-NETNS_DIR = "/var/run/netns"
 ETCD_URL = "http://10.99.0.254:2379"  # tether.lab: etcd in every lab's fabric namespace
 UNDERLAY_MTU = 1400  # tether.lab.UNDERLAY_MTU
 VXLAN_OVERHEAD = 50
@@ -112,17 +85,7 @@ def mono() -> float:
 
 
 def stats_ms(values_s: list[float]) -> dict[str, Any]:
-    ms = [v * 1000 for v in values_s]
-    if not ms:
-        return {"n": 0}
-    return {
-        "n": len(ms),
-        "median_ms": round(statistics.median(ms), 3),
-        "p95_ms": round(pct(ms, 0.95), 3),
-        "p99_ms": round(pct(ms, 0.99), 3),
-        "min_ms": round(min(ms), 3),
-        "max_ms": round(max(ms), 3),
-    }
+    return summary(values_s, p99=True)
 
 
 def verdict_at_least(what: str, value: float, target: float, unit: str, note: str = "") -> dict[str, Any]:
@@ -1010,7 +973,7 @@ class Bench:
         started = dt.datetime.now().astimezone()
         # What runs is what tether/ holds when each lab's daemons start: recorded at the
         # start, at each lab's start and at the end (another session may edit the tree).
-        self.commit_at_start, self.tree_at_start = _git_commit(), _tree_digest()
+        self.commit_at_start, self.tree_at_start = git_commit(), tree_digest()
         self.tree_at_lab_up: dict[str, str] = {}
         sizes = self.args.sizes
         extra_size = min((s for s in sizes if s >= 4), default=max(sizes))
@@ -1025,7 +988,7 @@ class Bench:
                 continue
             log(f"--- {n} hosts (MemAvailable {avail} MB, load {loadavg()})")
             try:
-                self.tree_at_lab_up[str(n)] = _tree_digest()
+                self.tree_at_lab_up[str(n)] = tree_digest()
                 self.lab_up(n)
                 conv = self.convergence(n)
                 conv["mem_available_mb_before"] = avail
@@ -1096,15 +1059,15 @@ class Bench:
                     f"{t['barrier_quiet'].get('p99_ms')} ms over {t['barrier_quiet'].get('n')} after a longer quiet")
 
         if p99.get("8") is not None:
-            verdicts.append(_verdict("barrier p99 at 8 hosts", p99["8"], TARGETS["barrier_p99_8_ms"], "ms", note=cadences("8")))
+            verdicts.append(verdict("barrier p99 at 8 hosts", p99["8"], TARGETS["barrier_p99_8_ms"], "ms", note=cadences("8")))
         else:
             verdicts.append(not_run("barrier p99 at 8 hosts", f"<= {TARGETS['barrier_p99_8_ms']} ms", "8 hosts not measured in this run"))
         if p99.get("16") is not None and p99.get("4") is not None:
-            verdicts.append(_verdict("barrier p99 at 16 hosts / p99 at 4 hosts", p99["16"] / p99["4"],
-                                     TARGETS["barrier_growth_16_4"], "ratio",
-                                     note=f"p99 {p99['16']} ms / {p99['4']} ms; the same ratio over samples < {QUIET_S:g} s "
-                                          f"after the previous cluster event: {_ratio(table['16']['barrier_warm'], table['4']['barrier_warm'])}, "
-                                          f"after a longer quiet: {_ratio(table['16']['barrier_quiet'], table['4']['barrier_quiet'])}"))
+            verdicts.append(verdict("barrier p99 at 16 hosts / p99 at 4 hosts", p99["16"] / p99["4"],
+                                    TARGETS["barrier_growth_16_4"], "ratio",
+                                    note=f"p99 {p99['16']} ms / {p99['4']} ms; the same ratio over samples < {QUIET_S:g} s "
+                                         f"after the previous cluster event: {_ratio(table['16']['barrier_warm'], table['4']['barrier_warm'])}, "
+                                         f"after a longer quiet: {_ratio(table['16']['barrier_quiet'], table['4']['barrier_quiet'])}"))
         else:
             verdicts.append(not_run("barrier p99 at 16 hosts / p99 at 4 hosts", f"<= {TARGETS['barrier_growth_16_4']}",
                                     "4 and 16 hosts not both measured in this run"))
@@ -1121,8 +1084,8 @@ class Bench:
                 verdicts.append(not_run(what, f">= {TARGETS['throughput_ratio']}", "not measured"))
         out = self.results.get("etcd_outage")
         if out and out["loss_pct"] is not None:
-            verdicts.append(_verdict("ping loss while etcd is stopped", out["loss_pct"], TARGETS["outage_loss_pct"], "%",
-                                     note=f"{out['sent'] - out['received']} of {out['sent']} lost, etcd stopped {out['etcd_stopped_s']} s"))
+            verdicts.append(verdict("ping loss while etcd is stopped", out["loss_pct"], TARGETS["outage_loss_pct"], "%",
+                                    note=f"{out['sent'] - out['received']} of {out['sent']} lost, etcd stopped {out['etcd_stopped_s']} s"))
         else:
             verdicts.append(not_run("ping loss while etcd is stopped", "<= 0 %", "not measured"))
         fail = self.results.get("failure")
@@ -1131,8 +1094,8 @@ class Bench:
         if not downs:
             verdicts.append(not_run(what, f"<= {TARGETS['detect_s']} s", "not measured"))
         elif all(d is not None for d in downs):
-            verdicts.append(_verdict(what, max(downs), TARGETS["detect_s"], "s",
-                                     note=f"README's claim; {len(downs)} kills, 50 ms polls"))
+            verdicts.append(verdict(what, max(downs), TARGETS["detect_s"], "s",
+                                    note=f"README's claim; {len(downs)} kills, 50 ms polls"))
         else:
             verdicts.append({"what": what, "value": None, "target": f"<= {TARGETS['detect_s']} s", "met": False,
                              "note": "a killed daemon was never shown down within 15 s"})
@@ -1156,10 +1119,7 @@ class Bench:
             etcd_version = "unknown"
         fs = sh("df", "-T", self.tmp, check=False).stdout.strip().splitlines()[-1:]
         return {
-            "benchmark": "overlay",
-            "date": started.strftime("%Y-%m-%d"),
-            "started": started.isoformat(timespec="seconds"),
-            "finished": finished.isoformat(timespec="seconds"),
+            **result_head("overlay", started, finished),
             "duration_s": round((finished - started).total_seconds(), 1),
             "quick": bool(self.args.quick),
             "machine": dict(machine_info(), etcd=etcd_version,
@@ -1169,8 +1129,8 @@ class Bench:
             "tether_tree_sha256": self.tree_at_start,
             "tether_tree_sha256_at_lab_up": self.tree_at_lab_up,
             "tether_changed_during_run": (
-                None if {_tree_digest(), *self.tree_at_lab_up.values()} == {self.tree_at_start}
-                else {"tree_sha256_at_end": _tree_digest(), "git_commit_at_end": _git_commit(),
+                None if {tree_digest(), *self.tree_at_lab_up.values()} == {self.tree_at_start}
+                else {"tree_sha256_at_end": tree_digest(), "git_commit_at_end": git_commit(),
                       "labs_ran_the_start_tree": set(self.tree_at_lab_up.values()) == {self.tree_at_start}}),
             "config": {
                 "sizes": self.args.sizes, "samples": self.args.samples, "iperf_rounds": self.args.iperf_rounds,
@@ -1197,6 +1157,7 @@ class Bench:
         left = [n for n in os.listdir(NETNS_DIR) if n.startswith(f"ob{self.tag}")]
         if left:
             problems.append(f"namespaces left: {left[:5]}")
+        log("cleanup: " + ("; ".join(problems) if problems else "nothing left"))
         return problems
 
 
@@ -1240,7 +1201,7 @@ def _cell(s: dict[str, Any]) -> str:
 def print_summary(res: dict[str, Any]) -> None:
     sizes = list(res["summary"])
     m = res["machine"]
-    print(f"\n# overlay benchmark {res['started']}  ({m['kernel']}, {m['nproc']} CPU {m['cpu']}, {m['memory_gb']} GB)"
+    print(f"\n# overlay benchmark {res['started']}  {machine_brief(m)}"
           f"  tether {res['git_commit']} tree {res['tether_tree_sha256']}")
     if res["tether_changed_during_run"]:
         print(f"WARNING: tether/ changed during the run: {res['tether_changed_during_run']}")
@@ -1277,14 +1238,8 @@ def print_summary(res: dict[str, Any]) -> None:
     if fail:
         print("\ndaemon SIGKILL -> shown down in GET /nodes (s):  "
               + ", ".join(f"{s['victim']} {s['api_shows_down_s']} (lease gone {s['lease_delete_event_s']})" for s in fail["samples"]))
-    if res["failed_samples"]:
-        print(f"\nFAILED SAMPLES ({len(res['failed_samples'])}):")
-        for f in res["failed_samples"]:
-            print(f"  {f}")
-    print("\ntargets")
-    for v in res["targets"]:
-        mark = "NOT RUN" if v["met"] is None else ("MET    " if v["met"] else "MISSED ")
-        print(f"  [{mark}] {v['what']}: {v['value']} (target {v['target']})" + (f"  -- {v['note']}" if v["note"] else ""))
+    print_failures(res["failed_samples"])
+    print_targets(res["targets"], 7)
 
 
 def _tree_note(res: dict[str, Any]) -> str:
@@ -1305,8 +1260,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"# overlay benchmark, {res['date']}{' (quick)' if res['quick'] else ''}",
         "",
-        (f"Machine: kernel {m['kernel']}, {m['nproc']} CPU ({m['cpu']}), {m['memory_gb']} GB RAM, Python {m['python']}, "
-        f"Debian {m['debian']}, {m['etcd']}, {m['iperf3']}; etcd data on `{m['etcd_data_fs']}`. "
+        (machine_md(m) + f", {m['etcd']}, {m['iperf3']}; etcd data on `{m['etcd_data_fs']}`. "
         f"tether {res['git_commit']} (tree sha256 {res['tether_tree_sha256']} at the start"
         + _tree_note(res) + f"). Run {res['started']} - {res['finished']} "
         f"({res['duration_s']} s); per lab size (a fresh lab each) {cfg['samples']} samples at each of two cadences, "
@@ -1314,8 +1268,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Convergence, median / p99 in ms (p99 of {cfg['samples']} or {2 * cfg['samples']} samples is about the worst one):",
         "",
-        "| | " + " | ".join(f"{n} hosts" for n in sizes) + " |",
-        "|---|" + "---:|" * len(sizes),
+        *md_head(f"{n} hosts" for n in sizes),
     ]
     for key, label in ROWS:
         lines.append(f"| {label.strip()} | " + " | ".join(_cell(res["summary"][n][key]) for n in sizes) + " |")
@@ -1370,7 +1323,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="2 and 4 hosts, fewer samples and rounds")
     p.add_argument("--sizes", default=None, help="lab sizes, comma-separated (default 2,4,8,16,32; quick 2,4)")
     p.add_argument("--samples", type=int, default=None,
@@ -1380,45 +1333,21 @@ def main() -> int:
     p.add_argument("--kills", type=int, default=None, help="daemon kills (default 5; quick 2)")
     p.add_argument("--outage-seconds", type=float, default=10.0)
     p.add_argument("--convergence-only", action="store_true", help="no throughput, etcd outage or failure parts")
-    p.add_argument("--results-dir", default=str(BENCH / "results"))
     p.add_argument("--etcd-helper", choices=("watch", "floor", "waitprobe"), help=argparse.SUPPRESS)
     p.add_argument("--etcd-count", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = parse_args(p)
     if args.etcd_helper:
         return etcd_helper_main(args.etcd_helper, ETCD_URL, args.etcd_count)
-    args.sizes = [int(x) for x in (args.sizes or ("2,4" if args.quick else "2,4,8,16,32")).split(",") if x.strip()]
+    quick_defaults(args, sizes=("2,4,8,16,32", "2,4"), samples=(30, 15), iperf_rounds=(5, 1), kills=(5, 2))
+    args.sizes = ints(args.sizes)
     if any(s < 2 for s in args.sizes):
         p.error("a lab size is at least 2 hosts")
-    args.samples = args.samples or (15 if args.quick else 30)
-    args.iperf_rounds = args.iperf_rounds or (1 if args.quick else 5)
-    args.kills = args.kills or (2 if args.quick else 5)
     args.outage_lead = 2.5
     args.outage_ping_seconds = args.outage_seconds + 5.0
-    if os.geteuid() != 0:
-        p.error("run as root: the benchmark creates network namespaces")
-    for tool in ("nsenter", "ip", "bridge", "ping", "nft", "iperf3", "etcd"):
-        if shutil.which(tool) is None:
-            p.error(f"{tool} is missing")
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    bench = Bench(args)
-    res: dict[str, Any] | None = None
-    try:
-        res = bench.run()
-    finally:
-        problems = bench.cleanup()
-        log("cleanup: " + ("; ".join(problems) if problems else "nothing left"))
-        if res is not None:
-            res["cleanup_problems"] = problems
+    check_host(p, ("nsenter", "ip", "bridge", "ping", "nft", "iperf3", "etcd"))
+    res = run_bench(Bench(args))
     print_summary(res)
-    os.makedirs(args.results_dir, exist_ok=True)
-    stem = Path(args.results_dir, f"overlay-{res['date']}{'-quick' if args.quick else ''}")
-    stem.with_suffix(".json").write_text(json.dumps(_no_nan(res), indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
-    print(f"\nwrote {stem}.json and {stem}.md")
+    write_results(args.results_dir, f"overlay-{res['date']}{'-quick' if args.quick else ''}", res, markdown(res))
     return 0
 
 
