@@ -1317,6 +1317,10 @@ class Controller(DockerDoor):
                     self._save(container)
                     undo.push("record", lambda: self.store.delete(CTR_PREFIX + name))
                     self._index(container, undo)
+                    # the embedded resolver on 127.0.0.11, as for `tether run`: the result's
+                    # DNS names it, so a runtime that writes resolv.conf from it resolves
+                    # tether's names (and, through upstreams, everything else)
+                    self._serve_dns(container, undo)
                 if mappings:
                     container = self._save(container.with_(ports=container.ports + [m.to_dict() for m in mappings]))
                 default_route = not self.ctx.datapath.has_default_route(netns_path)
@@ -1341,6 +1345,8 @@ class Controller(DockerDoor):
         return self._cni_result(container, network, endpoint)
 
     def _cni_result(self, container: Container, network: Network, ep: Endpoint) -> dict[str, Any]:
+        from .dns import RESOLVER_ADDRESS
+
         result: dict[str, Any] = {
             "interfaces": [
                 {"name": ep.host_ifname},
@@ -1348,7 +1354,7 @@ class Controller(DockerDoor):
             ],
             "ips": [{"address": ep.cidr, "gateway": ep.gateway, "interface": 1}],
             "routes": [{"dst": "0.0.0.0/0", "gw": ep.gateway}] if ep.default_route else [],
-            "dns": {},
+            "dns": {"nameservers": [RESOLVER_ADDRESS]} if self.resolver is not None else {},
         }
         return result
 

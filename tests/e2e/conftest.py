@@ -127,6 +127,25 @@ class Host:
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
+def processes_mentioning(*needles: str) -> list[str]:
+    """Live processes (not zombies) whose command line mentions any of ``needles``: what a
+    lab or a dockerd left behind."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(n in args for n in needles):
+            found.append(f"{entry}: {args}")
+    return found
+
+
 def busybox_image(base: Path, page: str) -> Path:
     """An image without a registry, for Podman and Docker to import: a rootfs tarball of
     Debian's static busybox with ``page`` as /www/index.html. Returns the tarball."""

@@ -164,6 +164,18 @@ def test_add_connects_cni_namespaces_and_tether_containers(host: Host, cni: Cni)
     # the aliases capability: tether's containers resolve them
     r = host.tether("run", "--rm", "--net", "cninet", "--", "python3", "-c", RESOLVE, "db")
     assert r.stdout.strip() == a2
+    # the result names the embedded resolver; a resolv.conf made from it (what a runtime
+    # writes) resolves tether's names from inside the CNI namespace
+    assert r1["dns"] == {"nameservers": ["127.0.0.11"]}
+    etc = f"/etc/netns/{os.path.basename(ns1)}"  # `ip netns exec` mounts its resolv.conf
+    os.makedirs(etc, exist_ok=True)
+    try:
+        with open(f"{etc}/resolv.conf", "w") as f:
+            f.write("nameserver 127.0.0.11\n")
+        assert cni.in_ns(ns1, "python3", "-c", RESOLVE, "web").stdout.strip() == web
+        assert cni.in_ns(ns1, "python3", "-c", RESOLVE, "primary").stdout.strip() == a2
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
 
     # tether sees the attachments like any endpoint
     eps = endpoints(host, "cninet")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Host
+from conftest import Host, processes_mentioning
 from dockerkit import Docker, have_docker
 from probes import TCP_ASK
 
@@ -36,6 +36,8 @@ def docker(bare_host: Host) -> Iterator[Docker]:
         yield d
     finally:
         d.cleanup()
+        left = processes_mentioning(str(base))  # dockerd, its containerd, shims, containers
+        assert not left, f"dockerd left processes behind: {left}"
 
 
 def endpoints(host: Host, network: str) -> list[str]:

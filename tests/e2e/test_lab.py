@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from conftest import processes_mentioning
 
 from tether.api.client import Client
 from tether.errors import Conflict
@@ -71,24 +72,6 @@ def running(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
-
-
-def lab_processes(*needles: str) -> list[str]:
-    """Command lines of live processes that mention any of ``needles``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and any(n in args for n in needles):
-            found.append(f"{entry}: {args}")
-    return found
 
 
 @dataclass
@@ -251,7 +234,7 @@ def test_host_option_never_starts_a_daemon(lab: Lab) -> None:
         result = lab.tether("--host", "h3", "network", "ls", check=False)
         assert result.returncode == 1 and "no tether daemon answers" in result.stderr
         assert not os.path.exists(host.socket)
-        assert len(lab_processes(f"--socket {host.socket} ")) == 1  # only the lab's own daemon
+        assert len(processes_mentioning(f"--socket {host.socket} ")) == 1  # only the lab's own daemon
     finally:
         os.rename(saved, host.socket)
     assert Client(host.socket).alive()
@@ -310,7 +293,7 @@ def test_a_daemon_that_fails_is_reported_and_undone(monkeypatch: pytest.MonkeyPa
         with pytest.raises(LabDaemonFailed, match="etcd backend not ready"):
             lab_up(2, grace=5.0, root=root, state_root=state_root, name_prefix=prefix)
         assert lab_netns(prefix) == []
-        assert lab_processes(root, state_root) == []
+        assert processes_mentioning(root, state_root) == []
         assert not os.path.exists(root) and not os.path.exists(state_root)
     finally:
         lab_down(root, state_root=state_root, name_prefix=prefix)
@@ -341,7 +324,7 @@ def test_cli_lab_up_then_down_with_a_broken_lab_json() -> None:
         errors = lab_down(root, state_root=state_root, name_prefix=prefix)
         assert errors == []
         assert lab_netns(prefix) == []
-        assert lab_processes(root, state_root) == []
+        assert processes_mentioning(root, state_root) == []
         assert not os.path.exists(root) and not os.path.exists(state_root)
     finally:
         lab_down(root, state_root=state_root, name_prefix=prefix)
@@ -369,7 +352,7 @@ def test_lab_down_leaves_nothing(lab: Lab) -> None:
     down = lab.tether("lab", "down")
     assert down.returncode == 0, down.stderr
     assert lab_netns(lab.prefix) == []
-    assert lab_processes(lab.root, lab.state_root) == []
+    assert processes_mentioning(lab.root, lab.state_root) == []
     assert [p for p in pids if running(p)] == []  # the containers' processes
     assert not os.path.exists(lab.root) and not os.path.exists(lab.state_root)
 

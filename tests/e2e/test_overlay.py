@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Host, sh
+from conftest import Host, processes_mentioning, sh
 from dockerkit import Docker, have_docker
 from probes import TCP_ASK, TCP_WHO
 
@@ -69,24 +69,6 @@ def lab_netns(prefix: str) -> list[str]:
         return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
     except FileNotFoundError:
         return []
-
-
-def processes_mentioning(*needles: str) -> list[str]:
-    """Live processes (not zombies) whose command line mentions any of ``needles``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and any(n in args for n in needles):
-            found.append(f"{entry}: {args}")
-    return found
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> None:
