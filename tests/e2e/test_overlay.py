@@ -672,15 +672,19 @@ def test_vni_clash_is_refused_and_changes_nothing(lab: Lab, trio: dict[int, str]
 def test_docker_containers_on_an_overlay_reach_other_hosts_at_once(lab: Lab, trio: dict[int, str]) -> None:
     """`docker network create -d tether -o tether.driver=overlay` on h1: Docker's
     containers there and tether's on h2 reach each other with the first packet, over one
-    interface each, and h3 reaches the Docker container's own address."""
+    interface each, and h3 reaches the Docker container's own address. A second dockerd,
+    on h3, joins the same overlay by name and subnet; its containers reach h1's at once."""
     if not have_docker():
         pytest.skip("needs Debian's docker.io and busybox-static (apt-get install docker.io busybox-static)")
     prefix = lab.name(1)[: -len("h1")]
-    plugin = f"{prefix}dkr"
+    plugin, plugin3 = f"{prefix}dkr", f"{prefix}dkr3"
     lab.kill_daemon(1)
     lab.restart_daemon(1, TETHER_DOCKER_PLUGIN=plugin)
-    base = Path(tempfile.mkdtemp(prefix=f"{prefix}dk-"))
+    lab.kill_daemon(3)
+    lab.restart_daemon(3, TETHER_DOCKER_PLUGIN=plugin3)
+    base, base3 = (Path(tempfile.mkdtemp(prefix=f"{prefix}dk{i}-")) for i in (1, 3))
     docker = Docker(lab.host(1).enter, base, plugin)
+    docker3 = Docker(lab.host(3).enter, base3, plugin3)
     try:
         docker.start()
         docker.load_image("overlay\n")
@@ -698,12 +702,29 @@ def test_docker_containers_on_an_overlay_reach_other_hosts_at_once(lab: Lab, tri
         links = docker("exec", "dk0", "ip", "-o", "link").stdout
         assert link_names(links) == ["eth0", "lo"]
         assert lab.ping_host(3, ip), f"h3 -> {ip}"
+
+        docker3.start()
+        docker3.load_image("overlay\n")
+        docker3("network", "create", "-d", plugin3, "--ipam-driver", plugin3, "--subnet", "10.227.0.0/16",
+                "-o", "tether.driver=overlay", "-o", "tether.network=ovd", "ovd")
+        docker3("run", "-d", "--name", "e0", "--net", "ovd", "tbb", "sleep", "600")
+        r = docker3("exec", "e0", "ping", "-c1", "-W2", ip, check=False)
+        assert r.returncode == 0, f"h3 e0 -> dk4 {ip}: {r.stdout}{r.stderr}"
+        e0 = docker3("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "e0").stdout.strip()
+        assert e0 not in (ip, t2)  # one IPAM across the cluster
+        r = docker("exec", "dk0", "ping", "-c1", "-W2", e0, check=False)
+        assert r.returncode == 0, f"h1 dk0 -> h3 e0 {e0}: {r.stdout}{r.stderr}"
+        docker3("rm", "-f", "e0")
+        docker3("network", "rm", "ovd")  # h3's dockerd joined it: the overlay stays
+        assert lab.inspect_net(1, "ovd")["driver"] == "overlay"
+
         docker("rm", "-f", *[f"dk{n}" for n in range(5)])
         assert sorted(lab.inspect_net(1, "ovd")["containers"]) == ["td2"]
         lab.tether(2, "rm", "-f", "td2")
         docker("network", "rm", "ovd")
         assert lab.tether(2, "network", "inspect", "ovd", check=False).returncode != 0
     finally:
+        docker3.cleanup()
         docker.cleanup()
         lab.tether(2, "rm", "-f", "td2", check=False)
         lab.tether(1, "network", "rm", "ovd", check=False)
