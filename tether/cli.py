@@ -110,13 +110,16 @@ def daemon(
         60.0, "--node-grace", help="Seconds a host may stay down before its endpoints are withdrawn elsewhere."
     ),
     docker_plugin: str = typer.Option(
-        os.environ.get("TETHER_DOCKER_PLUGIN", ""),
+        None,
         "--docker-plugin",
-        help="Serve Docker's network and IPAM driver API as NAME (/run/docker/plugins/NAME.sock) or on a socket path.",
+        help="Serve Docker's network and IPAM driver as NAME (/run/docker/plugins/NAME.sock) or on a socket path; "
+        "'none' to not serve it [env TETHER_DOCKER_PLUGIN; default: 'tether' for the daemon on the default socket].",
     ),
 ) -> None:
     """Run the per-host daemon in the foreground."""
-    from .daemon import run_daemon
+    from .daemon import docker_plugin_choice, run_daemon
+
+    plugin, required = docker_plugin_choice(docker_plugin, os.environ.get("TETHER_DOCKER_PLUGIN"), socket or CTX.socket)
 
     run_daemon(
         state_dir or CTX.state_dir,
@@ -128,7 +131,8 @@ def daemon(
         cluster_advertise=cluster_advertise,
         node_name=node_name,
         node_grace=node_grace,
-        docker_plugin=docker_plugin or None,
+        docker_plugin=plugin,
+        docker_plugin_required=required,
     )
 
 

@@ -21,7 +21,7 @@ from .controller import Controller
 from .control.agent import OverlayAgent
 from .control.cluster import Cluster
 from .datapath import Datapath
-from .errors import InvalidInput, StoreError
+from .errors import InvalidInput, StoreError, TetherError
 from .dns import Resolver
 from .firewall import Firewall
 from .firewall.dnsredirect import redirect_dns_here
@@ -44,6 +44,7 @@ def run_daemon(
     node_name: str | None = None,
     node_grace: float = 60.0,
     docker_plugin: str | None = None,
+    docker_plugin_required: bool = True,
 ) -> None:
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
@@ -81,15 +82,27 @@ def run_daemon(
     # someone may flush the ruleset or delete our table at any time: put it back within 1 s
     firewall.start_healer(controller.desired_firewall)
     log.info("reconciled with %d correction(s)", len(actions))
-    server = ApiServer(controller, socket_path)
     plugin = None
     if docker_plugin:
         from .api.docker_plugin import DockerPluginServer
 
         # a name (socket in /run/docker/plugins, where dockerd looks) or a socket path
-        plugin = DockerPluginServer(controller, docker_plugin, docker_plugin if "/" in docker_plugin else None)
+        try:
+            plugin = DockerPluginServer(controller, docker_plugin, docker_plugin if "/" in docker_plugin else None)
+        except (TetherError, OSError) as exc:
+            if docker_plugin_required:
+                raise
+            log.warning("not serving Docker's driver %r: %s", docker_plugin, exc)  # only by default: go on
+        else:
+            log.info("Docker network and IPAM driver %r on %s", docker_plugin, plugin.socket_path)
+    try:
+        server = ApiServer(controller, socket_path)
+    except BaseException:
+        if plugin is not None:
+            plugin.close()  # never served: nothing to stop
+        raise
+    if plugin is not None:
         plugin.serve_in_thread("tether-docker")
-        log.info("Docker network and IPAM driver on %s", plugin.socket_path)
     stopping = threading.Event()
 
     def reaper() -> None:
@@ -124,6 +137,22 @@ def run_daemon(
         resolver.stop()
         datapath.close()
         store.close()
+
+
+def docker_plugin_choice(flag: str | None, env: str | None, socket_path: str) -> tuple[str | None, bool]:
+    """Which Docker driver the daemon serves, and whether failing to is fatal.
+
+    The host's own daemon (on the default socket) is Docker's ``tether`` driver unless told
+    otherwise, and goes on without it if another process has the name; daemons on other
+    sockets (tests, labs, a second daemon) serve Docker only when asked, and then must."""
+    from .api.client import DEFAULT_SOCKET
+
+    asked = flag if flag is not None else env
+    if asked is None:
+        return ("tether" if socket_path == DEFAULT_SOCKET else None), False
+    if asked.strip().lower() in ("", "none", "off"):
+        return None, False
+    return asked.strip(), True
 
 
 def parse_cluster_store(url: str) -> list[str]:

@@ -8,13 +8,14 @@ driver name Docker is given. The image is a busybox rootfs imported offline.
 from __future__ import annotations
 
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Host, processes_mentioning
+from conftest import Host, processes_mentioning, sh
 from dockerkit import Docker, have_docker
 from probes import TCP_ASK
 
@@ -202,3 +203,19 @@ def test_docker_errors_are_one_line_and_change_nothing(bare_host: Host, docker: 
     assert r.returncode != 0 and d.plugin in r.stderr and "Traceback" not in r.stderr
     host.start_daemon()
     d("network", "rm", net)
+
+
+def test_a_driver_name_is_served_once(bare_host: Host, docker: Docker, tmp_path: Path) -> None:
+    """A second daemon asked for a driver name another daemon serves: one line, exit 1."""
+    other = f"{bare_host.prefix[:-1]}o"
+    sh("ip", "netns", "add", other)
+    bare_host.extra_netns.append(other)  # deleted by the host fixture, even on failure
+    r = sh("nsenter", f"--net=/var/run/netns/{other}", "--", sys.executable, "-m", "tether.cli", "daemon",
+           "--state-dir", str(tmp_path / "state"), "--socket", str(tmp_path / "api.sock"),
+           "--netns-prefix", f"{other}-", "--docker-plugin", docker.plugin, check=False, timeout=60)
+    lines = [x for x in r.stderr.splitlines() if x.strip() and " INFO " not in x and " WARNING " not in x]
+    assert r.returncode != 0 and len(lines) == 1 and "already serves" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    # and the first daemon still serves Docker
+    docker("network", "create", "-d", docker.plugin, "--ipam-driver", docker.plugin, "still")
+    docker("network", "rm", "still")

@@ -153,3 +153,15 @@ def test_reconcile_keeps_an_endpoint_waiting_for_its_join(ctl: Controller) -> No
     ctl.reconcile()
     assert ip in ctl.ipam.leases(ctl.inspect_network("appnet")["id"])
     assert ctl.docker_join(NID, "e1", "/run/docker/netns/abc")["Gateway"] == "10.1.0.1"
+
+
+def test_which_docker_driver_a_daemon_serves() -> None:
+    from tether.daemon import docker_plugin_choice
+
+    system = "/run/tether/tether.sock"
+    assert docker_plugin_choice(None, None, system) == ("tether", False)  # by default, not required
+    assert docker_plugin_choice(None, None, "/tmp/x/tether.sock") == (None, False)
+    assert docker_plugin_choice("none", None, system) == (None, False)
+    assert docker_plugin_choice(None, "off", system) == (None, False)
+    assert docker_plugin_choice(None, "mine", "/tmp/x/tether.sock") == ("mine", True)
+    assert docker_plugin_choice("flag", "env", system) == ("flag", True)  # the flag wins

@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["Client", "default_socket", "default_state_dir"]
 
 
+DEFAULT_SOCKET = "/run/tether/tether.sock"
+
+
 def default_socket() -> str:
-    return os.environ.get("TETHER_SOCKET", "/run/tether/tether.sock")
+    return os.environ.get("TETHER_SOCKET", DEFAULT_SOCKET)
 
 
 def default_state_dir() -> str:

@@ -333,7 +333,12 @@ class ApiServer:
         return thread
 
     def shutdown(self) -> None:
+        """Stop ``serve_forever`` (which must be running) and close."""
         self.httpd.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket and remove its file (also when it was never served)."""
         self.httpd.server_close()
         try:
             os.unlink(self.socket_path)
