@@ -776,11 +776,13 @@ class Controller(DockerDoor):
         network: Network,
         ip: str | None,
         undo: Undo,
-        default_route: bool,
+        default_route: bool | None,
         aliases: list[str] | None = None,
         ifname: str | None = None,
         mac: str | None = None,
     ) -> Endpoint:
+        """``default_route`` None: the route only if the namespace has none yet (a later
+        network, or a runtime's namespace), found out in the same trip into it."""
         assert container.netns is not None
         used = {ep.ifname for ep in self._endpoints(container.id)}
         index = 0
@@ -801,13 +803,18 @@ class Controller(DockerDoor):
             prefixlen=network.prefixlen,
             gateway=gateway,
             mac=mac or mac_for(address),
-            default_route=default_route and not network.internal,  # internal: no way out at all
+            default_route=default_route is not False and not network.internal,  # internal: no way out at all
             aliases=list(aliases or []),
         )
         key = _ep_key(container.id, network.id)
         self.store.put(key, endpoint.to_dict())
         undo.push(f"record of endpoint {endpoint.ifname}", lambda: self.store.delete(key))
-        self._driver(network).attach(self.ctx, network, endpoint, container.netns, undo)
+        routed = self._driver(network).attach(
+            self.ctx, network, endpoint, container.netns, undo, keep_existing_default=default_route is None
+        )
+        if endpoint.default_route and not routed:  # the namespace kept the route it had
+            endpoint = Endpoint.from_dict(dict(endpoint.to_dict(), default_route=False))
+            self.store.put(key, endpoint.to_dict())
         if network.driver == "overlay":
             self._publish_overlay_endpoint(container, network, endpoint, undo)
         self._add_dns_records(container, network, endpoint, undo)
@@ -1212,10 +1219,9 @@ class Controller(DockerDoor):
                 self._check_requested_ip(network, ip)
             self._check_aliases(network, [container_name, *aliases], container_name)
             assert container.netns is not None
-            default_route = not self.ctx.datapath.has_default_route(container.netns)
             undo = Undo()
             try:
-                endpoint = self._attach(container, network, ip, undo, default_route=default_route, aliases=aliases)
+                endpoint = self._attach(container, network, ip, undo, default_route=None, aliases=aliases)
             except BaseException:
                 self._barrier_revision.value = 0
                 self._log_undo(undo.unwind())
@@ -1323,9 +1329,8 @@ class Controller(DockerDoor):
                     self._serve_dns(container, undo)
                 if mappings:
                     container = self._save(container.with_(ports=container.ports + [m.to_dict() for m in mappings]))
-                default_route = not self.ctx.datapath.has_default_route(netns_path)
                 endpoint = self._attach(
-                    container, network, ip, undo, default_route=default_route, aliases=aliases, ifname=ifname, mac=mac
+                    container, network, ip, undo, default_route=None, aliases=aliases, ifname=ifname, mac=mac
                 )
                 if self.firewall is not None and mappings:
                     from .firewall import PortRule
@@ -1472,7 +1477,7 @@ class Controller(DockerDoor):
                             self.ctx.datapath.detach_veth(ep.host_ifname)
                             self.ctx.datapath.detach_in_netns(c.netns, ep.ifname)
                             undo = Undo()
-                            self._driver(network).attach(self.ctx, network, ep, c.netns, undo)
+                            self._driver(network).attach(self.ctx, network, ep, c.netns, undo, keep_existing_default=True)
                             actions.append(f"re-attached {c.name} to {network.name}")
                         except TetherError as exc:
                             actions.append(f"could not re-attach {c.name} to {network.name}: {exc}")

@@ -296,6 +296,32 @@ def test_two_containers_talk_through_the_bridge(env: Env) -> None:
     assert env.dp.has_default_route(b)
 
 
+def test_a_second_interface_keeps_the_existing_default_route(env: Env) -> None:
+    bridge_up(env)
+    a = env.ns("a")
+    env.dp.create_netns(a)
+    first = env.attach(a, 0)
+    assert env.dp.has_default_route(a)
+    second = dict(first, host_ifname=f"{env.prefix}v1", ifname="eth1", mac="02:42:0a:fb:00:10",
+                  cidr="10.251.0.16/24", gateway="10.251.0.9")
+    # a second interface with a gateway: refused, and nothing of it is left ...
+    with pytest.raises(DatapathError):
+        env.dp.attach_veth(**second)
+    assert "eth1" not in env.in_ns(a, "ip", "-o", "link").stdout
+    assert not env.dp.link_exists(f"{env.prefix}v1")
+    # ... unless the existing default may stay: then eth1 comes up without one
+    assert env.dp.attach_veth(**second, keep_existing_default=True) is False
+    assert "10.251.0.16/24" in env.in_ns(a, "ip", "-o", "-4", "addr", "show", "eth1").stdout
+    routes = env.in_ns(a, "ip", "-4", "route", "show", "default").stdout
+    assert "via 10.251.0.1 dev eth0" in routes and "10.251.0.9" not in routes, routes
+    # and in a namespace without one, the route is installed and reported
+    b = env.ns("b")
+    env.dp.create_netns(b)
+    third = dict(first, netns=b, host_ifname=f"{env.prefix}v2", mac="02:42:0a:fb:00:11", cidr="10.251.0.17/24")
+    assert env.dp.attach_veth(**third, keep_existing_default=True) is True
+    assert env.dp.has_default_route(b)
+
+
 def test_default_route_added_later(env: Env) -> None:
     bridge_up(env)
     a = env.ns("a")

@@ -441,19 +441,22 @@ class Datapath:
         mtu: int,
         mark: str,
         hairpin: bool = False,
-    ) -> None:
-        address, prefixlen = _split_cidr(cidr)
+        keep_existing_default: bool = False,
+    ) -> bool:
         """Connect the namespace ``netns`` to ``bridge`` with a veth pair; all or nothing.
 
         The host end ``host_ifname`` is marked, enslaved, given ``mtu`` and brought up;
         the container end ``ifname`` gets ``mac``, ``mtu``, ``cidr``, is brought up, and
-        (if ``gateway``) the default route. ``gateway`` fails the attach if the namespace
-        already has a different default route: pass it for the first network only.
+        (if ``gateway``) the default route. A namespace that already has a default route
+        fails the attach, unless ``keep_existing_default``: then that route stays and
+        this interface gets none (one trip into the namespace, no separate look first).
+        Returns whether the default route via ``gateway`` was installed.
         """
+        address, prefixlen = _split_cidr(cidr)
         if not _MAC_RE.match(mac):
             raise DatapathError(f"invalid MAC address {mac!r}")
 
-        def configure_inside(ipr: IPRoute) -> None:
+        def configure_inside(ipr: IPRoute) -> bool:
             # Runs in a thread inside the container namespace.
             index = _ifindex(ifname)
             if index is None:
@@ -462,24 +465,35 @@ class Datapath:
                 )
             ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
             ipr.link("set", index=index, state="up")
-            if gateway:
+            if not gateway:
+                return False
+            try:
                 ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST and keep_existing_default:
+                    return False  # the namespace's first network keeps the default route
+                raise
+            return True
 
-        def work(ipr: IPRoute) -> None:
+        def work(ipr: IPRoute) -> bool:
             what = f"cannot attach {host_ifname} to {bridge}"
             ns_fd = self._open_netns(netns)
             if ns_fd is None:
                 raise DatapathError(f"{what}: network namespace {netns} does not exist")
             peer = {"ifname": ifname, "net_ns_fd": ns_fd, "address": mac, "mtu": mtu}
+            routed: list[bool] = []
             try:
                 self._add_veth(
                     ipr, what, host_ifname, bridge, mtu, mark, hairpin, peer, f"{ifname} in {netns}",
-                    lambda: self._in_netns(netns, f"cannot configure {ifname} in {netns}", configure_inside),
+                    lambda: routed.append(
+                        self._in_netns(netns, f"cannot configure {ifname} in {netns}", configure_inside)
+                    ),
                 )
             finally:
                 os.close(ns_fd)
+            return routed[0]
 
-        self._host(work)
+        return self._host(work)
 
     def create_veth_pair(
         self, *, host_ifname: str, peer_ifname: str, bridge: str, mac: str, mtu: int, mark: str, hairpin: bool = False

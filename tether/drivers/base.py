@@ -89,8 +89,18 @@ class NetworkDriver(abc.ABC):
         """Make the kernel match the network again (daemon start, after tampering)."""
 
     @abc.abstractmethod
-    def attach(self, ctx: DriverContext, network: Network, endpoint: Endpoint, netns: str, undo: Undo) -> None:
-        """Give namespace ``netns`` the endpoint's interface on ``network``."""
+    def attach(
+        self,
+        ctx: DriverContext,
+        network: Network,
+        endpoint: Endpoint,
+        netns: str,
+        undo: Undo,
+        keep_existing_default: bool = False,
+    ) -> bool:
+        """Give namespace ``netns`` the endpoint's interface on ``network``, with the default
+        route if ``endpoint.default_route`` (unless the namespace has one and
+        ``keep_existing_default``). Returns whether the default route was installed."""
 
     @abc.abstractmethod
     def detach(self, ctx: DriverContext, network: Network, endpoint: Endpoint, netns: str | None) -> list[str]:

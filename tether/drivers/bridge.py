@@ -52,8 +52,16 @@ class BridgeDriver(NetworkDriver):
 
     hairpin = True  # a container may reach its own published port through a host address
 
-    def attach(self, ctx: DriverContext, network: Network, endpoint: Endpoint, netns: str, undo: Undo) -> None:
-        ctx.datapath.attach_veth(
+    def attach(
+        self,
+        ctx: DriverContext,
+        network: Network,
+        endpoint: Endpoint,
+        netns: str,
+        undo: Undo,
+        keep_existing_default: bool = False,
+    ) -> bool:
+        routed = ctx.datapath.attach_veth(
             netns=netns,
             host_ifname=endpoint.host_ifname,
             ifname=endpoint.ifname,
@@ -64,8 +72,10 @@ class BridgeDriver(NetworkDriver):
             mtu=self.port_mtu(network),
             mark=ctx.mark,
             hairpin=self.hairpin,
+            keep_existing_default=keep_existing_default,
         )
         undo.push(f"veth {endpoint.host_ifname}", lambda: ctx.datapath.detach_veth(endpoint.host_ifname))
+        return routed
 
     def attach_unplaced(
         self, ctx: DriverContext, network: Network, endpoint: Endpoint, peer_ifname: str, undo: Undo

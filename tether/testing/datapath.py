@@ -69,13 +69,18 @@ class RecordingDatapath:
     def links_with_mark(self, mark: str) -> list[tuple[str, str]]:
         return [(b, "bridge") for b in self.bridges] + [(v, "veth") for v in self.veths]
 
-    def attach_veth(self, **kw: Any) -> None:
+    def attach_veth(self, **kw: Any) -> bool:
         self._call("attach_veth")
         if kw["bridge"] not in self.bridges:
             raise DatapathError(f"no bridge {kw['bridge']}")
         if kw["netns"] not in self.netns:
             raise DatapathError(f"no netns {kw['netns']}")
+        if kw["gateway"] and self.has_default_route(kw["netns"]):
+            if not kw.get("keep_existing_default"):
+                raise DatapathError(f"{kw['netns']} has a default route already")
+            kw = dict(kw, gateway=None)
         self.veths[kw["host_ifname"]] = kw
+        return bool(kw["gateway"])
 
     def create_veth_pair(self, **kw: Any) -> None:
         self._call("create_veth_pair")
