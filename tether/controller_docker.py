@@ -243,10 +243,9 @@ class DockerDoor:
         name = f"docker-{endpoint_id[:12]}"
         with self.lock:
             network = self._docker_network(network_id)
-            if self.store.get(DOCKER_EPS + endpoint_id) is not None:
-                found = self._docker_endpoint(endpoint_id)
-                if found is not None:
-                    return {} if mac or found[2].address != ip else {"Interface": {"MacAddress": found[2].mac}}
+            found = self._docker_endpoint(endpoint_id)
+            if found is not None:  # asked again: the same answer
+                return self._endpoint_reply(found[2], ip, mac)
             if self.store.get("/containers/" + name) is not None:
                 raise Conflict(f"endpoint {endpoint_id[:12]} exists already")
             undo = Undo()
@@ -280,9 +279,18 @@ class DockerDoor:
                 self._log_undo(undo.unwind())
                 raise
             undo.commit()
+        return self._endpoint_reply(endpoint, ip, mac)
+
+    @staticmethod
+    def _endpoint_reply(endpoint: Endpoint, ip: str | None, mac: str | None) -> dict[str, Any]:
+        """What CreateEndpoint answers: only what Docker did not give (dockerd refuses a
+        driver that "changes" an address or MAC it passed in)."""
+        given: dict[str, str] = {}
         if ip is None:
-            return {"Interface": {"Address": endpoint.cidr, "MacAddress": endpoint.mac}}
-        return {} if mac else {"Interface": {"MacAddress": endpoint.mac}}
+            given["Address"] = endpoint.cidr
+        if mac is None:
+            given["MacAddress"] = endpoint.mac
+        return {"Interface": given} if given else {}
 
     def docker_join(self: Controller, network_id: str, endpoint_id: str, sandbox_key: str) -> dict[str, Any]:
         if not sandbox_key.startswith("/"):

@@ -165,3 +165,14 @@ def test_which_docker_driver_a_daemon_serves() -> None:
     assert docker_plugin_choice(None, "off", system) == (None, False)
     assert docker_plugin_choice(None, "mine", "/tmp/x/tether.sock") == ("mine", True)
     assert docker_plugin_choice("flag", "env", system) == ("flag", True)  # the flag wins
+
+
+def test_create_endpoint_answers_only_what_docker_did_not_give_and_is_repeatable(ctl: Controller) -> None:
+    pool = create(ctl, **{"tether.network": "appnet"})
+    cidr = ctl.ipam_request_address(pool, "", {})
+    reply = ctl.docker_create_endpoint(NID, "e1", {"Address": cidr, "MacAddress": ""}, {})
+    assert set(reply["Interface"]) == {"MacAddress"}  # Docker gave the address
+    assert ctl.docker_create_endpoint(NID, "e1", {"Address": cidr, "MacAddress": ""}, {}) == reply
+    assert len(ctl.list_containers(all_=True)) == 1
+    given = ctl.docker_create_endpoint(NID, "e2", {"Address": "", "MacAddress": "02:00:00:00:00:07"}, {})
+    assert set(given["Interface"]) == {"Address"} and given["Interface"]["Address"].endswith("/24")
