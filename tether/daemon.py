@@ -119,8 +119,6 @@ def run_daemon(
         log.info("signal %d: shutting down (containers keep running)", signum)
         stopping.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
-        if plugin is not None:
-            threading.Thread(target=plugin.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -129,6 +127,8 @@ def run_daemon(
         server.serve_forever()
     finally:
         stopping.set()
+        if plugin is not None:
+            plugin.shutdown()  # before exiting: dockerd must not find a dead plugin socket
         if agent is not None:
             agent.stop()
         if cluster is not None:

@@ -86,6 +86,10 @@ class Docker:
             for net in self("network", "ls", "-q", "--filter", f"driver={self.plugin}", check=False).stdout.split():
                 self("network", "rm", net, check=False)
         self.stop()
+        try:  # a tether daemon killed with SIGKILL cannot remove its plugin socket
+            os.unlink(f"/run/docker/plugins/{self.plugin}.sock")
+        except FileNotFoundError:
+            pass
         mounts = [line.split()[1] for line in open("/proc/mounts") if line.split()[1].startswith(str(self.base))]
         for mount in sorted(mounts, key=len, reverse=True):
             sh("umount", "-l", mount, check=False)
