@@ -147,6 +147,18 @@ def test_docker_adopts_a_tether_network_and_tether_ipam_picks_subnets(bare_host:
     d("network", "rm", "dshared")
     assert host.json("network", "inspect", net)[0]["subnet"] == "10.253.0.0/24"  # adopted: kept
 
+    # --internal: a tether internal network; the container gets no default route and no
+    # second NIC to reach out with
+    d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--internal", "--subnet", "10.253.1.0/24",
+      "-o", f"tether.network={net}i", "dint")
+    assert host.json("network", "inspect", f"{net}i")[0]["internal"] is True
+    d("run", "-d", "--name", "di", "--net", "dint", "tbb", "sleep", "600")
+    assert "default" not in d("exec", "di", "ip", "route").stdout
+    links = d("exec", "di", "ip", "-o", "link").stdout
+    assert [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()] == ["lo", "eth0"]
+    d("rm", "-f", "di")
+    d("network", "rm", "dint")
+
     # no --subnet: tether's IPAM picks one that overlaps nothing
     d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "dauto")
     subnet = d("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", "dauto").stdout.strip()
