@@ -1516,6 +1516,13 @@ class Controller(DockerDoor):
                 if len(parts) >= 4 and parts[2] not in local_networks:
                     self.store.delete(kv.key)
                     actions.append(f"released lease {parts[3]} of a removed network")
+            # ip netns names of runtimes' namespaces (Docker's) whose endpoint is gone
+            named = {self.ctx.netns_name(c.name): c.netns for c in containers if c.external and c.id in live_ids}
+            # (only names tether gives: `<prefix>docker-...`; others' symlinks are theirs)
+            for alias, target in self.ctx.datapath.netns_aliases(self.ctx.netns_name("docker-")).items():
+                if named.get(alias) != target:
+                    actions += _collect(lambda: self.ctx.datapath.unalias_netns(alias))
+                    actions.append(f"removed stale namespace name {alias}")
             # state dirs without a record
             root = os.path.join(self.state_dir, "containers")
             for entry in os.listdir(root):

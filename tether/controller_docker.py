@@ -309,6 +309,10 @@ class DockerDoor:
                 self.ctx.datapath.detach_veth(endpoint.host_ifname)  # a leftover of an earlier Join
                 driver.attach_unplaced(self.ctx, network, endpoint, endpoint.ifname, undo)
                 self._save(container.with_(netns=sandbox_key))
+                # `ip netns exec <prefix>docker-<endpoint> ...` works, as for tether's own
+                alias = self.ctx.netns_name(container.name)
+                self.ctx.datapath.alias_netns(alias, sandbox_key)
+                undo.push(f"netns name {alias}", lambda: self.ctx.datapath.unalias_netns(alias))
                 if network.driver == "overlay":
                     self._publish_overlay_endpoint(container, network, endpoint, undo)
             except BaseException:
@@ -335,6 +339,10 @@ class DockerDoor:
             container, network, endpoint = found
             errors = self._docker_unpublish(container)
             errors += self._driver(network).detach(self.ctx, network, endpoint, None)
+            try:
+                self.ctx.datapath.unalias_netns(self.ctx.netns_name(container.name))
+            except Exception as exc:
+                errors.append(str(exc))
             if network.driver == "overlay" and self.cluster is not None:
                 from .control import keys as ckeys
 

@@ -7,6 +7,7 @@ driver name Docker is given. The image is a busybox rootfs imported offline.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import tempfile
@@ -77,6 +78,12 @@ def test_docker_containers_on_a_tether_network(bare_host: Host, docker: Docker) 
     assert [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()] == ["lo", "eth0"]
     assert "default via 10.252.0.1 dev eth0" in d("exec", "da", "ip", "route").stdout
 
+    # each Docker endpoint's namespace is visible to `ip netns` under tether's name for it
+    eps = host.json("network", "inspect", net)[0]["containers"]
+    name_a = next(n for n, e in eps.items() if e["address"] == f"{a}/24")
+    assert name_a.startswith("docker-") and host.prefix + name_a in sh("ip", "netns", "list").stdout
+    assert f"{a}/24" in sh("ip", "netns", "exec", host.prefix + name_a, "ip", "-o", "-4", "addr").stdout
+
     # Docker containers reach each other, and a `tether run` container reaches them
     r = d("exec", "da", "ping", "-c1", "-W2", b, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -99,6 +106,7 @@ def test_docker_containers_on_a_tether_network(bare_host: Host, docker: Docker) 
     # docker rm leaves nothing: no endpoint, no veth, no lease, no published port
     d("rm", "-f", "da", "db", "dweb")
     assert endpoints(host, net) == ["tr"]
+    assert not os.path.lexists(f"/var/run/netns/{host.prefix}{name_a}")
     assert len(host_veths(host)) == 1  # tr's
     assert host.in_host("python3", "-c", TCP_ASK, "127.0.0.1", "18191", check=False).returncode != 0
 

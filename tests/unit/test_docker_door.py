@@ -176,3 +176,19 @@ def test_create_endpoint_answers_only_what_docker_did_not_give_and_is_repeatable
     assert len(ctl.list_containers(all_=True)) == 1
     given = ctl.docker_create_endpoint(NID, "e2", {"Address": "", "MacAddress": "02:00:00:00:00:07"}, {})
     assert set(given["Interface"]) == {"Address"} and given["Interface"]["Address"].endswith("/24")
+
+
+def test_joined_sandbox_gets_an_ip_netns_name_until_leave(ctl: Controller, tmp_path: Any) -> None:
+    pool = create(ctl)
+    endpoint(ctl, pool, "e1abcdef0123456789")
+    dp = ctl.ctx.datapath
+    sandbox = tmp_path / "sandbox"  # stands for Docker's bound namespace file
+    sandbox.touch()
+    ctl.docker_join(NID, "e1abcdef0123456789", str(sandbox))
+    assert dp.aliases == {"u-docker-e1abcdef0123": str(sandbox)}  # type: ignore[attr-defined]
+    dp.aliases["u-docker-gone00000000"] = "/run/docker/netns/old"  # type: ignore[attr-defined]
+    dp.aliases["someone-elses"] = "/elsewhere"  # type: ignore[attr-defined]
+    ctl.reconcile()  # a stale name of ours goes; the live one and others' stay
+    assert dp.aliases == {"u-docker-e1abcdef0123": str(sandbox), "someone-elses": "/elsewhere"}  # type: ignore[attr-defined]
+    ctl.docker_leave(NID, "e1abcdef0123456789")
+    assert dp.aliases == {"someone-elses": "/elsewhere"}  # type: ignore[attr-defined]

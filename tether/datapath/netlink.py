@@ -305,6 +305,40 @@ class Datapath:
         with _mapped(f"cannot delete network namespace {name}"):
             nsutil.unbind_netns(self.netns_path(name))
 
+    def alias_netns(self, name: str, target: str) -> None:
+        """Make a namespace another runtime bound elsewhere (Docker's sandbox file) visible
+        to ``ip netns`` as ``name``: a symlink in the netns dir. An existing alias is
+        replaced; a real bound namespace of that name is left alone (DatapathError)."""
+        path = self.netns_path(name)
+        with _mapped(f"cannot name network namespace {target} {name}"):
+            nsutil.ensure_netns_dir(self._netns_dir)
+            if os.path.islink(path):
+                os.unlink(path)
+            elif os.path.exists(path):
+                raise DatapathError(f"network namespace {name} already exists")
+            os.symlink(target, path)
+
+    def unalias_netns(self, name: str) -> None:
+        """Remove an alias made by ``alias_netns``; missing is success, and a real bound
+        namespace of that name is never touched."""
+        path = self.netns_path(name)
+        with _mapped(f"cannot remove network namespace name {name}"):
+            if os.path.islink(path):
+                os.unlink(path)
+
+    def netns_aliases(self, prefix: str) -> dict[str, str]:
+        """name -> target of every alias whose name starts with ``prefix``."""
+        try:
+            names = [n for n in os.listdir(self._netns_dir) if n.startswith(prefix)]
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for n in names:
+            path = f"{self._netns_dir}/{n}"
+            if os.path.islink(path):
+                found[n] = os.readlink(path)
+        return found
+
     def netns_exists(self, name: str) -> bool:
         """True if ``name`` is a bound namespace (a leftover plain file does not count)."""
         return nsutil.is_bound_netns(self.netns_path(name))

@@ -19,6 +19,7 @@ class RecordingDatapath:
         self.veths: dict[str, dict[str, Any]] = {}  # host ifname -> attach args
         self.calls: list[str] = []
         self.fail: set[str] = set()
+        self.aliases: dict[str, str] = {}  # netns alias name -> target path
         self._host_networks = list(host_networks or [])
 
     def _call(self, verb: str) -> None:
@@ -81,6 +82,15 @@ class RecordingDatapath:
             kw = dict(kw, gateway=None)
         self.veths[kw["host_ifname"]] = kw
         return bool(kw["gateway"])
+
+    def alias_netns(self, name: str, target: str) -> None:
+        self.aliases[name] = target
+
+    def unalias_netns(self, name: str) -> None:
+        self.aliases.pop(name, None)
+
+    def netns_aliases(self, prefix: str) -> dict[str, str]:
+        return {n: t for n, t in self.aliases.items() if n.startswith(prefix)}
 
     def create_veth_pair(self, **kw: Any) -> None:
         self._call("create_veth_pair")
