@@ -1052,7 +1052,8 @@ class Controller(DockerDoor):
             out = []
             for c in self._containers():
                 c = self._refresh(c)
-                if all_ or c.state == "running":
+                # another runtime's attachments (CNI, Docker) are live while they exist
+                if all_ or c.state in ("running", "external"):
                     out.append(self._describe(c))
             return out
 

@@ -82,6 +82,7 @@ def test_docker_containers_on_a_tether_network(bare_host: Host, docker: Docker) 
     eps = host.json("network", "inspect", net)[0]["containers"]
     name_a = next(n for n, e in eps.items() if e["address"] == f"{a}/24")
     assert name_a.startswith("docker-") and host.prefix + name_a in sh("ip", "netns", "list").stdout
+    assert {c["name"]: c["state"] for c in host.json("ps", "--format", "json")}[name_a] == "external"
     assert f"{a}/24" in sh("ip", "netns", "exec", host.prefix + name_a, "ip", "-o", "-4", "addr").stdout
 
     # Docker containers reach each other, and a `tether run` container reaches them
