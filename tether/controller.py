@@ -39,7 +39,7 @@ from .drivers import (
     Undo,
 )
 from .errors import Conflict, Exhausted, InvalidInput, NotFound, TetherError
-from .ipam import IPAM, choose_subnet, find_overlap, validate_network_cidrs
+from .ipam import DEFAULT_POOLS, IPAM, choose_subnet, find_overlap, validate_network_cidrs
 from .model import (
     DEFAULT_BRIDGE,
     DEFAULT_NETWORK,
@@ -55,6 +55,8 @@ from .model import (
     validate_name,
 )
 from .store import Store
+from .storekeys import CTR_PREFIX, EP_PREFIX, ID_PREFIX, JOIN_PREFIX, NET_PREFIX
+from .storekeys import ep_key as _ep_key
 
 if TYPE_CHECKING:
     from .control.agent import OverlayAgent
@@ -66,20 +68,11 @@ __all__ = ["Controller", "NETWORK_OPTIONS"]
 
 log = logging.getLogger("tether.controller")
 
-NET_PREFIX = "/networks/"
-CTR_PREFIX = "/containers/"
-EP_PREFIX = "/endpoints/"
-ID_PREFIX = "/container-ids/"  # id -> name, so lookups by id need no scan
-JOIN_PREFIX = "/joins/"  # /joins/<owner id>/<joiner id>: who shares whose namespace
 NETWORK_OPTIONS = ("bridge_name", "mtu", "masquerade", "icc")
 EPHEMERAL_PORTS = range(32768, 61000)
 _RESERVED_NETWORK_NAMES = ("none", "host", "container", "default")
 
 T = TypeVar("T")
-
-
-def _ep_key(container_id: str, network_id: str) -> str:
-    return f"{EP_PREFIX}{container_id}/{network_id}"
 
 
 def _valid_ifname(name: str) -> bool:
@@ -254,17 +247,7 @@ class Controller(DockerDoor):
             if self.ctx.datapath.link_exists(bridge):
                 raise Conflict(f"a device named {bridge!r} already exists on the host: choose another bridge_name")
             in_use = {n.subnet: f"network {n.name!r}" for n in networks}
-            if subnet is not None:
-                subnet, gateway, ip_range = validate_network_cidrs(subnet, gateway, ip_range)
-                owner = find_overlap(subnet, in_use)
-                if owner is None:
-                    host = {c: "a route or address on the host" for c in self.ctx.datapath.host_networks()}
-                    owner = find_overlap(subnet, host)
-                if owner is not None:
-                    raise Conflict(f"subnet {subnet} overlaps {owner}: choose a subnet that does not overlap")
-            else:
-                subnet = choose_subnet(list(in_use) + self.ctx.datapath.host_networks())
-                subnet, gateway, ip_range = validate_network_cidrs(subnet, None, None)
+            subnet, gateway, ip_range = self._place_subnet(subnet, gateway, ip_range, in_use)
             network = Network(
                 id=net_id,
                 name=name,
@@ -293,6 +276,28 @@ class Controller(DockerDoor):
                 self._log_undo(undo.unwind())
                 raise
             return network
+
+    def _place_subnet(
+        self,
+        subnet: str | None,
+        gateway: str | None,
+        ip_range: str | None,
+        in_use: dict[str, str],
+        pools: list[tuple[str, int]] = DEFAULT_POOLS,
+    ) -> tuple[str, str, str | None]:
+        """A requested subnet, checked against ``in_use`` (cidr -> owner) and this host's
+        routes and addresses; or, with none requested, the first free one of ``pools``.
+        Returns (subnet, gateway, ip_range), normalised."""
+        if subnet is None:
+            subnet = choose_subnet(list(in_use) + self.ctx.datapath.host_networks(), pools)
+            return validate_network_cidrs(subnet, None, None)
+        subnet, gateway, ip_range = validate_network_cidrs(subnet, gateway, ip_range)
+        owner = find_overlap(subnet, in_use) or find_overlap(
+            subnet, {c: "a route or address on this host" for c in self.ctx.datapath.host_networks()}
+        )
+        if owner is not None:
+            raise Conflict(f"subnet {subnet} overlaps {owner}: choose a subnet that does not overlap")
+        return subnet, gateway, ip_range
 
     def _enable_uplink_forwarding(self) -> None:
         """Replies and published-port traffic arrive on the uplink: it must forward too."""
@@ -384,16 +389,7 @@ class Controller(DockerDoor):
                 raise Conflict(f"network {name!r} already exists: choose another name or remove it first")
             networks = self._networks() + self._overlay_networks()
             in_use = {n.subnet: f"network {n.name!r}" for n in networks}
-            if subnet is not None:
-                subnet, gateway, ip_range = validate_network_cidrs(subnet, gateway, ip_range)
-                owner = find_overlap(subnet, in_use) or find_overlap(
-                    subnet, {c: "a route or address on this host" for c in self.ctx.datapath.host_networks()}
-                )
-                if owner is not None:
-                    raise Conflict(f"subnet {subnet} overlaps {owner}: choose a subnet that does not overlap")
-            else:
-                subnet = choose_subnet(list(in_use) + self.ctx.datapath.host_networks(), pools=[("10.0.0.0/8", 24)])
-                subnet, gateway, ip_range = validate_network_cidrs(subnet, None, None)
+            subnet, gateway, ip_range = self._place_subnet(subnet, gateway, ip_range, in_use, [("10.0.0.0/8", 24)])
             net_id = uuid.uuid4().hex
             undo = Undo()
             try:
@@ -784,31 +780,14 @@ class Controller(DockerDoor):
         """``default_route`` None: the route only if the namespace has none yet (a later
         network, or a runtime's namespace), found out in the same trip into it."""
         assert container.netns is not None
-        used = {ep.ifname for ep in self._endpoints(container.id)}
-        index = 0
-        while f"eth{index}" in used:
-            index += 1
-        ipam = self._ipam_for(network)
-        gateway = self._local_gateway(network)
-        address = ipam.allocate(network, container.id, ip)
-        undo.push(f"lease {address}", lambda: ipam.release(network.id, address))
-        endpoint = Endpoint(
-            id=uuid.uuid4().hex,
-            network_id=network.id,
-            network=network.name,
-            container_id=container.id,
-            ifname=ifname or f"eth{index}",
-            host_ifname=host_ifname_for(container.id, network.id),
-            address=address,
-            prefixlen=network.prefixlen,
-            gateway=gateway,
-            mac=mac or mac_for(address),
-            default_route=default_route is not False and not network.internal,  # internal: no way out at all
-            aliases=list(aliases or []),
-        )
+        if ifname is None:
+            used = {ep.ifname for ep in self._endpoints(container.id)}
+            index = 0
+            while f"eth{index}" in used:
+                index += 1
+            ifname = f"eth{index}"
+        endpoint = self._new_endpoint(container, network, ip, undo, default_route is not False, ifname, mac, aliases)
         key = _ep_key(container.id, network.id)
-        self.store.put(key, endpoint.to_dict())
-        undo.push(f"record of endpoint {endpoint.ifname}", lambda: self.store.delete(key))
         routed = self._driver(network).attach(
             self.ctx, network, endpoint, container.netns, undo, keep_existing_default=default_route is None
         )
@@ -818,6 +797,42 @@ class Controller(DockerDoor):
         if network.driver == "overlay":
             self._publish_overlay_endpoint(container, network, endpoint, undo)
         self._add_dns_records(container, network, endpoint, undo)
+        return endpoint
+
+    def _new_endpoint(
+        self,
+        container: Container,
+        network: Network,
+        ip: str | None,
+        undo: Undo,
+        default_route: bool,
+        ifname: str,
+        mac: str | None = None,
+        aliases: list[str] | None = None,
+        leased: bool = False,
+    ) -> Endpoint:
+        """Lease the address (``ip`` is already ``container``'s when ``leased``) and write
+        the endpoint's record, both undoable; no kernel work yet."""
+        ipam = self._ipam_for(network)
+        address = ip if leased and ip else ipam.allocate(network, container.id, ip)
+        undo.push(f"lease {address}", lambda: ipam.release(network.id, address))
+        endpoint = Endpoint(
+            id=uuid.uuid4().hex,
+            network_id=network.id,
+            network=network.name,
+            container_id=container.id,
+            ifname=ifname,
+            host_ifname=host_ifname_for(container.id, network.id),
+            address=address,
+            prefixlen=network.prefixlen,
+            gateway=self._local_gateway(network),
+            mac=mac or mac_for(address),
+            default_route=default_route and not network.internal,  # internal: no way out at all
+            aliases=list(aliases or []),
+        )
+        key = _ep_key(container.id, network.id)
+        self.store.put(key, endpoint.to_dict())
+        undo.push(f"record of endpoint {endpoint.ifname}", lambda: self.store.delete(key))
         return endpoint
 
     def _local_gateway(self, network: Network) -> str:
@@ -849,6 +864,12 @@ class Controller(DockerDoor):
         )
         undo.push(f"cluster record of {endpoint.ifname}", lambda: gstore.delete(key))
         self._barrier_revision.value = max(getattr(self._barrier_revision, "value", 0), revision)
+
+    def _withdraw_overlay_endpoint(self, endpoint: Endpoint) -> list[str]:
+        """Tell every host the endpoint is gone (the inverse of the publish above)."""
+        assert self.cluster is not None
+        gstore = self.cluster.store
+        return _collect(lambda: gstore.delete(ckeys.endpoint_key(endpoint.network_id, endpoint.id)))
 
     def _wait_barrier(self) -> list[str]:
         """After an overlay endpoint was published: wait until every live host programmed it."""
@@ -990,8 +1011,7 @@ class Controller(DockerDoor):
         else:
             errors += _collect(lambda: self.ctx.datapath.detach_veth(endpoint.host_ifname))
         if network is not None and network.driver == "overlay" and self.cluster is not None:
-            key = ckeys.endpoint_key(endpoint.network_id, endpoint.id)
-            errors += _collect(lambda: self.cluster.store.delete(key))  # type: ignore[union-attr]
+            errors += self._withdraw_overlay_endpoint(endpoint)
             errors += _collect(lambda: self._ipam_for(network).release(endpoint.network_id, endpoint.address))
         else:
             errors += _collect(lambda: self.ipam.release(endpoint.network_id, endpoint.address))

@@ -26,17 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from .drivers import BridgeDriver, Undo
 from .errors import Conflict, InvalidInput, NotFound
-from .ipam import choose_subnet, find_overlap, validate_network_cidrs
-from .model import Container, Endpoint, Network, PortMapping, host_ifname_for, mac_for
+from .ipam import validate_network_cidrs
+from .model import Container, Endpoint, Network, PortMapping, host_ifname_for
+from .storekeys import CTR_PREFIX, DOCKER_EPS, DOCKER_NETS, DOCKER_POOLS, ep_key
 
 if TYPE_CHECKING:
     from .controller import Controller
 
 __all__ = ["DockerDoor", "DOCKER_OPTIONS", "RESERVED_OWNER"]
 
-DOCKER_NETS = "/docker/networks/"  # docker network id -> {"name": tether name, "adopted": bool}
-DOCKER_POOLS = "/docker/pools/"  # pool id -> {"subnet", "gateway", "ip_range"}
-DOCKER_EPS = "/docker/endpoints/"  # docker endpoint id -> {"container": tether name, "network": docker nid}
 RESERVED_OWNER = "docker-ipam"  # owner of a lease Docker's IPAM call took, until CreateEndpoint
 GENERIC = "com.docker.network.generic"
 GATEWAY_REQUEST = "com.docker.network.gateway"
@@ -76,26 +74,18 @@ class DockerDoor:
             pools = {kv.key[len(DOCKER_POOLS) :]: kv.value for kv in self.store.list(DOCKER_POOLS)}
             # (no "pick this network's subnet" option: without --subnet dockerd rejects a
             # pool that overlaps a route, as an adopted network's does, and asks again)
+            if not pool and sub_pool:
+                raise InvalidInput("--ip-range needs --subnet: give the subnet it belongs to")
             if pool:
                 subnet, _, ip_range = validate_network_cidrs(pool, None, sub_pool or None)
                 if _pool_id(subnet) in pools:  # Docker asks again after a restart: same answer
                     return {"PoolID": _pool_id(subnet), "Pool": subnet, "Data": {}}
-                exact = [n for n in networks if n.subnet == subnet]
-                if not exact:  # a subnet tether already has is adopted, not an overlap
-                    in_use = {p["subnet"]: "the subnet of another Docker network" for p in pools.values()}
-                    in_use.update({n.subnet: f"network {n.name!r}" for n in networks})
-                    owner = find_overlap(subnet, in_use) or find_overlap(
-                        subnet, {c: "a route or address on the host" for c in self.ctx.datapath.host_networks()}
-                    )
-                    if owner is not None:
-                        raise Conflict(f"subnet {subnet} overlaps {owner}: choose a --subnet that does not overlap")
-            else:
-                if sub_pool:
-                    raise InvalidInput("--ip-range needs --subnet: give the subnet it belongs to")
-                in_use = [n.subnet for n in networks] + [p["subnet"] for p in pools.values()]
-                subnet = choose_subnet(in_use + self.ctx.datapath.host_networks())
-                ip_range = None
-            self.store.put(DOCKER_POOLS + _pool_id(subnet), {"subnet": subnet, "ip_range": ip_range, "gateway": None})
+            # a subnet tether already has is adopted, not an overlap
+            if not pool or not any(n.subnet == subnet for n in networks):
+                in_use = {p["subnet"]: "the subnet of another Docker network" for p in pools.values()}
+                in_use.update({n.subnet: f"network {n.name!r}" for n in networks})
+                subnet, _, ip_range = self._place_subnet(pool or None, None, sub_pool or None, in_use)
+            self.store.put(DOCKER_POOLS + _pool_id(subnet), {"subnet": subnet, "ip_range": ip_range})
             return {"PoolID": _pool_id(subnet), "Pool": subnet, "Data": {}}
 
     def ipam_release_pool(self: Controller, pool_id: str) -> None:
@@ -126,9 +116,8 @@ class DockerDoor:
                             f"use --gateway {network.gateway} or leave it out"
                         )
                     gateway = network.gateway
-                else:
+                else:  # CreateNetwork, next, gets it back from dockerd in IPv4Data
                     _, gateway, _ = validate_network_cidrs(pool["subnet"], address or None, None)
-                self.store.put(DOCKER_POOLS + pool_id, dict(pool, gateway=gateway))
                 return f"{gateway}/{subnet.prefixlen}"
             if network is None:
                 raise NotFound(
@@ -217,12 +206,12 @@ class DockerDoor:
         kv = self.store.get(DOCKER_EPS + endpoint_id)
         if kv is None:
             return None
-        ckv = self.store.get("/containers/" + kv.value["container"])
+        ckv = self.store.get(CTR_PREFIX + kv.value["container"])
         network = self._lookup_network(kv.value["network"])
         if ckv is None or network is None:
             return None
         container = Container.from_dict(ckv.value)
-        ep_kv = self.store.get(f"/endpoints/{container.id}/{network.id}")
+        ep_kv = self.store.get(ep_key(container.id, network.id))
         if ep_kv is None:
             return None
         return container, network, Endpoint.from_dict(ep_kv.value)
@@ -246,7 +235,7 @@ class DockerDoor:
             found = self._docker_endpoint(endpoint_id)
             if found is not None:  # asked again: the same answer
                 return self._endpoint_reply(found[2], ip, mac)
-            if self.store.get("/containers/" + name) is not None:
+            if self.store.get(CTR_PREFIX + name) is not None:
                 raise Conflict(f"endpoint {endpoint_id[:12]} exists already")
             undo = Undo()
             try:
@@ -255,25 +244,13 @@ class DockerDoor:
                     state="external", external=True, created=time.time(),
                 )
                 self._save(container)
-                undo.push("record", lambda: self.store.delete("/containers/" + name))
+                undo.push("record", lambda: self.store.delete(CTR_PREFIX + name))
                 self._index(container, undo)
-                ipam = self._ipam_for(network)
-                if ip is not None and ipam.transfer(network.id, ip, RESERVED_OWNER, container.id):
-                    address = ip  # the lease tether's IPAM gave Docker a moment ago
-                else:  # Docker's own IPAM chose it, or no address yet: lease it now
-                    address = ipam.allocate(network, container.id, ip)
-                undo.push(f"lease {address}", lambda: ipam.release(network.id, address))
-                gateway = self._local_gateway(network)
-                host_ifname = host_ifname_for(container.id, network.id)
-                endpoint = Endpoint(
-                    id=uuid.uuid4().hex, network_id=network.id, network=network.name, container_id=container.id,
-                    ifname="vd" + host_ifname[2:], host_ifname=host_ifname, address=address,
-                    prefixlen=network.prefixlen, gateway=gateway, mac=mac or mac_for(address),
-                    default_route=not network.internal,
-                )
-                ep_key = f"/endpoints/{container.id}/{network.id}"
-                self.store.put(ep_key, endpoint.to_dict())
-                undo.push("endpoint record", lambda: self.store.delete(ep_key))
+                # the lease tether's IPAM gave Docker a moment ago becomes the endpoint's;
+                # an address Docker's own IPAM chose (or none yet) is leased now
+                leased = ip is not None and self._ipam_for(network).transfer(network.id, ip, RESERVED_OWNER, container.id)
+                ifname = "vd" + host_ifname_for(container.id, network.id)[2:]  # until dockerd renames it
+                endpoint = self._new_endpoint(container, network, ip, undo, True, ifname, mac, leased=leased)
                 self.store.put(DOCKER_EPS + endpoint_id, {"container": name, "network": network.name})
             except BaseException:
                 self._log_undo(undo.unwind())
@@ -344,13 +321,7 @@ class DockerDoor:
             except Exception as exc:
                 errors.append(str(exc))
             if network.driver == "overlay" and self.cluster is not None:
-                from .control import keys as ckeys
-
-                key = ckeys.endpoint_key(network.id, endpoint.id)
-                try:
-                    self.cluster.store.delete(key)
-                except Exception as exc:
-                    errors.append(str(exc))
+                errors += self._withdraw_overlay_endpoint(endpoint)
             self._save(container.with_(netns=None, ports=[]))
             self._log_undo(errors)
 
@@ -359,7 +330,7 @@ class DockerDoor:
             kv = self.store.get(DOCKER_EPS + endpoint_id)
             if kv is None:
                 return
-            ckv = self.store.get("/containers/" + kv.value["container"])
+            ckv = self.store.get(CTR_PREFIX + kv.value["container"])
             if ckv is not None:
                 container = Container.from_dict(ckv.value)
                 self._log_undo(self._teardown(container))  # endpoint, lease, veth, records

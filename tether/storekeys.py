@@ -1,0 +1,24 @@
+"""Where the controller keeps its records in the host's own store (SQLite): one key per
+network, container, endpoint and index entry. Shared by the controller and its Docker door
+so the layout is written down once; the cluster's keys (etcd) are in ``control/keys.py``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NET_PREFIX", "CTR_PREFIX", "EP_PREFIX", "ID_PREFIX", "JOIN_PREFIX",
+    "DOCKER_NETS", "DOCKER_POOLS", "DOCKER_EPS", "ep_key",
+]
+
+NET_PREFIX = "/networks/"
+CTR_PREFIX = "/containers/"
+EP_PREFIX = "/endpoints/"
+ID_PREFIX = "/container-ids/"  # id -> name, so lookups by id need no scan
+JOIN_PREFIX = "/joins/"  # /joins/<owner id>/<joiner id>: who shares whose namespace
+DOCKER_NETS = "/docker/networks/"  # docker network id -> {"name": tether name, "adopted": bool}
+DOCKER_POOLS = "/docker/pools/"  # IPAM pool id -> {"subnet", "ip_range"}
+DOCKER_EPS = "/docker/endpoints/"  # docker endpoint id -> {"container": tether name, "network": name}
+
+
+def ep_key(container_id: str, network_id: str) -> str:
+    return f"{EP_PREFIX}{container_id}/{network_id}"
