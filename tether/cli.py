@@ -112,14 +112,15 @@ def daemon(
     docker_plugin: str = typer.Option(
         None,
         "--docker-plugin",
+        envvar="TETHER_DOCKER_PLUGIN",
         help="Serve Docker's network and IPAM driver as NAME (/run/docker/plugins/NAME.sock) or on a socket path; "
-        "'none' to not serve it [env TETHER_DOCKER_PLUGIN; default: 'tether' for the daemon on the default socket].",
+        "'none' to not serve it [default: 'tether' for the daemon on the default socket].",
     ),
 ) -> None:
     """Run the per-host daemon in the foreground."""
     from .daemon import docker_plugin_choice, run_daemon
 
-    plugin, required = docker_plugin_choice(docker_plugin, os.environ.get("TETHER_DOCKER_PLUGIN"), socket or CTX.socket)
+    plugin, required = docker_plugin_choice(docker_plugin, socket or CTX.socket)
 
     run_daemon(
         state_dir or CTX.state_dir,

@@ -52,6 +52,7 @@ from .model import (
     mac_for,
     parse_net_mode,
     parse_port_spec,
+    validate_mac,
     validate_name,
 )
 from .store import Store
@@ -758,7 +759,7 @@ class Controller(DockerDoor):
             raise InvalidInput(f"--ip {ip} is outside network {network.name!r} ({network.subnet}): pick an address inside it")
         if ip == network.gateway:
             raise Conflict(f"--ip {ip} is the gateway of network {network.name!r}: pick another address")
-        holder = self._ipam_for(network).leases(network.id).get(ip)
+        holder = self._ipam_for(network).owner(network.id, ip)
         if holder is not None:
             owner = self._container_by_id(holder)
             raise Conflict(
@@ -1225,6 +1226,10 @@ class Controller(DockerDoor):
         with self.lock:
             container = self._refresh(self._container(container_name))
             network = self._resolve_network(network_name)
+            if container.external:
+                raise Conflict(
+                    f"container {container_name!r} is another runtime's (CNI or Docker): connect it through that runtime"
+                )
             kind = container.mode.kind
             if kind == "host":
                 raise Conflict(f"container {container_name!r} uses the host's network: it cannot be connected to networks")
@@ -1257,6 +1262,10 @@ class Controller(DockerDoor):
         with self.lock:
             container = self._container(container_name)
             network = self._network(network_name)
+            if container.external:
+                raise Conflict(
+                    f"container {container_name!r} is another runtime's (CNI or Docker): disconnect it through that runtime"
+                )
             kv = self.store.get(_ep_key(container.id, network.id))
             if kv is None:
                 raise NotFound(f"container {container_name!r} is not connected to network {network_name!r}")
@@ -1291,19 +1300,19 @@ class Controller(DockerDoor):
             except ValueError:
                 raise InvalidInput(f"invalid ip {ip!r}: give an IPv4 address such as 10.0.0.5") from None
         if mac is not None:
-            parts = mac.split(":")
-            if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
-                raise InvalidInput(f"invalid mac {mac!r}: use six hex pairs like 02:42:0a:00:00:05")
-            mac = mac.lower()
-        mappings = [
-            PortMapping(
-                str(p.get("protocol", "tcp")).lower(),
-                int(p.get("hostPort", 0)),
-                int(p.get("containerPort", 0)),
-                p.get("hostIP") or None,
-            )
-            for p in publish or []
-        ]
+            mac = validate_mac(mac)
+        try:
+            mappings = [
+                PortMapping(
+                    str(p.get("protocol", "tcp")).lower(),
+                    int(p.get("hostPort", 0)),
+                    int(p.get("containerPort", 0)),
+                    p.get("hostIP") or None,
+                )
+                for p in publish or []
+            ]
+        except (TypeError, ValueError, AttributeError):
+            raise InvalidInput("malformed portMappings: give objects with hostPort, containerPort and protocol") from None
         for m in mappings:
             if m.protocol not in ("tcp", "udp") or not (1 <= m.host_port <= 65535 and 1 <= m.container_port <= 65535):
                 raise InvalidInput(f"invalid port mapping {m}: ports 1-65535, protocol tcp or udp")
@@ -1314,16 +1323,17 @@ class Controller(DockerDoor):
             kv = self.store.get(CTR_PREFIX + name)
             container = Container.from_dict(kv.value) if kv else None
             if container is not None:
+                if container.netns != netns_path:
+                    raise Conflict(f"container {container_id} is known with another namespace ({container.netns})")
                 existing = self.store.get(_ep_key(container.id, network.id))
                 if existing is not None:
                     ep = Endpoint.from_dict(existing.value)
                     if ep.ifname == ifname:
-                        return self._cni_result(container, network, ep)
+                        return self._cni_result(container, ep)
                     raise Conflict(f"container {container_id} is already on network {network.name!r} as {ep.ifname}")
-                if container.netns != netns_path:
-                    raise Conflict(f"container {container_id} is known with another namespace ({container.netns})")
             if ip is not None:
                 self._check_requested_ip(network, ip)
+            self._check_aliases(network, [name, *aliases], name)
             if mappings and network.internal:
                 raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
             mappings = self._check_ports(mappings)
@@ -1349,7 +1359,9 @@ class Controller(DockerDoor):
                     # tether's names (and, through upstreams, everything else)
                     self._serve_dns(container, undo)
                 if mappings:
+                    before = container
                     container = self._save(container.with_(ports=container.ports + [m.to_dict() for m in mappings]))
+                    undo.push("published ports of the record", lambda: self._save(before))
                 endpoint = self._attach(
                     container, network, ip, undo, default_route=None, aliases=aliases, ifname=ifname, mac=mac
                 )
@@ -1368,9 +1380,9 @@ class Controller(DockerDoor):
                 raise
             undo.commit()
         self._wait_barrier()
-        return self._cni_result(container, network, endpoint)
+        return self._cni_result(container, endpoint)
 
-    def _cni_result(self, container: Container, network: Network, ep: Endpoint) -> dict[str, Any]:
+    def _cni_result(self, container: Container, ep: Endpoint) -> dict[str, Any]:
         from .dns import RESOLVER_ADDRESS
 
         result: dict[str, Any] = {
@@ -1414,6 +1426,8 @@ class Controller(DockerDoor):
             if ep_kv is None:
                 raise NotFound(f"container {container_id} is not attached to network {network_name!r}")
             ep = Endpoint.from_dict(ep_kv.value)
+            if ep.ifname != ifname:
+                raise NotFound(f"container {container_id} is on network {network_name!r} as {ep.ifname}, not {ifname}")
         assert container.netns is not None
         if not os.path.exists(container.netns):
             raise NotFound(f"network namespace {container.netns} is gone")
@@ -1437,13 +1451,16 @@ class Controller(DockerDoor):
             if network is None:
                 return []
             for c in self._containers():
-                if not c.external:
+                # CNI's own attachments only: Docker's endpoints are external containers too
+                if not c.external or not c.name.startswith(self._cni_name("")):
                     continue
+                detached = False
                 for ep in self._endpoints(c.id):
                     if ep.network_id == network.id and (c.name, ep.ifname) not in keep:
                         removed.append(f"{c.name}/{ep.ifname}")
                         self._log_undo(self._detach(c, ep))
-                if not self._endpoints(c.id):
+                        detached = True
+                if detached and not self._endpoints(c.id):
                     self._log_undo(self._teardown(c))
         return removed
 

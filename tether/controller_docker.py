@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .drivers import BridgeDriver, Undo
 from .errors import Conflict, InvalidInput, NotFound
 from .ipam import validate_network_cidrs
-from .model import Container, Endpoint, Network, PortMapping, host_ifname_for
+from .model import Container, Endpoint, Network, PortMapping, host_ifname_for, validate_mac
 from .storekeys import CTR_PREFIX, DOCKER_EPS, DOCKER_NETS, DOCKER_POOLS, ep_key
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ class DockerDoor:
             raise InvalidInput("missing EndpointID in the request")
         cidr = str(interface.get("Address") or "")
         ip = _strip_prefix(cidr) or None
-        mac = str(interface.get("MacAddress") or "").lower() or None
+        mac = validate_mac(str(interface["MacAddress"])) if interface.get("MacAddress") else None
         if ip is not None:
             try:
                 ipaddress.IPv4Address(ip)
@@ -363,14 +363,17 @@ class DockerDoor:
         if not isinstance(raw, list):
             raise InvalidInput("malformed port map")
         mappings: list[PortMapping] = []
-        for p in raw:
-            proto = _PROTOCOLS.get(int(p.get("Proto", 6)))
-            if proto is None:
-                raise InvalidInput(f"unsupported protocol {p.get('Proto')} in a port mapping: use tcp or udp")
-            first, last = int(p.get("HostPort") or 0), int(p.get("HostPortEnd") or 0)
-            if last and last != first:
-                raise InvalidInput(f"host port ranges ({first}-{last}) are not supported: publish one port per -p")
-            mappings.append(PortMapping(proto, first, int(p.get("Port") or 0), p.get("HostIP") or None))
+        try:
+            for p in raw:
+                proto = _PROTOCOLS.get(int(p.get("Proto", 6)))
+                if proto is None:
+                    raise InvalidInput(f"unsupported protocol {p.get('Proto')} in a port mapping: use tcp or udp")
+                first, last = int(p.get("HostPort") or 0), int(p.get("HostPortEnd") or 0)
+                if last and last != first:
+                    raise InvalidInput(f"host port ranges ({first}-{last}) are not supported: publish one port per -p")
+                mappings.append(PortMapping(proto, first, int(p.get("Port") or 0), p.get("HostIP") or None))
+        except (TypeError, ValueError, AttributeError):
+            raise InvalidInput("malformed port map: give objects with Proto, Port and HostPort") from None
         if not mappings:
             return
         with self.lock:

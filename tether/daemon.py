@@ -139,7 +139,7 @@ def run_daemon(
         store.close()
 
 
-def docker_plugin_choice(flag: str | None, env: str | None, socket_path: str) -> tuple[str | None, bool]:
+def docker_plugin_choice(asked: str | None, socket_path: str) -> tuple[str | None, bool]:
     """Which Docker driver the daemon serves, and whether failing to is fatal.
 
     The host's own daemon (on the default socket) is Docker's ``tether`` driver unless told
@@ -147,8 +147,7 @@ def docker_plugin_choice(flag: str | None, env: str | None, socket_path: str) ->
     sockets (tests, labs, a second daemon) serve Docker only when asked, and then must."""
     from .api.client import DEFAULT_SOCKET
 
-    asked = flag if flag is not None else env
-    if asked is None:
+    if asked is None:  # neither --docker-plugin nor TETHER_DOCKER_PLUGIN
         return ("tether" if socket_path == DEFAULT_SOCKET else None), False
     if asked.strip().lower() in ("", "none", "off"):
         return None, False

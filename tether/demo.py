@@ -138,10 +138,8 @@ def run_overlay_demo(console: Console, hosts: int = 3) -> int:
 
     from . import lab
 
-    try:
-        lab._etcd_binary()
-    except TetherError as exc:
-        console.print(f"[yellow]multi-host part skipped[/yellow]: {exc}")
+    if _shutil.which("etcd") is None:  # the demo installs nothing (`make demo` has it installed)
+        console.print("[yellow]multi-host part skipped[/yellow]: etcd is not installed (apt-get install etcd-server)")
         return 0
     tag = f"dm{uuid.uuid4().hex[:4]}"
     root, state_root = tempfile.mkdtemp(prefix="tether-demo-lab-"), tempfile.mkdtemp(prefix="tether-demo-state-")

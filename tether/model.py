@@ -56,6 +56,16 @@ def validate_name(kind: str, name: str) -> str:
     return name
 
 
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def validate_mac(mac: str) -> str:
+    """A MAC address as six hex pairs; returned in lower case."""
+    if not isinstance(mac, str) or not _MAC_RE.match(mac):
+        raise InvalidInput(f"invalid mac {mac!r}: use six hex pairs like 02:42:0a:00:00:05")
+    return mac.lower()
+
+
 @dataclass(frozen=True)
 class Network:
     id: str

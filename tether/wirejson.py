@@ -37,7 +37,6 @@ class _Context:
     object_pairs_hook = None
     parse_float = float
     parse_int = int
-    memo: dict[str, str] = {}
 
     @staticmethod
     def parse_constant(name: str) -> float:

@@ -159,12 +159,12 @@ def test_which_docker_driver_a_daemon_serves() -> None:
     from tether.daemon import docker_plugin_choice
 
     system = "/run/tether/tether.sock"
-    assert docker_plugin_choice(None, None, system) == ("tether", False)  # by default, not required
-    assert docker_plugin_choice(None, None, "/tmp/x/tether.sock") == (None, False)
-    assert docker_plugin_choice("none", None, system) == (None, False)
-    assert docker_plugin_choice(None, "off", system) == (None, False)
-    assert docker_plugin_choice(None, "mine", "/tmp/x/tether.sock") == ("mine", True)
-    assert docker_plugin_choice("flag", "env", system) == ("flag", True)  # the flag wins
+    assert docker_plugin_choice(None, system) == ("tether", False)  # by default, not required
+    assert docker_plugin_choice(None, "/tmp/x/tether.sock") == (None, False)
+    assert docker_plugin_choice("none", system) == (None, False)
+    assert docker_plugin_choice("off", system) == (None, False)
+    assert docker_plugin_choice("mine", "/tmp/x/tether.sock") == ("mine", True)
+    assert docker_plugin_choice(" mine ", system) == ("mine", True)
 
 
 def test_create_endpoint_answers_only_what_docker_did_not_give_and_is_repeatable(ctl: Controller) -> None:
@@ -192,3 +192,61 @@ def test_joined_sandbox_gets_an_ip_netns_name_until_leave(ctl: Controller, tmp_p
     assert dp.aliases == {"u-docker-e1abcdef0123": str(sandbox), "someone-elses": "/elsewhere"}  # type: ignore[attr-defined]
     ctl.docker_leave(NID, "e1abcdef0123456789")
     assert dp.aliases == {"someone-elses": "/elsewhere"}  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------- CNI and Docker side by side
+def test_cni_gc_leaves_docker_endpoints_alone(ctl: Controller, tmp_path: Any) -> None:
+    pool = create(ctl, **{"tether.network": "appnet"})
+    endpoint(ctl, pool, "e1")
+    ns = tmp_path / "cni-ns"  # stands for a runtime's bound namespace
+    ns.touch()
+    ctl.ctx.datapath.netns.add(str(ns))  # type: ignore[attr-defined]
+    ctl.cni_add("podA", str(ns), "eth0", "appnet")
+    assert ctl.cni_gc("appnet", []) == ["cni-podA/eth0"]
+    assert [c["name"] for c in ctl.list_containers(all_=True)] == ["docker-e1"]
+
+
+def test_other_runtimes_containers_are_not_connected_by_tether(ctl: Controller) -> None:
+    pool = create(ctl, **{"tether.network": "appnet"})
+    endpoint(ctl, pool, "e1")
+    ctl.create_network("other", subnet="10.9.0.0/24")
+    with pytest.raises(Conflict, match="another runtime"):
+        ctl.connect("other", "docker-e1")
+    with pytest.raises(Conflict, match="another runtime"):
+        ctl.disconnect("appnet", "docker-e1")
+
+
+def test_cni_add_checks_aliases_ports_and_check_compares_the_interface(ctl: Controller, tmp_path: Any) -> None:
+    ctl.create_network("appnet", subnet="10.1.0.0/24")
+    ns = tmp_path / "ns"
+    ns.touch()
+    ctl.ctx.datapath.netns.add(str(ns))  # type: ignore[attr-defined]
+    before = [kv.key for kv in ctl.store.list("/")]
+    with pytest.raises(InvalidInput, match="malformed portMappings"):
+        ctl.cni_add("podA", str(ns), "eth0", "appnet", publish=[{"hostPort": "eighty", "containerPort": 80}])
+    with pytest.raises(InvalidInput, match="invalid mac"):
+        ctl.cni_add("podA", str(ns), "eth0", "appnet", mac="02:42")
+    ctl.cni_add("podA", str(ns), "eth0", "appnet", aliases=["db"])
+    ns2 = tmp_path / "ns2"
+    ns2.touch()
+    ctl.ctx.datapath.netns.add(str(ns2))  # type: ignore[attr-defined]
+    with pytest.raises(Conflict):
+        ctl.cni_add("podB", str(ns2), "eth0", "appnet", aliases=["cni-podA"])  # another's name
+    with pytest.raises(Conflict, match="another namespace"):
+        ctl.cni_add("podA", str(ns2), "eth0", "appnet")  # same id, new namespace: not the old result
+    with pytest.raises(NotFound, match="not eth1"):
+        ctl.cni_check("podA", "eth1", "appnet")
+    ctl.cni_del("podA", "eth0", "appnet")
+    assert [kv.key for kv in ctl.store.list("/") if not kv.key.startswith("/ipam-cursor/")] == [
+        k for k in before if not k.startswith("/ipam-cursor/")
+    ]
+
+
+def test_docker_bad_mac_and_malformed_port_map_are_one_line_refusals(ctl: Controller) -> None:
+    pool = create(ctl)
+    with pytest.raises(InvalidInput, match="invalid mac"):
+        ctl.docker_create_endpoint(NID, "e1", {"Address": "", "MacAddress": "zz"}, {})
+    endpoint(ctl, pool, "e2")
+    ctl.docker_join(NID, "e2", "/run/docker/netns/x")
+    with pytest.raises(InvalidInput, match="malformed port map"):
+        ctl.docker_program_external(NID, "e2", {"com.docker.network.portmap": [{"Proto": "tcp?", "Port": 80}]})

@@ -64,9 +64,12 @@ class OverlayAgent:
         threading.Thread(target=self._grace_loop, name="tether-overlay-grace", daemon=True).start()
 
     def stop(self) -> None:
+        """Stop following the cluster. The watch blocks until the next event, so this
+        waits only until no event is being applied (the handler holds ``_state``), not for
+        the watch to end: the thread is a daemon and sees the flag at its next event."""
         self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=3)
+        with self._state:
+            pass
 
     # ------------------------------------------------------------------ main loop
     def _run(self) -> None:

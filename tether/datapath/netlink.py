@@ -515,17 +515,13 @@ class Datapath:
             if ns_fd is None:
                 raise DatapathError(f"{what}: network namespace {netns} does not exist")
             peer = {"ifname": ifname, "net_ns_fd": ns_fd, "address": mac, "mtu": mtu}
-            routed: list[bool] = []
             try:
-                self._add_veth(
+                return bool(self._add_veth(
                     ipr, what, host_ifname, bridge, mtu, mark, hairpin, peer, f"{ifname} in {netns}",
-                    lambda: routed.append(
-                        self._in_netns(netns, f"cannot configure {ifname} in {netns}", configure_inside)
-                    ),
-                )
+                    lambda: self._in_netns(netns, f"cannot configure {ifname} in {netns}", configure_inside),
+                ))
             finally:
                 os.close(ns_fd)
-            return routed[0]
 
         return self._host(work)
 
@@ -552,10 +548,11 @@ class Datapath:
         hairpin: bool,
         peer: dict[str, Any],
         peer_text: str,
-        then: Callable[[], object] | None = None,
-    ) -> None:
-        """Both ends in one request, the host end marked, enslaved and up, then ``then``;
-        on any failure after the request the pair is deleted again (all or nothing)."""
+        then: Callable[[], T] | None = None,
+    ) -> T | None:
+        """Both ends in one request, the host end marked, enslaved and up, then ``then``
+        (whose result is returned); on any failure after the request the pair is deleted
+        again (all or nothing)."""
         bridge_index = _ifindex(bridge)
         if bridge_index is None:
             raise DatapathError(f"{what}: bridge {bridge} does not exist")
@@ -574,8 +571,7 @@ class Datapath:
                     # a container reaching its own published port through a host address
                     # comes back on the port it left from
                     ipr.brport("set", index=_ifindex(host_ifname), mode=1)
-            if then is not None:
-                then()
+            return then() if then is not None else None
         except BaseException:
             try:
                 ipr.link("del", ifname=host_ifname)  # takes the peer with it

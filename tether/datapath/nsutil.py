@@ -31,7 +31,7 @@ __all__ = [
     "current_netns_fd",
     "ensure_netns_dir",
     "is_bound_netns",
-    "open_socket_in_netns",
+    "open_sockets_in_netns",
     "run_in_netns",
     "run_in_thread",
     "setns",
@@ -163,24 +163,14 @@ def _bound_socket(family: int, type: int, bind: tuple[str, int]) -> socket.socke
     return sock
 
 
-def open_socket_in_netns(
-    netns_path: str, family: int, type: int, bind: tuple[str, int]
-) -> socket.socket:
-    """A socket made inside the network namespace at ``netns_path``, bound to ``bind``.
-
-    A stream socket also gets ``SO_REUSEADDR`` (a restarted server must not wait out the
-    TIME_WAIT of its old connections) and is listening. The socket lives in that namespace
-    for good, whichever thread uses it afterwards; the calling thread never moves.
-    """
-    return open_sockets_in_netns(netns_path, [(family, type, bind)])[0]
-
-
 def open_sockets_in_netns(
     netns_path: str,
     specs: list[tuple[int, int, tuple[str, int]]],
     inside: Callable[[list[socket.socket]], None] | None = None,
 ) -> list[socket.socket]:
-    """Several sockets (as ``open_socket_in_netns``) made in one trip into the namespace;
+    """Sockets made inside the network namespace at ``netns_path``, in one trip into it,
+    each bound to its address (a stream socket also gets ``SO_REUSEADDR`` and listens);
+    they live in that namespace for good, whichever thread uses them afterwards.
     ``inside(sockets)`` then runs there too (e.g. to install rules that point at them).
     All or nothing: on any failure every socket is closed."""
 

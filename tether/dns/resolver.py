@@ -6,7 +6,7 @@ of seconds. Here the daemon serves every sandbox itself, and a name is an entry 
 it resolves on the next query after ``add_record`` returns, and nothing ever restarts.
 
 * Sockets. For each sandbox one UDP and one TCP socket are made *inside* its network
-  namespace, bound to 127.0.0.11:53 (``nsutil.open_socket_in_netns``: a throwaway thread
+  namespace, bound to 127.0.0.11:53 (``nsutil.open_sockets_in_netns``: a throwaway thread
   that ``setns``-es, binds and ends). A socket stays in the namespace it was made in, so
   one serving thread in the daemon's own namespace reads them all through a selector.
   The address lives on the sandbox's ``lo``, which must be up.

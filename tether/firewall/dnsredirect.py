@@ -35,4 +35,8 @@ def render_dns_redirect(udp_port: int, tcp_port: int, address: str = "127.0.0.11
 def redirect_dns_here(udp_port: int, tcp_port: int) -> None:
     """Install (or re-point) the redirect in the calling thread's network namespace (the
     resolver calls it from inside the container's, in the same trip that opens its sockets)."""
-    Nft().run(render_dns_redirect(udp_port, tcp_port))
+    nft = Nft()
+    try:
+        nft.run(render_dns_redirect(udp_port, tcp_port))
+    finally:
+        nft.close()  # now, in this thread, not whenever the collector gets to it
