@@ -7,6 +7,7 @@ driver name Docker is given. The image is a busybox rootfs imported offline.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import sys
@@ -243,3 +244,47 @@ def test_a_driver_name_is_served_once(bare_host: Host, docker: Docker, tmp_path:
     # and the first daemon still serves Docker
     docker("network", "create", "-d", docker.plugin, "--ipam-driver", docker.plugin, "still")
     docker("network", "rm", "still")
+
+
+def test_docker_flags_a_user_reaches_for(bare_host: Host, docker: Docker) -> None:
+    """--gateway, --ip-range, run --ip and --mac-address, network connect/disconnect."""
+    host, d = bare_host, docker
+    net = f"{host.prefix}fl"
+    d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.249.0.0/24",
+      "--gateway", "10.249.0.254", "--ip-range", "10.249.0.128/28", "-o", f"tether.network={net}", net)
+    tnet = host.json("network", "inspect", net)[0]
+    assert tnet["gateway"] == "10.249.0.254" and tnet["ip_range"] == "10.249.0.128/28"
+    d("run", "-d", "--name", "auto", "--net", net, "tbb", "sleep", "600")
+    auto = d("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "auto").stdout.strip()
+    assert ipaddress.ip_address(auto) in ipaddress.ip_network("10.249.0.128/28"), auto  # from --ip-range
+    assert "default via 10.249.0.254 dev eth0" in d("exec", "auto", "ip", "route").stdout
+    d("run", "-d", "--name", "fixed", "--net", net, "--ip", "10.249.0.7", "--mac-address", "02:42:0a:f9:00:77",
+      "tbb", "sleep", "600")
+    link = d("exec", "fixed", "ip", "-o", "addr", "show", "eth0").stdout
+    assert "10.249.0.7/24" in link
+    assert "02:42:0a:f9:00:77" in d("exec", "fixed", "ip", "-o", "link", "show", "eth0").stdout
+    r = d("exec", "auto", "ping", "-c1", "-W2", "10.249.0.7", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the same --ip twice: one line from tether's IPAM
+    r = d("run", "-d", "--name", "dup", "--net", net, "--ip", "10.249.0.7", "tbb", "sleep", "600", check=False)
+    assert r.returncode != 0 and "already in use" in r.stderr, r.stderr
+    d("rm", "-f", "dup", check=False)
+
+    # docker network connect/disconnect: a second interface, no second default route
+    other = f"{host.prefix}fl2"
+    d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.249.1.0/24",
+      "-o", f"tether.network={other}", other)
+    d("network", "connect", other, "fixed")
+    names = d("exec", "fixed", "ip", "-o", "link").stdout
+    assert sorted(line.split(":")[1].strip().split("@")[0] for line in names.splitlines()) == ["eth0", "eth1", "lo"]
+    assert d("exec", "fixed", "ip", "route").stdout.count("default") == 1
+    d("run", "-d", "--name", "peer", "--net", other, "tbb", "sleep", "600")
+    peer = d("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "peer").stdout.strip()
+    r = d("exec", "fixed", "ping", "-c1", "-W2", peer, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d("network", "disconnect", other, "fixed")
+    assert "eth1" not in d("exec", "fixed", "ip", "-o", "link").stdout
+    assert len(endpoints(host, other)) == 1  # only peer's: fixed's endpoint went with disconnect
+    d("rm", "-f", "auto", "fixed", "peer")
+    d("network", "rm", net, other)
+    assert host.tether("network", "ls", "--format", "json").stdout.count(host.prefix) == 0
