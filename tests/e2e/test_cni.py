@@ -285,6 +285,28 @@ def test_gc_removes_attachments_not_in_the_valid_list(host: Host, cni: Cni) -> N
 
 
 # ---------------------------------------------------------------------------- STATUS and errors
+def test_add_twice_and_a_daemon_restart_in_the_middle(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.247.0.0/24", "rsnet")
+    ns1, ns2, ns3 = cni.netns(), cni.netns(), cni.netns()
+    r1 = cni.add(netconf("rsnet"), "rs-1", ns1)
+    assert cni.add(netconf("rsnet"), "rs-1", ns1) == r1  # ADD again: the same result, nothing new
+    assert len(endpoints(host, "rsnet")) == 1
+    a2 = address_of(cni.add(netconf("rsnet"), "rs-2", ns2))
+    assert cni.add(netconf("rsnet"), "rs-3", ns3)["ips"]
+    # the daemon dies; meanwhile the runtime deletes rs-3's namespace (its DEL would fail)
+    host.kill_daemon()
+    assert ping(cni, ns1, a2)  # the data plane does not need the daemon
+    sh("ip", "netns", "del", os.path.basename(ns3))
+    host.start_daemon()
+    assert cni.call("CHECK", netconf("rsnet", prevResult=r1), "rs-1", ns1).rc == 0
+    assert ping(cni, ns1, a2)
+    assert sorted(endpoints(host, "rsnet")) == ["cni-rs-1", "cni-rs-2"]  # rs-3 reconciled away
+    assert cni.call("DEL", netconf("rsnet"), "rs-3", ns3).rc == 0  # and its late DEL is fine
+    for cid, ns in (("rs-1", ns1), ("rs-2", ns2)):
+        assert cni.call("DEL", netconf("rsnet"), cid, ns).rc == 0
+    assert endpoints(host, "rsnet") == {} and host_veths(host) == []
+
+
 def test_version(host: Host, cni: Cni) -> None:
     r = cni.call("VERSION", {"cniVersion": "1.0.0"})
     assert r.rc == 0 and r.out == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
