@@ -57,7 +57,7 @@ from common import (CNI_DIR, NETNS_DIR, REPO, check_host, git_commit, ints, log,
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
 from tether.api.client import Client
-from tether.datapath import Datapath
+from tether.datapath import Datapath, NetlinkDatapath
 
 T = TypeVar("T")
 
@@ -116,7 +116,7 @@ class HostWorker:
         def init() -> None:
             setns(self.host_fd)
             self.ipr = IPRoute(groups=0)
-            self.datapath = Datapath(NETNS_DIR)
+            self.datapath = NetlinkDatapath(NETNS_DIR)
 
         self.call(init)
 

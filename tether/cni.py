@@ -47,6 +47,7 @@ import sys
 from . import wirejson as json  # the stdlib's json costs every call ~7 ms of imports (re)
 from .api.client import Client
 from .errors import DaemonUnavailable, InvalidInput, NotFound, TetherError
+from .validate import is_plain_name, valid_ifname
 
 TYPE_CHECKING = False  # typing itself costs every plugin call ~2 ms: annotations only
 if TYPE_CHECKING:
@@ -173,18 +174,6 @@ class NetConf(_Record):
 
 
 # ---------------------------------------------------------------------------- input
-def _is_plain_name(value: str) -> bool:
-    """The spec's rule for container IDs and network names: an alphanumeric first
-    character, then alphanumerics, ``_``, ``.`` or ``-``."""
-    return bool(value) and value[0].isascii() and value[0].isalnum() and all(
-        c.isascii() and (c.isalnum() or c in "_.-") for c in value
-    )
-
-
-def _valid_ifname(name: str) -> bool:
-    return 0 < len(name) < 16 and name not in (".", "..") and not any(c in "/:" or c.isspace() for c in name)
-
-
 def parse_cni_args(raw: str) -> dict[str, str]:
     """``CNI_ARGS``: ``KEY=VALUE`` pairs separated by ``;``. Unknown keys are ignored
     (runtimes pass ``IgnoreUnknown=1``, ``K8S_POD_NAME=...`` and the like)."""
@@ -214,14 +203,14 @@ def read_invocation(environ: dict[str, str] | os._Environ[str]) -> Invocation:
     if missing:
         raise CniError(ERR_INVALID_ENV, f"required environment variable(s) {', '.join(missing)} missing for {command}")
     container_id = environ.get("CNI_CONTAINERID", "")
-    if container_id and not _is_plain_name(container_id):
+    if container_id and not is_plain_name(container_id):
         raise CniError(
             ERR_INVALID_ENV,
             f"CNI_CONTAINERID {container_id!r} is invalid: it must start with a letter or digit, "
             "then letters, digits, '_', '.' or '-'",
         )
     ifname = environ.get("CNI_IFNAME", "")
-    if ifname and not _valid_ifname(ifname):
+    if ifname and not valid_ifname(ifname):
         raise CniError(
             ERR_INVALID_ENV, f"CNI_IFNAME {ifname!r} is invalid: at most 15 characters, no '/', ':' or spaces"
         )
@@ -294,7 +283,7 @@ def parse_config(raw: bytes | dict[str, Any], inv: Invocation) -> NetConf:
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise _config_error("the network configuration has no \"name\"")
-    if not _is_plain_name(name):
+    if not is_plain_name(name):
         raise _config_error(f"network name {name!r} is invalid: letters, digits, '_', '.' or '-', starting alphanumeric")
     if "ipam" in data:
         raise CniError(
@@ -316,9 +305,33 @@ def parse_config(raw: bytes | dict[str, Any], inv: Invocation) -> NetConf:
     runtime = data.get("runtimeConfig") or {}
     if not isinstance(runtime, dict):
         raise _config_error("runtimeConfig must be a JSON object")
+    ip, mac, aliases = _requested(data, runtime, inv, (name, network))
+    return NetConf(
+        cni_version=version,
+        name=name,
+        network=network,
+        socket=socket,
+        prev_result=prev,
+        port_mappings=_port_mappings(runtime),
+        ip=ip,
+        mac=mac,
+        aliases=aliases,
+        valid_attachments=_valid_attachments(data),
+    )
+
+
+def _port_mappings(runtime: dict[str, Any]) -> list[dict[str, Any]]:
     ports = runtime.get("portMappings") or []
     if not isinstance(ports, list) or not all(isinstance(p, dict) for p in ports):
         raise _config_error("runtimeConfig.portMappings must be a list of {hostPort, containerPort, protocol}")
+    return ports
+
+
+def _requested(
+    data: dict[str, Any], runtime: dict[str, Any], inv: Invocation, names: tuple[str, str]
+) -> tuple[str | None, str | None, list[str]]:
+    """The address, MAC and aliases the runtime asks for (``names``: the config's name and
+    the tether network, under which Podman lists aliases)."""
     args = data.get("args")
     args = args if isinstance(args, dict) else {}
     cni_args_conf: dict[str, Any] = args["cni"] if isinstance(args.get("cni"), dict) else {}
@@ -334,10 +347,14 @@ def parse_config(raw: bytes | dict[str, Any], inv: Invocation) -> NetConf:
         raise _config_error("runtimeConfig.mac must be a string like \"02:42:0a:00:00:05\"")
     aliases = runtime.get("aliases") or []
     if isinstance(aliases, dict):  # Podman: {network name: [names]}
-        aliases = aliases.get(name) or aliases.get(network) or []
+        aliases = aliases.get(names[0]) or aliases.get(names[1]) or []
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise _config_error("runtimeConfig.aliases must be a list of names (or {network: [names]})")
+    return ip, mac, aliases
 
+
+def _valid_attachments(data: dict[str, Any]) -> list[dict[str, str]] | None:
+    """GC's list of attachments to keep; None when the runtime gave none."""
     valid: list[dict[str, str]] | None = None
     for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):  # libcni sends both (cni#1101)
         if key in data:
@@ -346,18 +363,7 @@ def parse_config(raw: bytes | dict[str, Any], inv: Invocation) -> NetConf:
                 raise _config_error(f"{key} must be a list of {{containerID, ifname}} objects")
             valid = [{"containerID": str(e.get("containerID", "")), "ifname": str(e.get("ifname", ""))} for e in entries]
             break
-    return NetConf(
-        cni_version=version,
-        name=name,
-        network=network,
-        socket=socket,
-        prev_result=prev,
-        port_mappings=ports,
-        ip=ip,
-        mac=mac,
-        aliases=aliases,
-        valid_attachments=valid,
-    )
+    return valid
 
 
 # ---------------------------------------------------------------------------- output

@@ -15,17 +15,21 @@ import socket
 import threading
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from .api.server import ApiServer
 from .controller import Controller
 from .control.agent import OverlayAgent
 from .control.cluster import Cluster
-from .datapath import Datapath
+from .datapath import NetlinkDatapath
 from .errors import InvalidInput, StoreError, TetherError
 from .dns import Resolver
 from .firewall import Firewall
 from .firewall.dnsredirect import redirect_dns_here
 from .store import SqliteStore
+
+if TYPE_CHECKING:
+    from .api.docker_plugin import DockerPluginServer
 
 __all__ = ["run_daemon"]
 
@@ -53,7 +57,7 @@ def run_daemon(
     os.makedirs(state_dir, exist_ok=True)
     _raise_fd_limit()
     store = SqliteStore(os.path.join(state_dir, "tether.db"))
-    datapath = Datapath()
+    datapath = NetlinkDatapath()
     cluster = _join_cluster(cluster_store, cluster_advertise, node_name, node_grace) if cluster_store else None
     firewall = Firewall(firewall_table)
     # the resolver takes kernel-picked ports in each container namespace and a DNAT there
@@ -70,31 +74,12 @@ def run_daemon(
         resolver=resolver,
         cluster=cluster,
     )
-    agent = None
-    if cluster is not None:
-        cluster.register()
-        agent = OverlayAgent(cluster, datapath, controller.agent_hooks())
-        controller.agent = agent
-        agent.start()
-        if not agent.synced.wait(30):
-            log.warning("the overlay agent has not synced with the cluster store yet; going on")
+    agent = _start_agent(cluster, datapath, controller) if cluster is not None else None
     actions = controller.reconcile()
     # someone may flush the ruleset or delete our table at any time: put it back within 1 s
     firewall.start_healer(controller.desired_firewall)
     log.info("reconciled with %d correction(s)", len(actions))
-    plugin = None
-    if docker_plugin:
-        from .api.docker_plugin import DockerPluginServer
-
-        # a name (socket in /run/docker/plugins, where dockerd looks) or a socket path
-        try:
-            plugin = DockerPluginServer(controller, docker_plugin, docker_plugin if "/" in docker_plugin else None)
-        except (TetherError, OSError) as exc:
-            if docker_plugin_required:
-                raise
-            log.warning("not serving Docker's driver %r: %s", docker_plugin, exc)  # only by default: go on
-        else:
-            log.info("Docker network and IPAM driver %r on %s", docker_plugin, plugin.socket_path)
+    plugin = _docker_plugin(controller, docker_plugin, docker_plugin_required) if docker_plugin else None
     try:
         server = ApiServer(controller, socket_path)
     except BaseException:
@@ -103,6 +88,51 @@ def run_daemon(
         raise
     if plugin is not None:
         plugin.serve_in_thread("tether-docker")
+    log.info("tether daemon serving on %s (state in %s, netns prefix %r)", socket_path, state_dir, netns_prefix)
+    try:
+        _serve(server, controller)
+    finally:
+        if plugin is not None:
+            plugin.shutdown()  # before exiting: dockerd must not find a dead plugin socket
+        if agent is not None:
+            agent.stop()
+        if cluster is not None:
+            cluster.stop()
+        firewall.stop_healer()
+        resolver.stop()
+        datapath.close()
+        store.close()
+
+
+def _start_agent(cluster: Cluster, datapath: NetlinkDatapath, controller: Controller) -> OverlayAgent:
+    """Join the cluster and follow it: the agent programs the remote side of overlays."""
+    cluster.register()
+    agent = OverlayAgent(cluster, datapath, controller.agent_hooks())
+    controller.agent = agent
+    agent.start()
+    if not agent.synced.wait(30):
+        log.warning("the overlay agent has not synced with the cluster store yet; going on")
+    return agent
+
+
+def _docker_plugin(controller: Controller, name: str, required: bool) -> DockerPluginServer | None:
+    """Docker's driver socket: a name (in /run/docker/plugins, where dockerd looks) or a
+    path. Failing to take it is fatal only when it was asked for."""
+    from .api.docker_plugin import DockerPluginServer
+
+    try:
+        plugin = DockerPluginServer(controller, name, name if "/" in name else None)
+    except (TetherError, OSError) as exc:
+        if required:
+            raise
+        log.warning("not serving Docker's driver %r: %s", name, exc)  # only by default: go on
+        return None
+    log.info("Docker network and IPAM driver %r on %s", name, plugin.socket_path)
+    return plugin
+
+
+def _serve(server: ApiServer, controller: Controller) -> None:
+    """Serve until SIGTERM or SIGINT, removing exited --rm containers every 2 s meanwhile."""
     stopping = threading.Event()
 
     def reaper() -> None:
@@ -122,21 +152,10 @@ def run_daemon(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("tether daemon serving on %s (state in %s, netns prefix %r)", socket_path, state_dir, netns_prefix)
     try:
         server.serve_forever()
     finally:
         stopping.set()
-        if plugin is not None:
-            plugin.shutdown()  # before exiting: dockerd must not find a dead plugin socket
-        if agent is not None:
-            agent.stop()
-        if cluster is not None:
-            cluster.stop()
-        firewall.stop_healer()
-        resolver.stop()
-        datapath.close()
-        store.close()
 
 
 def docker_plugin_choice(asked: str | None, socket_path: str) -> tuple[str | None, bool]:

@@ -1,20 +1,27 @@
-"""The one error tree of tether; every user-facing message is written here.
+"""The one error tree of tether, and how each error leaves a front end.
 
-    TetherError                 any failure tether reports (exit 1, one line, no traceback)
+    TetherError                 any failure tether reports: one line, no traceback      (HTTP 500)
     ├── InvalidInput            the request is malformed: bad CIDR, bad name, bad flag  (HTTP 400)
     ├── NotFound                an unknown network or container                         (HTTP 404)
     ├── Conflict                a taken name, an overlapping subnet, an address in use,
     │                           a network still in use                                  (HTTP 409)
     ├── Exhausted               no free address left in a subnet or pool                (HTTP 507)
-    ├── DaemonUnavailable       the CLI could not reach or start a daemon               (exit 1)
+    ├── DaemonUnavailable       the client could not reach or start a daemon, or could
+    │                           not read its reply (raised client-side)                 (HTTP 503)
     └── SystemFailure           the kernel or the store refused an operation            (HTTP 500)
         ├── DatapathError       netlink (pyroute2) failed
         ├── StoreError          the state store failed
         └── RuntimeFailure      a container process could not be started or signalled
 
-Lower-layer exceptions (NetlinkError, OSError, sqlite3.Error) are mapped once, where
-they cross into tether (``raise DatapathError(...) from exc``); front ends map this tree
-to HTTP status codes (daemon) and to one stderr line plus exit status (CLI).
+This module owns the tree and its mapping to HTTP status (``http_status``, which the
+daemon's API sends with ``to_wire()``: ``{"error": message, "kind": class name}``) and,
+through the CLI, to exit codes. The CLI prints ``Error: <message>`` on stderr and exits 1
+for every error in the tree, DaemonUnavailable included. The CNI plugin maps the tree
+onto CNI error codes itself (DaemonUnavailable: 11, "try again later").
+
+Messages are written where the error is raised, not here: one line saying what is wrong
+and how to fix it. Lower-layer exceptions (NetlinkError, OSError, sqlite3.Error) are
+mapped once, where they cross into tether (``raise DatapathError(...) from exc``).
 """
 
 from __future__ import annotations
@@ -38,7 +45,6 @@ class TetherError(Exception):
     """Base of every error tether raises on purpose. ``str(e)`` is the one-line message."""
 
     http_status = 500
-    kind = "TetherError"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -65,6 +71,12 @@ class Exhausted(TetherError):
 
 
 class DaemonUnavailable(TetherError):
+    """The client found no daemon, could not start one, or could not read its reply.
+
+    Raised by the client, so the CLI reports it like any error (exit 1); a daemon never
+    raises it itself, but would send it as HTTP 503 (Service Unavailable).
+    """
+
     http_status = 503
 
 

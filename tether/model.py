@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from .errors import InvalidInput
+from .validate import validate_mac, validate_name  # re-exported: the model's names obey them
 
 __all__ = [
     "Network",
@@ -24,6 +24,7 @@ __all__ = [
     "NetMode",
     "parse_net_mode",
     "validate_name",
+    "validate_mac",
     "host_ifname_for",
     "bridge_name_for",
     "mac_for",
@@ -35,8 +36,6 @@ __all__ = [
 
 DEFAULT_NETWORK = "bridge"
 DEFAULT_BRIDGE = "tether0"
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_RESERVED = {"none", "host", "bridge", "default", "container"}
 
 T = TypeVar("T")
 
@@ -44,26 +43,6 @@ T = TypeVar("T")
 def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def validate_name(kind: str, name: str) -> str:
-    """Names follow Docker's rule: start alphanumeric, then [a-zA-Z0-9_.-], at most 63."""
-    if not _NAME_RE.match(name or ""):
-        raise InvalidInput(
-            f"invalid {kind} name {name!r}: use 1-63 characters from [a-zA-Z0-9_.-], "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-
-
-def validate_mac(mac: str) -> str:
-    """A MAC address as six hex pairs; returned in lower case."""
-    if not isinstance(mac, str) or not _MAC_RE.match(mac):
-        raise InvalidInput(f"invalid mac {mac!r}: use six hex pairs like 02:42:0a:00:00:05")
-    return mac.lower()
 
 
 @dataclass(frozen=True)

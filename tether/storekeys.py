@@ -1,13 +1,14 @@
 """Where the controller keeps its records in the host's own store (SQLite): one key per
-network, container, endpoint and index entry. Shared by the controller and its Docker door
-so the layout is written down once; the cluster's keys (etcd) are in ``control/keys.py``.
+network, container, endpoint and index entry, and the Docker door's id maps. Written
+down once for the controller, the drivers and the doors; the cluster's keys (etcd) are in
+``control/keys.py``.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "NET_PREFIX", "CTR_PREFIX", "EP_PREFIX", "ID_PREFIX", "JOIN_PREFIX",
-    "DOCKER_NETS", "DOCKER_POOLS", "DOCKER_EPS", "ep_key",
+    "DOCKER_NETS", "DOCKER_POOLS", "ep_key",
 ]
 
 NET_PREFIX = "/networks/"
@@ -17,7 +18,6 @@ ID_PREFIX = "/container-ids/"  # id -> name, so lookups by id need no scan
 JOIN_PREFIX = "/joins/"  # /joins/<owner id>/<joiner id>: who shares whose namespace
 DOCKER_NETS = "/docker/networks/"  # docker network id -> {"name": tether name, "adopted": bool}
 DOCKER_POOLS = "/docker/pools/"  # IPAM pool id -> {"subnet", "ip_range"}
-DOCKER_EPS = "/docker/endpoints/"  # docker endpoint id -> {"container": tether name, "network": name}
 
 
 def ep_key(container_id: str, network_id: str) -> str:

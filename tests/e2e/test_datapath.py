@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tether.datapath import Datapath, nsutil
+from tether.datapath import Datapath, NetlinkDatapath, nsutil
 from tether.errors import DatapathError
 
 pytestmark = pytest.mark.e2e
@@ -108,7 +108,7 @@ def env() -> Iterator[Env]:
     dp: Datapath | None = None
     try:
         sh("ip", "-n", host, "link", "set", "lo", "up")
-        dp = nsutil.run_in_netns(f"{NETNS_DIR}/{host}", Datapath)
+        dp = nsutil.run_in_netns(f"{NETNS_DIR}/{host}", NetlinkDatapath)
         yield Env(prefix=prefix, host=host, dp=dp)
     finally:
         if dp is not None:
@@ -175,7 +175,7 @@ def test_list_netns_skips_a_stale_file(env: Env) -> None:
 
 def test_custom_netns_dir_becomes_a_shared_mount(env: Env, tmp_path: Any) -> None:
     netns_dir = str(tmp_path / "netns")
-    dp = nsutil.run_in_netns(f"{NETNS_DIR}/{env.host}", lambda: Datapath(netns_dir))
+    dp = nsutil.run_in_netns(f"{NETNS_DIR}/{env.host}", lambda: NetlinkDatapath(netns_dir))
     try:
         dp.create_netns(env.ns("c"))
         assert dp.list_netns() == [env.ns("c")]
@@ -192,7 +192,7 @@ def test_custom_netns_dir_becomes_a_shared_mount(env: Env, tmp_path: Any) -> Non
 
 
 def test_closed_datapath_refuses_work(env: Env) -> None:
-    dp = nsutil.run_in_netns(f"{NETNS_DIR}/{env.host}", Datapath)
+    dp = nsutil.run_in_netns(f"{NETNS_DIR}/{env.host}", NetlinkDatapath)
     dp.close()
     dp.close()  # idempotent
     with pytest.raises(DatapathError, match="closed"):

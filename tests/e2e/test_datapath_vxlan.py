@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from tether.datapath import Datapath, nsutil
+from tether.datapath import Datapath, NetlinkDatapath, nsutil
 from tether.errors import DatapathError
 
 pytestmark = pytest.mark.e2e
@@ -304,7 +304,7 @@ def cluster() -> Iterator[Cluster]:
             sh("ip", "-n", fabric, "link", "set", f"p{n}", "master", "fab", "up")
             sh("ip", "-n", netns, "addr", "add", f"10.99.0.{n}/24", "dev", "up0")
             sh("ip", "-n", netns, "link", "set", "up0", "up")
-            dp = nsutil.run_in_netns(f"{NETNS_DIR}/{netns}", Datapath)
+            dp = nsutil.run_in_netns(f"{NETNS_DIR}/{netns}", NetlinkDatapath)
             hosts.append(Host(n=n, netns=netns, dp=dp, prefix=prefix))
         wire = Wire(fabric, {"p1", "p2", "p3"})
         yield Cluster(prefix=prefix, fabric=fabric, hosts=hosts, wire=wire)

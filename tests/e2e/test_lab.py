@@ -1,4 +1,4 @@
-"""The multi-host lab (tether/lab.py, `tether lab`, `tether --host`): the underlay, etcd,
+"""The multi-host lab (tether/lab/, `tether lab`, `tether --host`): the underlay, etcd,
 a daemon per host, the CLI re-entering a host, and `lab down` leaving nothing behind.
 
 Every lab here has a unique name prefix (namespaces ``tt<hex>h1``, ``tt<hex>-fabric``) and
@@ -285,7 +285,7 @@ def test_a_daemon_that_fails_is_reported_and_undone(monkeypatch: pytest.MonkeyPa
         code = "import sys; print('etcd backend not ready', file=sys.stderr); sys.exit(1)"
         return [*host.enter(), sys.executable, "-c", code]
 
-    monkeypatch.setattr(tether.lab, "daemon_argv", failing)
+    monkeypatch.setattr(tether.lab.processes, "daemon_argv", failing)  # where lab_up looks it up
     prefix = new_prefix()
     base = tempfile.mkdtemp(prefix=f"tether-lab-{prefix}-")
     root, state_root = os.path.join(base, "run"), os.path.join(base, "state")

@@ -74,7 +74,7 @@ def lab_netns(prefix: str) -> list[str]:
 def wait_gone(pid: int, timeout: float = 10.0) -> None:
     """Until ``pid`` is gone (reaped if it is the lab's child, or a zombie)."""
     deadline = time.monotonic() + timeout
-    while tlab._alive(pid):
+    while tlab.process_alive(pid):
         assert time.monotonic() < deadline, f"pid {pid} did not exit"
         time.sleep(0.02)
 
@@ -225,7 +225,7 @@ class Lab:
         """Start host i's daemon again with exactly the lab's command line and environment
         (plus ``extra_env``, e.g. TETHER_DOCKER_PLUGIN)."""
         host = self.host(i)
-        env = tlab._with_pythonpath(dict(os.environ))
+        env = tlab.with_pythonpath(dict(os.environ))
         for key in ("TETHER_HOST", "TETHER_SOCKET", "TETHER_STATE_DIR", "TETHER_NETNS_PREFIX"):
             env.pop(key, None)
         env.update(extra_env)
@@ -238,13 +238,13 @@ class Lab:
         self.save()
         deadline = time.monotonic() + 30
         while not (os.path.exists(host.socket) and Client(host.socket, timeout=2).alive()):
-            assert proc.poll() is None, f"restarted daemon exited: {tlab._log_tail(host.log, 8)}"
-            assert time.monotonic() < deadline, f"restarted daemon does not answer: {tlab._log_tail(host.log, 8)}"
+            assert proc.poll() is None, f"restarted daemon exited: {tlab.log_tail(host.log, 8)}"
+            assert time.monotonic() < deadline, f"restarted daemon does not answer: {tlab.log_tail(host.log, 8)}"
             time.sleep(0.05)
 
     def kill_daemon(self, i: int) -> None:
         pid = self.host(i).daemon_pid
-        assert pid and tlab._is_daemon_of(pid, self.host(i)), f"h{i} has no daemon running"
+        assert pid and tlab.is_daemon_of(pid, self.host(i)), f"h{i} has no daemon running"
         os.kill(pid, signal.SIGKILL)
         wait_gone(pid)
         for proc in self.procs:  # reap it if we started it
@@ -329,7 +329,7 @@ def lab() -> Iterator[Lab]:
         yield the_lab
     finally:
         # every process living in one of the lab's namespaces: containers, shims, daemons, etcd
-        inside = tlab._pids_in_namespaces(lab_netns(prefix))
+        inside = tlab.pids_in_namespaces(lab_netns(prefix))
         errors = lab_down(root, state_root=state_root, name_prefix=prefix)
         for proc in the_lab.procs if the_lab else []:
             if proc.poll() is None:
@@ -340,7 +340,7 @@ def lab() -> Iterator[Lab]:
                 errors.append(f"helper {proc.pid} did not exit")
         shutil.rmtree(base, ignore_errors=True)
         left = lab_netns(prefix) + processes_mentioning(root, state_root, f"{prefix}h", f"{prefix}-")
-        left += [f"pid {pid} (was in the lab)" for pid in sorted(inside) if tlab._alive(pid)]
+        left += [f"pid {pid} (was in the lab)" for pid in sorted(inside) if tlab.process_alive(pid)]
         assert not errors and not left, f"the lab left things behind: {errors} {left}"
 
 
@@ -447,7 +447,7 @@ def test_first_packet_reaches_a_new_container_50_times(lab: Lab, trio: dict[int,
             timer = None
             if n % 2:
                 pid = lab.host(source).daemon_pid
-                assert pid and tlab._is_daemon_of(pid, lab.host(source))
+                assert pid and tlab.is_daemon_of(pid, lab.host(source))
                 os.kill(pid, signal.SIGSTOP)
                 frozen.add(pid)
                 timer = threading.Timer(FREEZE, thaw, (pid,))
@@ -792,7 +792,7 @@ def test_data_plane_survives_etcd_down_and_late_run_converges(lab: Lab, trio: di
             etcd = lab.spawn(["nsenter", f"--net={NETNS_DIR}/{info.fabric}", "--", *etcd_argv], info.etcd_log)
             info.etcd_pid = etcd.pid
             lab.save()
-        wait_for("etcd healthy again", lambda: tlab._etcd_healthy(info, timeout=0.5), timeout=20, every=0.05)
+        wait_for("etcd healthy again", lambda: tlab.etcd_healthy(info, timeout=0.5), timeout=20, every=0.05)
         back = time.monotonic()
         time.sleep(1)
     finally:

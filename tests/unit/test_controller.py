@@ -52,7 +52,7 @@ def test_failed_attach_undoes_netns_lease_and_records(ctl: Controller) -> None:
     assert ctl.ipam.leases(ctl.inspect_network("appnet")["id"]) == {}
     # and the name is usable again
     ctl.ctx.datapath.fail.clear()  # type: ignore[attr-defined]
-    c = ctl.create_container(["sleep", "1"], name="web", net="appnet")
+    c = ctl.create_container(["sleep", "1"], name="web", net="appnet").value
     assert c.state == "created"
 
 

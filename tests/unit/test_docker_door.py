@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from tether.controller import Controller
-from tether.controller_docker import RESERVED_OWNER
+from tether.doors import CniDoor, DockerDoor
+from tether.doors.docker import RESERVED_OWNER
 from tether.errors import Conflict, DatapathError, Exhausted, InvalidInput, NotFound
 from tether.testing.datapath import RecordingDatapath
 from tether.testing.memory import MemoryStore
@@ -22,11 +23,19 @@ def ctl(tmp_path: Any) -> Controller:
     return Controller(MemoryStore(), RecordingDatapath(["192.168.1.0/24"]), str(tmp_path), netns_prefix="u-")
 
 
+def docker(ctl: Controller) -> DockerDoor:
+    return DockerDoor(ctl)
+
+
+def cni(ctl: Controller) -> CniDoor:
+    return CniDoor(ctl)
+
+
 def create(ctl: Controller, subnet: str = "10.1.0.0/24", nid: str = NID, **generic: str) -> str:
     """What `docker network create -d tether --ipam-driver tether --subnet S` does."""
-    pool = ctl.ipam_request_pool(subnet, "", {}, False)
-    gateway = ctl.ipam_request_address(pool["PoolID"], "", GW_REQUEST)
-    ctl.docker_create_network(
+    pool = docker(ctl).request_pool(subnet, "", {}, False)
+    gateway = docker(ctl).request_address(pool["PoolID"], "", GW_REQUEST)
+    docker(ctl).create_network(
         nid,
         {"com.docker.network.generic": generic},
         [{"AddressSpace": "tether", "Pool": pool["Pool"], "Gateway": gateway}],
@@ -37,8 +46,8 @@ def create(ctl: Controller, subnet: str = "10.1.0.0/24", nid: str = NID, **gener
 
 def endpoint(ctl: Controller, pool_id: str, eid: str) -> str:
     """RequestAddress then CreateEndpoint, as dockerd does before Join."""
-    cidr = ctl.ipam_request_address(pool_id, "", {})
-    ctl.docker_create_endpoint(NID, eid, {"Address": cidr, "MacAddress": ""}, {})
+    cidr = docker(ctl).request_address(pool_id, "", {})
+    docker(ctl).create_endpoint(NID, eid, {"Address": cidr, "MacAddress": ""}, {})
     return cidr.split("/")[0]
 
 
@@ -49,8 +58,8 @@ def test_pool_gateway_and_network(ctl: Controller) -> None:
 
 
 def test_pool_without_subnet_avoids_host_routes_and_other_pools(ctl: Controller) -> None:
-    first = ctl.ipam_request_pool("", "", {}, False)["Pool"]
-    second = ctl.ipam_request_pool("", "", {}, False)["Pool"]
+    first = docker(ctl).request_pool("", "", {}, False)["Pool"]
+    second = docker(ctl).request_pool("", "", {}, False)["Pool"]
     assert first != second  # dockerd asks again when it dislikes a pool: never the same answer
     assert "192.168.1" not in first + second
 
@@ -58,11 +67,11 @@ def test_pool_without_subnet_avoids_host_routes_and_other_pools(ctl: Controller)
 def test_overlapping_pool_and_ipv6_are_refused(ctl: Controller) -> None:
     create(ctl)
     with pytest.raises(Conflict, match="overlaps"):
-        ctl.ipam_request_pool("10.1.0.128/25", "", {}, False)
+        docker(ctl).request_pool("10.1.0.128/25", "", {}, False)
     with pytest.raises(InvalidInput, match="IPv4 only"):
-        ctl.ipam_request_pool("", "", {}, True)
+        docker(ctl).request_pool("", "", {}, True)
     with pytest.raises(InvalidInput, match="unknown option -o colour"):
-        ctl.docker_create_network("m" * 64, {"com.docker.network.generic": {"colour": "blue"}}, [], [])
+        docker(ctl).create_network("m" * 64, {"com.docker.network.generic": {"colour": "blue"}}, [], [])
 
 
 def test_endpoint_takes_over_the_ipam_lease_and_join_leaves_the_peer_on_the_host(ctl: Controller) -> None:
@@ -71,15 +80,15 @@ def test_endpoint_takes_over_the_ipam_lease_and_join_leaves_the_peer_on_the_host
     net_id = ctl.inspect_network("appnet")["id"]
     owner = ctl.ipam.leases(net_id)[ip]
     assert owner != RESERVED_OWNER and ctl._container_by_id(owner) is not None
-    reply = ctl.docker_join(NID, "e1", "/run/docker/netns/abc")
+    reply = docker(ctl).join(NID, "e1", "/run/docker/netns/abc")
     assert reply["Gateway"] == "10.1.0.1" and reply["InterfaceName"]["DstPrefix"] == "eth"
     veth = next(iter(ctl.ctx.datapath.veths.values()))  # type: ignore[attr-defined]
     assert veth["peer_ifname"] == reply["InterfaceName"]["SrcName"] and veth["netns"] is None
     # Leave removes the veth; DeleteEndpoint the lease; ReleaseAddress then has nothing to do
-    ctl.docker_leave(NID, "e1")
+    docker(ctl).leave(NID, "e1")
     assert ctl.ctx.datapath.veths == {}  # type: ignore[attr-defined]
-    ctl.docker_delete_endpoint(NID, "e1")
-    ctl.ipam_release_address(pool, ip)
+    docker(ctl).delete_endpoint(NID, "e1")
+    docker(ctl).release_address(pool, ip)
     assert ctl.ipam.leases(net_id) == {}
     assert [c["name"] for c in ctl.list_containers(all_=True)] == []
 
@@ -87,17 +96,17 @@ def test_endpoint_takes_over_the_ipam_lease_and_join_leaves_the_peer_on_the_host
 def test_release_address_never_frees_a_live_owners_lease(ctl: Controller) -> None:
     pool = create(ctl, **{"tether.network": "appnet"})
     ip = endpoint(ctl, pool, "e1")
-    ctl.ipam_release_address(pool, ip)  # out of order: the endpoint still holds it
+    docker(ctl).release_address(pool, ip)  # out of order: the endpoint still holds it
     assert ip in ctl.ipam.leases(ctl.inspect_network("appnet")["id"])
 
 
 def test_docker_default_ipam_address_taken_by_tether_is_a_conflict(ctl: Controller) -> None:
-    ctl.docker_create_network(NID, {"com.docker.network.generic": {"tether.network": "appnet"}},
+    docker(ctl).create_network(NID, {"com.docker.network.generic": {"tether.network": "appnet"}},
                               [{"Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}], [])
     net = ctl.inspect_network("appnet")
     ctl.ipam.allocate(ctl._network("appnet"), "someone", "10.1.0.2")
     with pytest.raises(Conflict, match="already in use"):
-        ctl.docker_create_endpoint(NID, "e1", {"Address": "10.1.0.2/24"}, {})
+        docker(ctl).create_endpoint(NID, "e1", {"Address": "10.1.0.2/24"}, {})
     assert [c["name"] for c in ctl.list_containers(all_=True)] == []
     assert ctl.ipam.leases(net["id"]) == {"10.1.0.2": "someone"}
 
@@ -107,34 +116,34 @@ def test_failed_join_undoes_and_can_be_retried(ctl: Controller) -> None:
     endpoint(ctl, pool, "e1")
     ctl.ctx.datapath.fail.add("create_veth_pair")  # type: ignore[attr-defined]
     with pytest.raises(DatapathError):
-        ctl.docker_join(NID, "e1", "/run/docker/netns/abc")
+        docker(ctl).join(NID, "e1", "/run/docker/netns/abc")
     assert ctl.ctx.datapath.veths == {}  # type: ignore[attr-defined]
     ctl.ctx.datapath.fail.clear()  # type: ignore[attr-defined]
-    assert ctl.docker_join(NID, "e1", "/run/docker/netns/abc")["Gateway"] == "10.1.0.1"
+    assert docker(ctl).join(NID, "e1", "/run/docker/netns/abc")["Gateway"] == "10.1.0.1"
 
 
 def test_exhausted_pool_and_unknown_ids(ctl: Controller) -> None:
     pool = create(ctl, "10.2.0.0/30")
     endpoint(ctl, pool, "e1")
     with pytest.raises(Exhausted, match="no free address"):
-        ctl.ipam_request_address(pool, "", {})
+        docker(ctl).request_address(pool, "", {})
     with pytest.raises(NotFound, match="not a tether network"):
-        ctl.docker_create_endpoint("x" * 64, "e2", {"Address": "10.2.0.2/30"}, {})
+        docker(ctl).create_endpoint("x" * 64, "e2", {"Address": "10.2.0.2/30"}, {})
     with pytest.raises(NotFound, match="unknown tether address pool"):
-        ctl.ipam_request_address("tether-nope", "", {})
+        docker(ctl).request_address("tether-nope", "", {})
     # the idempotent ones: DEL-like calls on what does not exist succeed
-    ctl.docker_leave(NID, "nope")
-    ctl.docker_delete_endpoint(NID, "nope")
-    ctl.docker_delete_network("nope")
+    docker(ctl).leave(NID, "nope")
+    docker(ctl).delete_endpoint(NID, "nope")
+    docker(ctl).delete_network("nope")
 
 
 def test_adopted_network_survives_docker_network_rm(ctl: Controller) -> None:
     ctl.create_network("appnet", subnet="10.3.0.0/24")
     create(ctl, "10.3.0.0/24", **{"tether.network": "appnet"})  # the exact subnet: adopted, not an overlap
-    ctl.docker_delete_network(NID)
+    docker(ctl).delete_network(NID)
     assert ctl.inspect_network("appnet")["subnet"] == "10.3.0.0/24"
     with pytest.raises(Conflict, match="has subnet 10.3.0.0/24"):
-        ctl.docker_create_network("m" * 64, {"com.docker.network.generic": {"tether.network": "appnet"}},
+        docker(ctl).create_network("m" * 64, {"com.docker.network.generic": {"tether.network": "appnet"}},
                                   [{"Pool": "10.4.0.0/24", "Gateway": "10.4.0.1/24"}], [])
 
 
@@ -142,7 +151,7 @@ def test_network_made_for_docker_goes_with_docker_network_rm(ctl: Controller) ->
     create(ctl)
     name = f"docker-{NID[:12]}"
     assert ctl.inspect_network(name)
-    ctl.docker_delete_network(NID)
+    docker(ctl).delete_network(NID)
     with pytest.raises(NotFound):
         ctl.inspect_network(name)
 
@@ -152,7 +161,7 @@ def test_reconcile_keeps_an_endpoint_waiting_for_its_join(ctl: Controller) -> No
     ip = endpoint(ctl, pool, "e1")
     ctl.reconcile()
     assert ip in ctl.ipam.leases(ctl.inspect_network("appnet")["id"])
-    assert ctl.docker_join(NID, "e1", "/run/docker/netns/abc")["Gateway"] == "10.1.0.1"
+    assert docker(ctl).join(NID, "e1", "/run/docker/netns/abc")["Gateway"] == "10.1.0.1"
 
 
 def test_which_docker_driver_a_daemon_serves() -> None:
@@ -169,12 +178,12 @@ def test_which_docker_driver_a_daemon_serves() -> None:
 
 def test_create_endpoint_answers_only_what_docker_did_not_give_and_is_repeatable(ctl: Controller) -> None:
     pool = create(ctl, **{"tether.network": "appnet"})
-    cidr = ctl.ipam_request_address(pool, "", {})
-    reply = ctl.docker_create_endpoint(NID, "e1", {"Address": cidr, "MacAddress": ""}, {})
+    cidr = docker(ctl).request_address(pool, "", {})
+    reply = docker(ctl).create_endpoint(NID, "e1", {"Address": cidr, "MacAddress": ""}, {})
     assert set(reply["Interface"]) == {"MacAddress"}  # Docker gave the address
-    assert ctl.docker_create_endpoint(NID, "e1", {"Address": cidr, "MacAddress": ""}, {}) == reply
+    assert docker(ctl).create_endpoint(NID, "e1", {"Address": cidr, "MacAddress": ""}, {}) == reply
     assert len(ctl.list_containers(all_=True)) == 1
-    given = ctl.docker_create_endpoint(NID, "e2", {"Address": "", "MacAddress": "02:00:00:00:00:07"}, {})
+    given = docker(ctl).create_endpoint(NID, "e2", {"Address": "", "MacAddress": "02:00:00:00:00:07"}, {})
     assert set(given["Interface"]) == {"Address"} and given["Interface"]["Address"].endswith("/24")
 
 
@@ -184,13 +193,13 @@ def test_joined_sandbox_gets_an_ip_netns_name_until_leave(ctl: Controller, tmp_p
     dp = ctl.ctx.datapath
     sandbox = tmp_path / "sandbox"  # stands for Docker's bound namespace file
     sandbox.touch()
-    ctl.docker_join(NID, "e1abcdef0123456789", str(sandbox))
+    docker(ctl).join(NID, "e1abcdef0123456789", str(sandbox))
     assert dp.aliases == {"u-docker-e1abcdef0123": str(sandbox)}  # type: ignore[attr-defined]
     dp.aliases["u-docker-gone00000000"] = "/run/docker/netns/old"  # type: ignore[attr-defined]
     dp.aliases["someone-elses"] = "/elsewhere"  # type: ignore[attr-defined]
     ctl.reconcile()  # a stale name of ours goes; the live one and others' stay
     assert dp.aliases == {"u-docker-e1abcdef0123": str(sandbox), "someone-elses": "/elsewhere"}  # type: ignore[attr-defined]
-    ctl.docker_leave(NID, "e1abcdef0123456789")
+    docker(ctl).leave(NID, "e1abcdef0123456789")
     assert dp.aliases == {"someone-elses": "/elsewhere"}  # type: ignore[attr-defined]
 
 
@@ -201,8 +210,8 @@ def test_cni_gc_leaves_docker_endpoints_alone(ctl: Controller, tmp_path: Any) ->
     ns = tmp_path / "cni-ns"  # stands for a runtime's bound namespace
     ns.touch()
     ctl.ctx.datapath.netns.add(str(ns))  # type: ignore[attr-defined]
-    ctl.cni_add("podA", str(ns), "eth0", "appnet")
-    assert ctl.cni_gc("appnet", []) == ["cni-podA/eth0"]
+    cni(ctl).add("podA", str(ns), "eth0", "appnet")
+    assert cni(ctl).gc("appnet", []) == ["cni-podA/eth0"]
     assert [c["name"] for c in ctl.list_containers(all_=True)] == ["docker-e1"]
 
 
@@ -223,20 +232,20 @@ def test_cni_add_checks_aliases_ports_and_check_compares_the_interface(ctl: Cont
     ctl.ctx.datapath.netns.add(str(ns))  # type: ignore[attr-defined]
     before = [kv.key for kv in ctl.store.list("/")]
     with pytest.raises(InvalidInput, match="malformed portMappings"):
-        ctl.cni_add("podA", str(ns), "eth0", "appnet", publish=[{"hostPort": "eighty", "containerPort": 80}])
+        cni(ctl).add("podA", str(ns), "eth0", "appnet", publish=[{"hostPort": "eighty", "containerPort": 80}])
     with pytest.raises(InvalidInput, match="invalid mac"):
-        ctl.cni_add("podA", str(ns), "eth0", "appnet", mac="02:42")
-    ctl.cni_add("podA", str(ns), "eth0", "appnet", aliases=["db"])
+        cni(ctl).add("podA", str(ns), "eth0", "appnet", mac="02:42")
+    cni(ctl).add("podA", str(ns), "eth0", "appnet", aliases=["db"])
     ns2 = tmp_path / "ns2"
     ns2.touch()
     ctl.ctx.datapath.netns.add(str(ns2))  # type: ignore[attr-defined]
     with pytest.raises(Conflict):
-        ctl.cni_add("podB", str(ns2), "eth0", "appnet", aliases=["cni-podA"])  # another's name
+        cni(ctl).add("podB", str(ns2), "eth0", "appnet", aliases=["cni-podA"])  # another's name
     with pytest.raises(Conflict, match="another namespace"):
-        ctl.cni_add("podA", str(ns2), "eth0", "appnet")  # same id, new namespace: not the old result
+        cni(ctl).add("podA", str(ns2), "eth0", "appnet")  # same id, new namespace: not the old result
     with pytest.raises(NotFound, match="not eth1"):
-        ctl.cni_check("podA", "eth1", "appnet")
-    ctl.cni_del("podA", "eth0", "appnet")
+        cni(ctl).check("podA", "eth1", "appnet")
+    cni(ctl).delete("podA", "eth0", "appnet")
     assert [kv.key for kv in ctl.store.list("/") if not kv.key.startswith("/ipam-cursor/")] == [
         k for k in before if not k.startswith("/ipam-cursor/")
     ]
@@ -245,8 +254,8 @@ def test_cni_add_checks_aliases_ports_and_check_compares_the_interface(ctl: Cont
 def test_docker_bad_mac_and_malformed_port_map_are_one_line_refusals(ctl: Controller) -> None:
     pool = create(ctl)
     with pytest.raises(InvalidInput, match="invalid mac"):
-        ctl.docker_create_endpoint(NID, "e1", {"Address": "", "MacAddress": "zz"}, {})
+        docker(ctl).create_endpoint(NID, "e1", {"Address": "", "MacAddress": "zz"}, {})
     endpoint(ctl, pool, "e2")
-    ctl.docker_join(NID, "e2", "/run/docker/netns/x")
+    docker(ctl).join(NID, "e2", "/run/docker/netns/x")
     with pytest.raises(InvalidInput, match="malformed port map"):
-        ctl.docker_program_external(NID, "e2", {"com.docker.network.portmap": [{"Proto": "tcp?", "Port": 80}]})
+        docker(ctl).program_external(NID, "e2", {"com.docker.network.portmap": [{"Proto": "tcp?", "Port": 80}]})

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from tether.errors import InvalidInput, StoreError
+from tether.lab.etcd import EtcdServer, EtcdUnavailable, free_port
 from tether.store import EtcdStore, WatchEvent
-from tether.testing.etcd import EtcdServer, EtcdUnavailable, free_port
 
 try:  # pytest's default import mode puts this directory on sys.path
     import test_store as contract

@@ -1,11 +1,11 @@
 """Docker's plugin protocol on ``/run/docker/plugins/<name>.sock``: libnetwork's remote
-network driver and IPAM driver, mapped one call to one ``DockerDoor`` method.
+network driver and IPAM driver, mapped one call to one ``DockerDoor`` method (``doors/docker.py``).
 
 dockerd finds the socket by name (``docker network create -d tether --ipam-driver
 tether``) and POSTs one JSON object per call. Answers are the protocol's JSON; an error
 is HTTP 500 with ``{"Err": one line}``, which dockerd shows as
 ``NetworkDriver.CreateNetwork: <line>``. The translation stays here and thin: validation
-and every change of state happen in the controller.
+happens in the door, every change of state in the controller.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from ..controller import Controller
+from ..doors import DockerDoor
 from ..errors import InvalidInput, TetherError
 from .server import ApiServer
 
@@ -27,7 +28,7 @@ log = logging.getLogger("tether.docker")
 PLUGIN_DIR = "/run/docker/plugins"
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 
-Call = Callable[[Controller, dict[str, Any]], Any]
+Call = Callable[[DockerDoor, dict[str, Any]], Any]
 CALLS: dict[str, Call] = {}
 
 
@@ -65,70 +66,70 @@ def _l(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
 
 
 @call("Plugin.Activate")
-def activate(c: Controller, body: dict[str, Any]) -> Any:
+def activate(c: DockerDoor, body: dict[str, Any]) -> Any:
     return {"Implements": ["NetworkDriver", "IpamDriver"]}
 
 
 @call("NetworkDriver.GetCapabilities")
-def capabilities(c: Controller, body: dict[str, Any]) -> Any:
+def capabilities(c: DockerDoor, body: dict[str, Any]) -> Any:
     # "local": dockerd keeps its own record per host; tether shares overlays through etcd
     return {"Scope": "local", "ConnectivityScope": "local"}
 
 
 @call("NetworkDriver.CreateNetwork")
-def create_network(c: Controller, body: dict[str, Any]) -> Any:
-    c.docker_create_network(_s(body, "NetworkID"), _d(body, "Options"), _l(body, "IPv4Data"), _l(body, "IPv6Data"))
+def create_network(c: DockerDoor, body: dict[str, Any]) -> Any:
+    c.create_network(_s(body, "NetworkID"), _d(body, "Options"), _l(body, "IPv4Data"), _l(body, "IPv6Data"))
     return {}
 
 
 @call("NetworkDriver.DeleteNetwork")
-def delete_network(c: Controller, body: dict[str, Any]) -> Any:
-    c.docker_delete_network(_s(body, "NetworkID"))
+def delete_network(c: DockerDoor, body: dict[str, Any]) -> Any:
+    c.delete_network(_s(body, "NetworkID"))
     return {}
 
 
 @call("NetworkDriver.CreateEndpoint")
-def create_endpoint(c: Controller, body: dict[str, Any]) -> Any:
-    return c.docker_create_endpoint(
+def create_endpoint(c: DockerDoor, body: dict[str, Any]) -> Any:
+    return c.create_endpoint(
         _s(body, "NetworkID"), _s(body, "EndpointID"), _d(body, "Interface"), _d(body, "Options")
     )
 
 
 @call("NetworkDriver.EndpointOperInfo")
-def endpoint_info(c: Controller, body: dict[str, Any]) -> Any:
-    return {"Value": c.docker_endpoint_info(_s(body, "NetworkID"), _s(body, "EndpointID"))}
+def endpoint_info(c: DockerDoor, body: dict[str, Any]) -> Any:
+    return {"Value": c.endpoint_info(_s(body, "NetworkID"), _s(body, "EndpointID"))}
 
 
 @call("NetworkDriver.DeleteEndpoint")
-def delete_endpoint(c: Controller, body: dict[str, Any]) -> Any:
-    c.docker_delete_endpoint(_s(body, "NetworkID"), _s(body, "EndpointID"))
+def delete_endpoint(c: DockerDoor, body: dict[str, Any]) -> Any:
+    c.delete_endpoint(_s(body, "NetworkID"), _s(body, "EndpointID"))
     return {}
 
 
 @call("NetworkDriver.Join")
-def join(c: Controller, body: dict[str, Any]) -> Any:
-    return c.docker_join(_s(body, "NetworkID"), _s(body, "EndpointID"), _s(body, "SandboxKey"))
+def join(c: DockerDoor, body: dict[str, Any]) -> Any:
+    return c.join(_s(body, "NetworkID"), _s(body, "EndpointID"), _s(body, "SandboxKey"))
 
 
 @call("NetworkDriver.Leave")
-def leave(c: Controller, body: dict[str, Any]) -> Any:
-    c.docker_leave(_s(body, "NetworkID"), _s(body, "EndpointID"))
+def leave(c: DockerDoor, body: dict[str, Any]) -> Any:
+    c.leave(_s(body, "NetworkID"), _s(body, "EndpointID"))
     return {}
 
 
 @call("NetworkDriver.ProgramExternalConnectivity")
-def program_external(c: Controller, body: dict[str, Any]) -> Any:
-    c.docker_program_external(_s(body, "NetworkID"), _s(body, "EndpointID"), _d(body, "Options"))
+def program_external(c: DockerDoor, body: dict[str, Any]) -> Any:
+    c.program_external(_s(body, "NetworkID"), _s(body, "EndpointID"), _d(body, "Options"))
     return {}
 
 
 @call("NetworkDriver.RevokeExternalConnectivity")
-def revoke_external(c: Controller, body: dict[str, Any]) -> Any:
-    c.docker_revoke_external(_s(body, "NetworkID"), _s(body, "EndpointID"))
+def revoke_external(c: DockerDoor, body: dict[str, Any]) -> Any:
+    c.revoke_external(_s(body, "NetworkID"), _s(body, "EndpointID"))
     return {}
 
 
-def _nothing(c: Controller, body: dict[str, Any]) -> Any:
+def _nothing(c: DockerDoor, body: dict[str, Any]) -> Any:
     return {}
 
 
@@ -138,34 +139,34 @@ for _method in ("DiscoverNew", "DiscoverDelete", "AllocateNetwork", "FreeNetwork
 
 
 @call("IpamDriver.GetCapabilities")
-def ipam_capabilities(c: Controller, body: dict[str, Any]) -> Any:
+def ipam_capabilities(c: DockerDoor, body: dict[str, Any]) -> Any:
     return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
 
 @call("IpamDriver.GetDefaultAddressSpaces")
-def ipam_spaces(c: Controller, body: dict[str, Any]) -> Any:
+def ipam_spaces(c: DockerDoor, body: dict[str, Any]) -> Any:
     return {"LocalDefaultAddressSpace": "tether", "GlobalDefaultAddressSpace": "tether-global"}
 
 
 @call("IpamDriver.RequestPool")
-def request_pool(c: Controller, body: dict[str, Any]) -> Any:
-    return c.ipam_request_pool(_s(body, "Pool"), _s(body, "SubPool"), _d(body, "Options"), bool(body.get("V6")))
+def request_pool(c: DockerDoor, body: dict[str, Any]) -> Any:
+    return c.request_pool(_s(body, "Pool"), _s(body, "SubPool"), _d(body, "Options"), bool(body.get("V6")))
 
 
 @call("IpamDriver.ReleasePool")
-def release_pool(c: Controller, body: dict[str, Any]) -> Any:
-    c.ipam_release_pool(_s(body, "PoolID"))
+def release_pool(c: DockerDoor, body: dict[str, Any]) -> Any:
+    c.release_pool(_s(body, "PoolID"))
     return {}
 
 
 @call("IpamDriver.RequestAddress")
-def request_address(c: Controller, body: dict[str, Any]) -> Any:
-    return {"Address": c.ipam_request_address(_s(body, "PoolID"), _s(body, "Address"), _d(body, "Options")), "Data": {}}
+def request_address(c: DockerDoor, body: dict[str, Any]) -> Any:
+    return {"Address": c.request_address(_s(body, "PoolID"), _s(body, "Address"), _d(body, "Options")), "Data": {}}
 
 
 @call("IpamDriver.ReleaseAddress")
-def release_address(c: Controller, body: dict[str, Any]) -> Any:
-    c.ipam_release_address(_s(body, "PoolID"), _s(body, "Address"))
+def release_address(c: DockerDoor, body: dict[str, Any]) -> Any:
+    c.release_address(_s(body, "PoolID"), _s(body, "Address"))
     return {}
 
 
@@ -194,7 +195,7 @@ class _PluginHandler(BaseHTTPRequestHandler):
                 if not isinstance(body, dict):
                     raise InvalidInput("the request body must be a JSON object")
                 log.debug("%s %s", self.path, body)
-                payload = fn(self.server.controller, body)  # type: ignore[attr-defined]
+                payload = fn(self.server.door, body)  # type: ignore[attr-defined]
         except TetherError as exc:
             status, payload = 500, {"Err": str(exc)}
         except Exception as exc:  # a bug: the traceback to the log, one line to dockerd
@@ -217,3 +218,4 @@ class DockerPluginServer(ApiServer):
 
     def __init__(self, controller: Controller, name: str, socket_path: str | None = None) -> None:
         super().__init__(controller, socket_path or plugin_socket_path(name), handler=_PluginHandler)
+        self.httpd.door = DockerDoor(controller)  # type: ignore[attr-defined]

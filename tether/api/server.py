@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from ..controller import Controller
+from ..doors import CniDoor
 from ..errors import Conflict, InvalidInput, TetherError
 
 __all__ = ["ApiServer"]
@@ -85,9 +86,8 @@ def networks_remove(c: Controller, p: dict[str, str], body: dict[str, Any], q: d
 
 @route("POST", "/networks/(?P<name>[^/]+)/connect")
 def networks_connect(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    lagging: list[str] = []
-    endpoint = c.connect(p["name"], _str(body, "container"), body.get("ip"), _str_list(body, "aliases"), lagging)
-    return dict(endpoint.to_dict(), lagging=lagging)
+    done = c.connect(p["name"], _str(body, "container"), body.get("ip"), _str_list(body, "aliases"))
+    return dict(done.value.to_dict(), lagging=done.lagging)
 
 
 @route("POST", "/networks/(?P<name>[^/]+)/disconnect")
@@ -106,7 +106,7 @@ def cni_add(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str,
     ports = body.get("port_mappings") or []
     if not isinstance(ports, list) or not all(isinstance(x, dict) for x in ports):
         raise InvalidInput("port_mappings must be a list of objects")
-    return c.cni_add(
+    return CniDoor(c).add(
         container_id=_str(body, "container_id"),
         netns_path=_str(body, "netns"),
         ifname=_str(body, "ifname"),
@@ -120,13 +120,13 @@ def cni_add(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str,
 
 @route("POST", "/cni/del")
 def cni_del(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    c.cni_del(_str(body, "container_id"), body.get("ifname") or "", _str(body, "network"))
+    CniDoor(c).delete(_str(body, "container_id"), body.get("ifname") or "", _str(body, "network"))
     return {}
 
 
 @route("POST", "/cni/check")
 def cni_check(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    c.cni_check(_str(body, "container_id"), _str(body, "ifname"), _str(body, "network"))
+    CniDoor(c).check(_str(body, "container_id"), _str(body, "ifname"), _str(body, "network"))
     return {}
 
 
@@ -136,7 +136,7 @@ def cni_gc(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, 
     if not isinstance(valid, list) or not all(isinstance(v, dict) for v in valid):
         raise InvalidInput("valid must be a list of {containerID, ifname} objects")
     pairs = [(str(v.get("containerID", "")), str(v.get("ifname", ""))) for v in valid]
-    return {"removed": c.cni_gc(_str(body, "network"), pairs)}
+    return {"removed": CniDoor(c).gc(_str(body, "network"), pairs)}
 
 
 @route("GET", "/containers")
@@ -146,11 +146,10 @@ def containers_list(c: Controller, p: dict[str, str], body: dict[str, Any], q: d
 
 @route("POST", "/containers")
 def containers_create(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    lagging: list[str] = []
     cmd = body.get("cmd")
     if not isinstance(cmd, list) or not all(isinstance(a, str) for a in cmd):
         raise InvalidInput("cmd must be a list of strings")
-    container = c.create_container(
+    done = c.create_container(
         cmd=cmd,
         name=body.get("name"),
         net=body.get("net"),
@@ -161,10 +160,10 @@ def containers_create(c: Controller, p: dict[str, str], body: dict[str, Any], q:
         rootfs=body.get("rootfs"),
         publish=_str_list(body, "publish"),
         aliases=_str_list(body, "aliases"),
-        lagging=lagging,
     )
+    container = done.value
     out = c.inspect_container(container.name)
-    out["lagging"] = lagging
+    out["lagging"] = done.lagging
     if not container.detach:
         out["process"] = c.process_spec(container.name)
     return out

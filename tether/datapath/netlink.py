@@ -1,13 +1,14 @@
-"""The Datapath: every netlink request tether makes, over pyroute2, with no ``ip`` subprocess.
+"""NetlinkDatapath, the real ``Datapath`` (``base.py``): every netlink request tether makes, over
+pyroute2, with no ``ip`` subprocess.
 
-Design note. A Datapath is bound to the network namespace of the thread that constructs it
+Design note. A NetlinkDatapath is bound to the network namespace of the thread that constructs it
 (the daemon's "host"). Two facts shape it:
 
 * pyroute2 0.9 keeps its socket and asyncio loop *per thread*: an ``IPRoute`` used from a
   second thread silently opens a second socket in *that* thread's namespace, and leaks it
   until ``close()``. So the host socket lives in one dedicated worker thread, which first
   ``setns``-es into the captured host namespace, and every host-side request is handed to
-  that thread. This also serialises them, which is what makes Datapath thread-safe.
+  that thread. This also serialises them, which is what makes NetlinkDatapath thread-safe.
 * ``IPRoute(netns=...)`` forks a helper per namespace (~12 ms). Container-side work instead
   runs in a throwaway thread that has ``setns``-ed into the container namespace
   (``nsutil.run_in_netns``) and opens its own request-only socket there (``groups=0``).
@@ -41,8 +42,9 @@ from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-unty
 
 from ..errors import DatapathError
 from . import hostinfo, nsutil
+from .base import VXLAN_OVERHEAD
 
-__all__ = ["Datapath"]
+__all__ = ["NetlinkDatapath"]
 
 T = TypeVar("T")
 
@@ -118,7 +120,6 @@ NTF_SELF = 0x02
 NTF_MASTER = 0x04
 _ZERO_MAC = "00:00:00:00:00:00"
 _MAX_VNI = (1 << 24) - 1
-VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
 def _unicast_mac(mac: str) -> str:
@@ -151,7 +152,7 @@ def _vtep(address: str) -> str:
     return str(ip)
 
 
-class Datapath:
+class NetlinkDatapath:
     """All netlink for one daemon, bound to the network namespace the daemon runs in (its 'host').
 
     Construct it in the thread (and so the namespace) the daemon's links should live in.
@@ -1130,7 +1131,7 @@ class Datapath:
 
     @staticmethod
     def _check_vxlan(link: Any, vni: int, local: str, port: int, what: str) -> None:
-        kind = Datapath._kind(link)
+        kind = NetlinkDatapath._kind(link)
         if kind != "vxlan":
             raise DatapathError(f"{what}: it is a {kind or 'device'}, not vxlan")
         found = (

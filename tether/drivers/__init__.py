@@ -1,6 +1,19 @@
-"""Drivers, one file per mode; picked by a plain lookup on the mode's name."""
+"""Drivers, one file per mode; picked by a plain lookup on the mode's name.
 
-from .base import DriverContext, NetworkDriver, SandboxMode, Undo
+Network drivers keep per-host state (the overlay's own address and MTU per network), so
+each controller builds its own set with ``network_drivers()``: two daemons in one process
+(the tests do that) never share one.
+"""
+
+from .base import (
+    DriverContext,
+    NetworkDriver,
+    NetworkSpec,
+    SandboxMode,
+    Undo,
+    collect,
+    enable_uplink_forwarding,
+)
 from .bridge import BridgeDriver
 from .container import SharedNamespace
 from .external import ExternalNamespace
@@ -11,8 +24,11 @@ from .overlay import OverlayDriver, overlay_devices
 __all__ = [
     "DriverContext",
     "NetworkDriver",
+    "NetworkSpec",
     "SandboxMode",
     "Undo",
+    "collect",
+    "enable_uplink_forwarding",
     "BridgeDriver",
     "SharedNamespace",
     "ExternalNamespace",
@@ -20,7 +36,10 @@ __all__ = [
     "OwnNamespace",
     "OverlayDriver",
     "overlay_devices",
-    "NETWORK_DRIVERS",
+    "network_drivers",
 ]
 
-NETWORK_DRIVERS: dict[str, NetworkDriver] = {"bridge": BridgeDriver(), "overlay": OverlayDriver()}
+
+def network_drivers() -> dict[str, NetworkDriver]:
+    """A fresh driver per network mode, by the name ``network create -d`` takes."""
+    return {"bridge": BridgeDriver(), "overlay": OverlayDriver()}

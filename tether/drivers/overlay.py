@@ -4,21 +4,34 @@ Per network, on *every* host: a bridge holding that host's own address on the ov
 subnet (so the host reaches every container directly, and is the default gateway of its
 local containers: one interface per container, no gateway NIC as in Docker), and a VXLAN
 device (the network's VNI, UDP 4789, learning off, ARP proxy on) enslaved to it, with an
-MTU 50 bytes below the underlay's. The remote side — static FDB and neighbour entries,
-flood entries per remote host — is programmed by the overlay agent from the cluster store;
-this driver only builds the local side and plugs veths into it, exactly like the bridge
-driver does.
+MTU 50 bytes below the underlay's. Endpoints plug into that bridge exactly as the bridge
+driver plugs them.
+
+This driver also owns the overlay's cluster half: the network record and its VNI (claimed
+with compare-and-swap in the cluster store), the cluster-wide IPAM, each host's own
+address on the network (published like an endpoint), and the publication of every
+endpoint, whose store revision is what ``run``'s barrier waits for. The remote side (FDB
+and neighbour entries per remote endpoint, flood entries per remote host) is programmed by
+the overlay agent (``control/agent.py``), which calls back into ``agent_hooks``.
 """
 
 from __future__ import annotations
 
-from ..model import Network
-from .base import DriverContext, Undo
-from .bridge import BridgeDriver
+import time
+from typing import Any
 
-__all__ = ["OverlayDriver", "overlay_devices", "VXLAN_OVERHEAD"]
+from ..control import keys as ckeys
+from ..control.agent import AgentHooks
+from ..datapath.base import VXLAN_OVERHEAD
+from ..errors import Conflict, InvalidInput
+from ..ipam import IPAM
+from ..model import Container, Endpoint, Network, mac_for
+from ..storekeys import ep_key
+from ..validate import parse_mtu
+from .base import DriverContext, NetworkSpec, Undo, collect, enable_uplink_forwarding
+from .bridge import BridgeDriver, _check_known
 
-VXLAN_OVERHEAD = 50
+__all__ = ["OverlayDriver", "overlay_devices"]
 
 
 def overlay_devices(network: Network) -> tuple[str, str]:
@@ -29,47 +42,264 @@ def overlay_devices(network: Network) -> tuple[str, str]:
 
 class OverlayDriver(BridgeDriver):
     name = "overlay"
+    scope = "global"
+    options = ("mtu", "vni")
+    pools = [("10.0.0.0/8", 24)]
+    hairpin = False  # no published ports on the overlay itself
+    routed = True
 
     def __init__(self) -> None:
-        self._mtu: dict[str, int] = {}  # bridge -> MTU derived from this host's underlay
+        self._gateways: dict[str, str] = {}  # net id -> this host's address on it
+        self._mtu: dict[str, int] = {}  # net id -> MTU derived from this host's underlay
+        self.agent: Any = None  # the OverlayAgent, told when a network is removed here
 
-    def ensure_host(
-        self, ctx: DriverContext, network: Network, host_address: str, host_mac: str, vtep: str
-    ) -> str:
-        """Build (idempotently) this host's side of the network; returns the VXLAN device."""
-        bridge, vxlan = overlay_devices(network)
-        mtu = ctx.datapath.underlay_mtu(vtep) - VXLAN_OVERHEAD
-        self._mtu[bridge] = mtu
-        ctx.datapath.ensure_bridge(bridge, f"{host_address}/{network.prefixlen}", mtu, ctx.mark, exclusive=True)
-        ctx.datapath.set_bridge_mac(bridge, host_mac)
-        ctx.datapath.ensure_vxlan(vxlan, int(network.options["vni"]), vtep, bridge, mtu, ctx.mark)
-        ctx.datapath.set_interface_sysctl(bridge, "forwarding", "1")
-        return vxlan
+    # ---------------------------------------------------------------- networks
+    def validate(self, ctx: DriverContext, options: dict[str, str], internal: bool) -> dict[str, str]:
+        if ctx.cluster is None:
+            raise InvalidInput(
+                "-d overlay needs a cluster store: start the daemon with "
+                "--cluster-store etcd://HOST:2379 --cluster-advertise IP"
+            )
+        _check_known(self, options)
+        if "mtu" in options:
+            parse_mtu(options["mtu"])
+        if "vni" in options:
+            _parse_vni(options["vni"])
+        return dict(options)
 
-    def create(self, ctx: DriverContext, network: Network, undo: Undo) -> None:
-        """Nothing until the controller knows this host's address on the network
-        (``ensure_host``)."""
+    def create_network(self, ctx: DriverContext, spec: NetworkSpec, others: list[Network], undo: Undo) -> Network:
+        cluster = _cluster(ctx)
+        gstore = cluster.store
+        vni = self._claim_vni(ctx, spec.name, _parse_vni(spec.options["vni"]) if "vni" in spec.options else None)
+        undo.push(f"vni {vni}", lambda: gstore.delete(ckeys.vni_key(vni)))
+        network = Network(
+            id=spec.id,
+            name=spec.name,
+            driver=self.name,
+            subnet=spec.subnet,
+            gateway=spec.gateway,
+            bridge=f"tov-{vni}",
+            ip_range=spec.ip_range,
+            mtu=int(spec.options.get("mtu", 1450)),
+            internal=spec.internal,
+            options={**spec.options, "vni": str(vni)},
+            created=time.time(),
+        )
+        if not gstore.compare_and_swap(ckeys.network_key(spec.name), 0, network.to_dict()):
+            raise Conflict(f"network {spec.name!r} already exists in the cluster: choose another name")
+        undo.push(f"record of network {spec.name}", lambda: gstore.delete(ckeys.network_key(spec.name)))
+        self.ensure_host(ctx, network)
+        return network
 
-    def restore(self, ctx: DriverContext, network: Network) -> None:
-        """The overlay agent rebuilds overlay networks from the cluster store."""
+    def _claim_vni(self, ctx: DriverContext, name: str, requested: int | None) -> int:
+        gstore = _cluster(ctx).store
+        if requested is not None:
+            if not gstore.compare_and_swap(ckeys.vni_key(requested), 0, {"network": name}):
+                holder = gstore.get(ckeys.vni_key(requested))
+                raise Conflict(
+                    f"VNI {requested} is already used by network {holder.value.get('network') if holder else '?'!r}: "
+                    "pick another -o vni or leave it out"
+                )
+            return requested
+        while True:
+            used = {int(kv.key.rsplit("/", 1)[1]) for kv in gstore.list(ckeys.VNI)}
+            vni = next(v for v in range(ckeys.VNI_MIN, ckeys.VNI_MAX) if v not in used)
+            if gstore.compare_and_swap(ckeys.vni_key(vni), 0, {"network": name}):
+                return vni
 
-    def delete(self, ctx: DriverContext, network: Network) -> list[str]:
-        bridge, vxlan = overlay_devices(network)
-        errors: list[str] = []
-        for step, name in ((ctx.datapath.delete_vxlan, vxlan), (ctx.datapath.delete_bridge, bridge)):
-            try:
-                step(name)
-            except Exception as exc:
-                errors.append(f"{name}: {exc}")
+    def ensure_host(self, ctx: DriverContext, network: Network) -> str:
+        """This host's side of the network: its own address on it (published like an
+        endpoint, so every host and container reaches it), the bridge and the VXLAN
+        device. Idempotent; the agent calls it for every overlay network in the cluster.
+        Returns the VXLAN device."""
+        cluster = _cluster(ctx)
+        node = cluster.node
+        with ctx.lock:
+            key = ckeys.endpoint_key(network.id, f"host-{node}")
+            kv = cluster.store.get(key)
+            if kv is not None:
+                address = kv.value["address"]
+            else:
+                address = self.ipam(ctx).allocate(network, f"node:{node}")
+                cluster.store.put(key, _endpoint_record(cluster, "host", network, address, mac_for(address)))
+            bridge, vxlan = overlay_devices(network)
+            mtu = ctx.datapath.underlay_mtu(cluster.advertise) - VXLAN_OVERHEAD
+            ctx.datapath.ensure_bridge(bridge, f"{address}/{network.prefixlen}", mtu, ctx.mark, exclusive=True)
+            ctx.datapath.set_bridge_mac(bridge, mac_for(address))
+            ctx.datapath.ensure_vxlan(vxlan, int(network.options["vni"]), cluster.advertise, bridge, mtu, ctx.mark)
+            ctx.datapath.set_interface_sysctl(bridge, "forwarding", "1")
+            enable_uplink_forwarding(ctx)
+            self._mtu[network.id] = mtu
+            self._gateways[network.id] = address
+            if ctx.firewall is not None:
+                ctx.firewall.add_network(self.rules(network))
+            return vxlan
+
+    def teardown_host(self, ctx: DriverContext, network: Network) -> list[str]:
+        """Remove this host's side of the network (the cluster no longer has it)."""
+        cluster = _cluster(ctx)
+        with ctx.lock:
+            errors: list[str] = []
+            bridge, vxlan = overlay_devices(network)
+            for step, device in ((ctx.datapath.delete_vxlan, vxlan), (ctx.datapath.delete_bridge, bridge)):
+                errors += [f"{device}: {e}" for e in collect(lambda: step(device))]  # type: ignore[misc]
+            if ctx.firewall is not None:
+                firewall = ctx.firewall
+                errors += collect(lambda: firewall.remove_network(self.rules(network)))
+            address = self._gateways.pop(network.id, None)
+            self._mtu.pop(network.id, None)
+            errors += collect(lambda: cluster.store.delete(ckeys.endpoint_key(network.id, f"host-{cluster.node}")))
+            if address:
+                errors += collect(lambda: self.ipam(ctx).release(network.id, address))
+            return errors
+
+    def delete_network(self, ctx: DriverContext, network: Network) -> list[str]:
+        gstore = _cluster(ctx).store
+        gstore.delete(ckeys.network_key(network.name))
+        errors = self.teardown_host(ctx, network)
+        if self.agent is not None:
+            self.agent.forget_network(network.id)
+        for kv in gstore.list(f"{ckeys.ENDPOINTS}{network.id}/"):
+            gstore.delete(kv.key)
+        self.ipam(ctx).drop_network(network.id)
+        gstore.delete(ckeys.vni_key(int(network.options["vni"])))
         return errors
 
-    def port_bridge(self, network: Network) -> str:
+    def users(self, ctx: DriverContext, network: Network, local: list[str]) -> list[str]:
+        return sorted(
+            f"{kv.value.get('container')} on {kv.value.get('node')}"
+            for kv in _cluster(ctx).store.list(f"{ckeys.ENDPOINTS}{network.id}/")
+            if kv.value.get("kind") == "container"
+        )
+
+    def built_here(self, ctx: DriverContext, network: Network) -> bool:
+        return network.id in self._gateways
+
+    def describe(self, ctx: DriverContext, network: Network, attached: dict[str, Any]) -> dict[str, Any]:
+        containers, hosts = {}, {}
+        for kv in _cluster(ctx).store.list(f"{ckeys.ENDPOINTS}{network.id}/"):
+            v = kv.value
+            if v.get("kind") == "container":
+                containers[f"{v.get('container')}"] = {
+                    "address": f"{v['address']}/{network.prefixlen}", "mac": v["mac"], "node": v["node"]
+                }
+            else:
+                hosts[v["node"]] = {"address": v["address"], "vtep": v["vtep"]}
+        return dict(network.to_dict(), containers=containers, hosts=hosts, scope=self.scope)
+
+    # ---------------------------------------------------------------- endpoints
+    def ipam(self, ctx: DriverContext) -> IPAM:
+        assert ctx.global_ipam is not None
+        return ctx.global_ipam
+
+    def gateway(self, ctx: DriverContext, network: Network) -> str:
+        if network.id not in self._gateways:  # first use since the daemon started
+            self.ensure_host(ctx, network)
+        return self._gateways[network.id]
+
+    def port_bridge(self, ctx: DriverContext, network: Network) -> str:
         return overlay_devices(network)[0]
 
-    def port_mtu(self, network: Network) -> int:
-        return self._mtu[self.port_bridge(network)]  # ensure_host always runs first
+    def port_mtu(self, ctx: DriverContext, network: Network) -> int:
+        if network.id not in self._mtu:
+            self.ensure_host(ctx, network)
+        return self._mtu[network.id]
 
-    hairpin = False  # no published ports on the overlay itself
+    def attach_endpoint(
+        self,
+        ctx: DriverContext,
+        network: Network,
+        container: Container,
+        endpoint: Endpoint,
+        undo: Undo,
+        keep_existing_default: bool = False,
+    ) -> bool:
+        routed = super().attach_endpoint(ctx, network, container, endpoint, undo, keep_existing_default)
+        self._publish(ctx, network, container, endpoint, undo)
+        return routed
+
+    def plug_endpoint(
+        self, ctx: DriverContext, network: Network, container: Container, endpoint: Endpoint, peer: str, undo: Undo
+    ) -> None:
+        super().plug_endpoint(ctx, network, container, endpoint, peer, undo)
+        self._publish(ctx, network, container, endpoint, undo)
+
+    def detach_endpoint(
+        self, ctx: DriverContext, network: Network, endpoint: Endpoint, kernel_gone: bool = False
+    ) -> list[str]:
+        errors = super().detach_endpoint(ctx, network, endpoint, kernel_gone)
+        return errors + collect(lambda: _cluster(ctx).store.delete(ckeys.endpoint_key(endpoint.network_id, endpoint.id)))
+
+    def _publish(self, ctx: DriverContext, network: Network, container: Container, endpoint: Endpoint, undo: Undo) -> None:
+        """Tell every host where the endpoint is; its revision is what the barrier waits for."""
+        cluster = _cluster(ctx)
+        key = ckeys.endpoint_key(network.id, endpoint.id)
+        record = _endpoint_record(cluster, "container", network, endpoint.address, endpoint.mac, container)
+        undo.published_at(cluster.store.put(key, record))
+        undo.push(f"cluster record of {endpoint.ifname}", lambda: cluster.store.delete(key))
 
     def owned_links(self, network: Network) -> set[str]:
         return set(overlay_devices(network))
+
+    # ---------------------------------------------------------------- the agent's calls
+    def agent_hooks(self, ctx: DriverContext) -> AgentHooks:
+        return AgentHooks(
+            ensure_network=lambda rec: self.ensure_host(ctx, Network.from_dict(rec)),
+            teardown_network=lambda rec: self._log(self.teardown_host(ctx, Network.from_dict(rec))),
+            owns_endpoint=lambda rec: _owns_endpoint(ctx, rec),
+            reclaim_node=lambda node: self._reclaim_node(ctx, node),
+        )
+
+    def _reclaim_node(self, ctx: DriverContext, node: str) -> None:
+        """A host stayed down past the grace period: withdraw its endpoints, free its addresses."""
+        gstore = _cluster(ctx).store
+        for kv in gstore.list(ckeys.ENDPOINTS):
+            if kv.value.get("node") == node:
+                self.ipam(ctx).release(kv.value["network_id"], kv.value["address"])
+                gstore.delete(kv.key)
+        gstore.delete(ckeys.node_info_key(node))
+        gstore.delete(ckeys.applied_key(node))
+
+    @staticmethod
+    def _log(errors: list[str]) -> None:
+        import logging
+
+        for line in errors:
+            logging.getLogger("tether.overlay").warning("%s", line)
+
+
+def _cluster(ctx: DriverContext) -> Any:
+    if ctx.cluster is None:
+        raise InvalidInput("this daemon has no cluster store: start it with --cluster-store etcd://HOST:2379")
+    return ctx.cluster
+
+
+def _parse_vni(value: str) -> int:
+    try:
+        vni = int(value)
+    except ValueError:
+        vni = -1
+    if not ckeys.VNI_MIN <= vni <= ckeys.VNI_MAX:
+        raise InvalidInput(f"invalid vni {value!r}: use a number from {ckeys.VNI_MIN} to {ckeys.VNI_MAX}")
+    return vni
+
+
+def _endpoint_record(
+    cluster: Any, kind: str, network: Network, address: str, mac: str, container: Container | None = None
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "node": cluster.node,
+        "vtep": cluster.advertise,
+        "address": address,
+        "mac": mac,
+        "network_id": network.id,
+        "container": container.name if container else None,
+        "container_id": container.id if container else None,
+    }
+
+
+def _owns_endpoint(ctx: DriverContext, record: dict[str, Any]) -> bool:
+    """Whether an endpoint the cluster says is on this host is still one of ours."""
+    kv = ctx.store.get(ep_key(record.get("container_id") or "", record.get("network_id") or ""))
+    return kv is not None and kv.value.get("address") == record.get("address")

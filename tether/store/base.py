@@ -10,11 +10,24 @@ only if the key's mod_revision is still what the caller saw (0 = must not exist)
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Store", "KeyValue", "WatchEvent"]
+__all__ = ["Store", "KeyValue", "WatchEvent", "encode_value"]
+
+
+def encode_value(key: str, value: dict[str, Any]) -> str:
+    """``value`` as the compact JSON text every backend stores for ``key``.
+
+    One encoding for all backends, so each returns the same copies and conversions
+    (tuples come back as lists). TypeError if ``value`` is not a dict; json's TypeError or
+    ValueError if it is not JSON-able.
+    """
+    if not isinstance(value, dict):
+        raise TypeError(f"store value for {key} must be a dict, not {type(value).__name__}")
+    return json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,7 @@ import grpc  # type: ignore[import-untyped]
 from aetcd import rpc  # type: ignore[import-untyped]
 
 from ..errors import InvalidInput, StoreError
-from .base import KeyValue, Store, WatchEvent
-from .sqlite import _encode  # one JSON encoding for every backend
+from .base import KeyValue, Store, WatchEvent, encode_value
 
 __all__ = ["EtcdStore"]
 
@@ -298,13 +297,13 @@ class EtcdStore(Store):
     def put(self, key: str, value: dict[str, Any], lease: int | None = None) -> int:
         """Write unconditionally; returns the new revision. With ``lease`` (from
         ``lease_grant``) etcd deletes the key when the lease expires or is revoked."""
-        request = rpc.PutRequest(key=self._key(key), value=_encode(key, value).encode(), lease=lease or 0)
+        request = rpc.PutRequest(key=self._key(key), value=encode_value(key, value).encode(), lease=lease or 0)
         response = self._call(self._kv.Put, request, f"write {key}", read=False)
         return int(response.header.revision) - _BASE
 
     def compare_and_swap(self, key: str, expected_revision: int, value: dict[str, Any] | None) -> bool:
         raw_key = self._key(key)
-        encoded = None if value is None else _encode(key, value).encode()
+        encoded = None if value is None else encode_value(key, value).encode()
         if expected_revision < 0:
             return False  # no key has that revision (etcd would read -1 + 1 as "absent")
         if expected_revision == 0:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from ..errors import InvalidInput, StoreError
-from .base import KeyValue, Store, WatchEvent
+from .base import KeyValue, Store, WatchEvent, encode_value
 
 __all__ = ["SqliteStore"]
 
@@ -78,12 +78,6 @@ class _Connection:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self.pid = os.getpid()
-
-
-def _encode(key: str, value: dict[str, Any]) -> str:
-    if not isinstance(value, dict):
-        raise TypeError(f"store value for {key} must be a dict, not {type(value).__name__}")
-    return json.dumps(value, separators=(",", ":"))
 
 
 def _prefix_end(prefix: str) -> str | None:
@@ -266,11 +260,11 @@ class SqliteStore(Store):
         return self._retrying(read, write=False, transaction=False)
 
     def put(self, key: str, value: dict[str, Any]) -> int:
-        encoded = _encode(key, value)
+        encoded = encode_value(key, value)
         return self._write(lambda db: self._set(db, key, encoded))
 
     def compare_and_swap(self, key: str, expected_revision: int, value: dict[str, Any] | None) -> bool:
-        encoded = None if value is None else _encode(key, value)
+        encoded = None if value is None else encode_value(key, value)
 
         def swap(db: sqlite3.Connection) -> bool:
             row = db.execute("SELECT mod_revision FROM kv WHERE key = ?", (key,)).fetchone()

@@ -1,145 +1,381 @@
-"""A recording, in-memory stand-in for ``tether.datapath.Datapath`` for unit tests of the
-controller: it keeps the kernel objects it was asked for as plain sets and can be told to
-fail a given verb, so undo paths can be checked without root. End-to-end tests never use it.
+"""RecordingDatapath: an in-memory ``tether.datapath.Datapath`` for unit tests of the
+controller. It keeps the kernel objects it was asked for as plain dicts and sets, records
+every verb that would change the kernel, and can be told to fail any verb, so undo paths
+can be checked without root. End-to-end tests never use it.
+
+It has exactly the methods of the protocol, with the same signatures
+(``tests/unit/test_datapath_protocol.py`` checks), and mirrors the guarantees the
+protocol's docstrings give: removals of what is gone succeed, ``ensure_*`` is idempotent,
+a name taken by another kind of link is a DatapathError. It does not validate addresses
+or MACs as the kernel would.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterator
 from typing import Any
 
+from ..datapath.base import VXLAN_OVERHEAD
 from ..errors import DatapathError
 
-__all__ = ["RecordingDatapath"]
+__all__ = ["HeldPorts", "RecordingDatapath"]
+
+UNDERLAY_MTU = 1500  # what underlay_mtu answers for an address not in ``underlay_mtus``
+
+
+class HeldPorts:
+    """What ``RecordingDatapath.host_ports`` returns: the ports held when it was called."""
+
+    def __init__(self, held: dict[tuple[str, int], str]) -> None:
+        self._held = dict(held)
+
+    def holder(self, protocol: str, port: int, host_ip: str | None) -> str | None:
+        return self._held.get((protocol, port))
 
 
 class RecordingDatapath:
+    """The kernel as dicts. ``calls`` lists, in order, every verb that changes something
+    (``set_interface_sysctl`` as ``"sysctl IFNAME KEY=VALUE"``); a verb named in ``fail``,
+    reads included, raises DatapathError before it does anything (a change is still
+    recorded). Tests may read and seed every public attribute."""
+
     def __init__(self, host_networks: list[str] | None = None) -> None:
         self.netns: set[str] = set()
+        self.aliases: dict[str, str] = {}  # netns alias name -> target path
         self.bridges: dict[str, str] = {}  # name -> gateway cidr
-        self.veths: dict[str, dict[str, Any]] = {}  # host ifname -> attach args
+        self.bridge_macs: dict[str, str] = {}  # bridge -> MAC given by set_bridge_mac
+        self.veths: dict[str, dict[str, Any]] = {}  # host ifname -> attach args (netns None: peer on the host)
+        self.vxlans: dict[str, dict[str, Any]] = {}  # name -> ensure_vxlan args
+        self.peers: dict[str, set[tuple[str, str, str]]] = {}  # vxlan -> {(ip, mac, vtep)}
+        self.floods: dict[str, set[str]] = {}  # vxlan -> VTEPs
+        self.addresses: dict[str, set[str]] = {}  # host ifname -> cidrs from add_address
+        self.default_routes: dict[str, str] = {}  # netns -> gateway from add_default_route
+        self.marks: dict[str, str] = {}  # host link -> its alias
+        self.underlay_mtus: dict[str, int] = {}  # local IP -> MTU of the interface holding it
+        self.held_ports: dict[tuple[str, int], str] = {}  # (protocol, port) -> holder
         self.calls: list[str] = []
         self.fail: set[str] = set()
-        self.aliases: dict[str, str] = {}  # netns alias name -> target path
         self._host_networks = list(host_networks or [])
 
-    def _call(self, verb: str) -> None:
-        self.calls.append(verb)
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _check(self, verb: str) -> None:
         if verb in self.fail:
             raise DatapathError(f"injected failure in {verb}")
 
+    def _change(self, verb: str, record: str | None = None) -> None:
+        self.calls.append(record or verb)
+        self._check(verb)
+
+    def _links(self) -> Iterator[tuple[str, str]]:
+        """(name, kind) of every host link."""
+        yield from ((name, "bridge") for name in self.bridges)
+        yield from ((name, "veth") for name in self.veths)
+        yield from ((name, "vxlan") for name in self.vxlans)
+
+    def _kind(self, ifname: str) -> str | None:
+        return dict(self._links()).get(ifname)
+
+    def _delete_link(self, ifname: str) -> None:
+        # Like the kernel: a link of any kind goes, with what hangs off it.
+        tables: tuple[dict[str, Any], ...] = (
+            self.bridges, self.bridge_macs, self.veths, self.vxlans, self.peers, self.floods, self.addresses, self.marks
+        )
+        for table in tables:
+            table.pop(ifname, None)
+
+    def _vxlan(self, name: str, what: str) -> str:
+        """``name`` if it is a VXLAN device, else the DatapathError the real one raises."""
+        kind = self._kind(name)
+        if kind is None:
+            raise DatapathError(f"{what}: {name} does not exist")
+        if kind != "vxlan":
+            raise DatapathError(f"{what}: {name} is a {kind}, not vxlan")
+        return name
+
+    def _check_new_veth(self, host_ifname: str, bridge: str) -> None:
+        if bridge not in self.bridges:
+            raise DatapathError(f"no bridge {bridge}")
+        if self._kind(host_ifname) is not None:
+            raise DatapathError(f"{host_ifname} already exists")
+
+    def _in_netns(self, netns: str) -> list[dict[str, Any]]:
+        return [v for v in self.veths.values() if v["netns"] == netns]
+
+    def _routes(self, netns: str) -> list[dict[str, Any]]:
+        veths = self._in_netns(netns)
+        routes = [{"dst": "default", "gateway": v["gateway"], "dev": v["ifname"]} for v in veths if v["gateway"]]
+        if netns in self.default_routes:
+            routes.append({"dst": "default", "gateway": self.default_routes[netns], "dev": None})
+        return routes + [{"dst": _net(v["cidr"]), "gateway": None, "dev": v["ifname"]} for v in veths]
+
     def close(self) -> None:
-        pass
+        self._check("close")
+
+    # ------------------------------------------------------------------ namespaces
 
     def netns_path(self, name: str) -> str:
-        return f"/var/run/netns/{name}"
+        self._check("netns_path")
+        return name if name.startswith("/") else f"/var/run/netns/{name}"
 
     def create_netns(self, name: str) -> str:
-        self._call("create_netns")
+        self._change("create_netns")
         if name in self.netns:
-            raise DatapathError(f"netns {name} exists")
+            raise DatapathError(f"network namespace {name} already exists")
         self.netns.add(name)
         return self.netns_path(name)
 
     def delete_netns(self, name: str) -> None:
-        self._call("delete_netns")
+        self._change("delete_netns")
         self.netns.discard(name)
+        self.default_routes.pop(name, None)
         for ifname in [k for k, v in self.veths.items() if v["netns"] == name]:
-            del self.veths[ifname]
-
-    def netns_exists(self, name: str) -> bool:
-        return name in self.netns
-
-    def list_netns(self) -> list[str]:
-        return sorted(self.netns)
-
-    def ensure_bridge(self, name: str, gateway_cidr: str, mtu: int, mark: str) -> None:
-        self._call("ensure_bridge")
-        self.bridges[name] = gateway_cidr
-
-    def delete_bridge(self, name: str) -> None:
-        self._call("delete_bridge")
-        self.bridges.pop(name, None)
-
-    def link_exists(self, ifname: str) -> bool:
-        return ifname in self.bridges or ifname in self.veths
-
-    def link_master(self, ifname: str) -> str | None:
-        veth = self.veths.get(ifname)
-        return str(veth["bridge"]) if veth else None
-
-    def links_with_mark(self, mark: str) -> list[tuple[str, str]]:
-        return [(b, "bridge") for b in self.bridges] + [(v, "veth") for v in self.veths]
-
-    def attach_veth(self, **kw: Any) -> bool:
-        self._call("attach_veth")
-        if kw["bridge"] not in self.bridges:
-            raise DatapathError(f"no bridge {kw['bridge']}")
-        if kw["netns"] not in self.netns:
-            raise DatapathError(f"no netns {kw['netns']}")
-        if kw["gateway"] and self.has_default_route(kw["netns"]):
-            if not kw.get("keep_existing_default"):
-                raise DatapathError(f"{kw['netns']} has a default route already")
-            kw = dict(kw, gateway=None)
-        self.veths[kw["host_ifname"]] = kw
-        return bool(kw["gateway"])
+            self._delete_link(ifname)
 
     def alias_netns(self, name: str, target: str) -> None:
+        self._change("alias_netns")
+        if name in self.netns:
+            raise DatapathError(f"network namespace {name} already exists")
         self.aliases[name] = target
 
     def unalias_netns(self, name: str) -> None:
+        self._change("unalias_netns")
         self.aliases.pop(name, None)
 
     def netns_aliases(self, prefix: str) -> dict[str, str]:
+        self._check("netns_aliases")
         return {n: t for n, t in self.aliases.items() if n.startswith(prefix)}
 
-    def create_veth_pair(self, **kw: Any) -> None:
-        self._call("create_veth_pair")
-        if kw["bridge"] not in self.bridges:
-            raise DatapathError(f"no bridge {kw['bridge']}")
-        if kw["host_ifname"] in self.veths:
-            raise DatapathError(f"{kw['host_ifname']} already exists")
-        self.veths[kw["host_ifname"]] = dict(kw, netns=None, ifname=kw["peer_ifname"], gateway=None, cidr="")
+    def netns_exists(self, name: str) -> bool:
+        self._check("netns_exists")
+        return name in self.netns
+
+    def list_netns(self) -> list[str]:
+        self._check("list_netns")
+        return sorted(self.netns)
+
+    # ------------------------------------------------------------------ bridges and links
+
+    def ensure_bridge(self, name: str, gateway_cidr: str, mtu: int, mark: str, exclusive: bool = False) -> None:
+        self._change("ensure_bridge")
+        kind = self._kind(name)
+        if kind not in (None, "bridge"):
+            raise DatapathError(f"cannot use {name} as a bridge: it is a {kind}")
+        self.bridges[name] = gateway_cidr  # the fake keeps one gateway address per bridge
+        self.marks[name] = mark
+        if exclusive:
+            self.addresses.pop(name, None)
+
+    def delete_bridge(self, name: str) -> None:
+        self._change("delete_bridge")
+        self._delete_link(name)  # its ports stay, unenslaved
+
+    def link_exists(self, ifname: str) -> bool:
+        self._check("link_exists")
+        return self._kind(ifname) is not None
+
+    def link_master(self, ifname: str) -> str | None:
+        self._check("link_master")
+        link = self.veths.get(ifname) or self.vxlans.get(ifname)
+        return str(link["bridge"]) if link and link["bridge"] in self.bridges else None
+
+    def links_with_mark(self, mark: str) -> list[tuple[str, str]]:
+        self._check("links_with_mark")
+        return [(name, kind) for name, kind in self._links() if self.marks.get(name) == mark]
+
+    # ------------------------------------------------------------------ endpoints
+
+    def attach_veth(
+        self,
+        *,
+        netns: str,
+        host_ifname: str,
+        ifname: str,
+        bridge: str,
+        mac: str,
+        cidr: str,
+        gateway: str | None,
+        mtu: int,
+        mark: str,
+        hairpin: bool = False,
+        keep_existing_default: bool = False,
+    ) -> bool:
+        self._change("attach_veth")
+        self._check_new_veth(host_ifname, bridge)
+        if netns not in self.netns:
+            raise DatapathError(f"no netns {netns}")
+        if gateway and any(r["dst"] == "default" for r in self._routes(netns)):
+            if not keep_existing_default:
+                raise DatapathError(f"{netns} has a default route already")
+            gateway = None  # the namespace's first network keeps the default route
+        self.veths[host_ifname] = dict(
+            netns=netns, host_ifname=host_ifname, ifname=ifname, bridge=bridge, mac=mac, cidr=cidr,
+            gateway=gateway, mtu=mtu, mark=mark, hairpin=hairpin, keep_existing_default=keep_existing_default,
+        )
+        self.marks[host_ifname] = mark
+        return bool(gateway)
+
+    def create_veth_pair(
+        self, *, host_ifname: str, peer_ifname: str, bridge: str, mac: str, mtu: int, mark: str, hairpin: bool = False
+    ) -> None:
+        self._change("create_veth_pair")
+        self._check_new_veth(host_ifname, bridge)
+        self.veths[host_ifname] = dict(
+            host_ifname=host_ifname, peer_ifname=peer_ifname, bridge=bridge, mac=mac, mtu=mtu, mark=mark,
+            hairpin=hairpin, netns=None, ifname=peer_ifname, gateway=None, cidr="",
+        )
+        self.marks[host_ifname] = mark
 
     def detach_veth(self, host_ifname: str) -> None:
-        self._call("detach_veth")
-        self.veths.pop(host_ifname, None)
+        self._change("detach_veth")
+        self._delete_link(host_ifname)
 
     def detach_in_netns(self, netns: str, ifname: str) -> None:
+        self._change("detach_in_netns")
         for k in [k for k, v in self.veths.items() if v["netns"] == netns and v["ifname"] == ifname]:
-            del self.veths[k]
+            self._delete_link(k)
 
     def has_default_route(self, netns: str) -> bool:
-        return any(v["netns"] == netns and v["gateway"] for v in self.veths.values())
+        self._check("has_default_route")
+        return any(r["dst"] == "default" for r in self._routes(netns))
 
     def add_default_route(self, netns: str, gateway: str) -> None:
-        self._call("add_default_route")
+        self._change("add_default_route")
+        if netns not in self.netns:
+            raise DatapathError(f"cannot add default route via {gateway} in {netns}: it does not exist")
+        current = {r["gateway"] for r in self._routes(netns) if r["dst"] == "default"}
+        if current - {gateway}:
+            raise DatapathError(f"cannot add default route via {gateway} in {netns}: File exists")
+        if not current:
+            self.default_routes[netns] = gateway
 
     def container_interfaces(self, netns: str) -> list[dict[str, Any]]:
-        return [{"ifname": v["ifname"], "mac": v["mac"], "addresses": [v["cidr"]]} for v in self.veths.values() if v["netns"] == netns]
+        self._check("container_interfaces")
+        lo = {"ifname": "lo", "mac": "00:00:00:00:00:00", "mtu": 65536, "state": "up", "addresses": ["127.0.0.1/8"]}
+        return ([lo] if netns in self.netns else []) + [
+            {"ifname": v["ifname"], "mac": v["mac"], "mtu": v["mtu"], "state": "up", "addresses": [v["cidr"]]}
+            for v in self._in_netns(netns)
+        ]
 
     def container_routes(self, netns: str) -> list[dict[str, Any]]:
-        return []
+        self._check("container_routes")
+        return self._routes(netns)
 
-    def host_addresses(self) -> list[str]:
-        return ["127.0.0.1"] + [c.split("/")[0] for c in self.bridges.values()]
-
-    def uplinks(self) -> list[str]:
-        return []
+    # ------------------------------------------------------------------ host view
 
     def set_interface_sysctl(self, ifname: str, key: str, value: str) -> None:
-        self.calls.append(f"sysctl {ifname} {key}={value}")
+        self._change("set_interface_sysctl", f"sysctl {ifname} {key}={value}")
 
-    def host_ports(self) -> "RecordingDatapath":
-        return self
+    def host_ports(self) -> HeldPorts:
+        self._check("host_ports")
+        return HeldPorts(self.held_ports)
 
-    def holder(self, protocol: str, port: int, host_ip: str | None) -> str | None:
-        return None
+    def host_addresses(self) -> list[str]:
+        self._check("host_addresses")
+        added = [c for cidrs in self.addresses.values() for c in sorted(cidrs)]
+        return ["127.0.0.1"] + [c.split("/")[0] for c in [*self.bridges.values(), *added]]
+
+    def uplinks(self) -> list[str]:
+        self._check("uplinks")
+        return []
 
     def host_networks(self) -> list[str]:
-        return list(self._host_networks) + list({_net(c) for c in self.bridges.values()})
+        self._check("host_networks")
+        added = [c for cidrs in self.addresses.values() for c in cidrs]
+        return list(self._host_networks) + list({_net(c) for c in [*self.bridges.values(), *added]})
+
+    # ------------------------------------------------------------------ overlay (VXLAN)
+
+    def ensure_vxlan(
+        self,
+        name: str,
+        vni: int,
+        local_ip: str,
+        bridge: str,
+        mtu: int,
+        mark: str,
+        port: int = 4789,
+    ) -> None:
+        self._change("ensure_vxlan")
+        what = f"cannot set up vxlan {name}"
+        if bridge not in self.bridges:
+            raise DatapathError(f"{what}: bridge {bridge} does not exist")
+        kind = self._kind(name)
+        if kind not in (None, "vxlan"):
+            raise DatapathError(f"{what}: it is a {kind}, not vxlan")
+        old = self.vxlans.get(name)
+        if old is None:
+            limit = self.underlay_mtus.get(local_ip, UNDERLAY_MTU) - VXLAN_OVERHEAD
+            if mtu > limit:
+                raise DatapathError(f"{what}: MTU {mtu} is more than the underlay allows ({limit})")
+            if any((v["vni"], v["port"]) == (vni, port) for v in self.vxlans.values()):
+                raise DatapathError(f"{what}: another device here already has VNI {vni} on UDP port {port}")
+        elif (old["vni"], old["local_ip"], old["port"]) != (vni, local_ip, port):
+            raise DatapathError(
+                f"{what}: it exists with VNI {old['vni']}, local {old['local_ip']}, port {old['port']}"
+            )
+        self.vxlans[name] = dict(vni=vni, local_ip=local_ip, bridge=bridge, mtu=mtu, mark=mark, port=port)
+        self.marks[name] = mark
+        self.peers.setdefault(name, set())
+        self.floods.setdefault(name, set())
+
+    def delete_vxlan(self, name: str) -> None:
+        self._change("delete_vxlan")
+        self._delete_link(name)
+
+    def underlay_mtu(self, local_ip: str) -> int:
+        self._check("underlay_mtu")
+        return self.underlay_mtus.get(local_ip, UNDERLAY_MTU)
+
+    def add_peer(self, vxlan: str, ip: str, mac: str, vtep: str) -> None:
+        self._change("add_peer")
+        self._vxlan(vxlan, f"cannot add peer {ip} ({mac}) via {vtep} on {vxlan}")
+        mac = mac.lower()
+        # ip's neighbour entry is replaced; mac's FDB entry moves to vtep for every ip at mac
+        kept = {(i, m, vtep if m == mac else v) for i, m, v in self.peers[vxlan] if i != ip}
+        self.peers[vxlan] = kept | {(ip, mac, vtep)}
+
+    def remove_peer(self, vxlan: str, ip: str, mac: str, vtep: str) -> None:
+        self._change("remove_peer")
+        peers = self.peers.get(vxlan, set())
+        mac = mac.lower()
+        if any(m == mac and v != vtep for _, m, v in peers):
+            return  # moved to another VTEP: the new location owns the entries
+        peers -= {p for p in peers if p[1:] == (mac, vtep)}  # the FDB entry serves every ip at mac
+
+    def add_flood(self, vxlan: str, vtep: str) -> None:
+        self._change("add_flood")
+        self.floods[self._vxlan(vxlan, f"cannot add flood entry for {vtep} on {vxlan}")].add(vtep)
+
+    def remove_flood(self, vxlan: str, vtep: str) -> None:
+        self._change("remove_flood")
+        self.floods.get(vxlan, set()).discard(vtep)
+
+    def list_peers(self, vxlan: str) -> list[tuple[str, str, str]]:
+        self._check("list_peers")
+        return sorted(self.peers[self._vxlan(vxlan, f"cannot list peers of {vxlan}")])
+
+    def list_floods(self, vxlan: str) -> list[str]:
+        self._check("list_floods")
+        return sorted(self.floods[self._vxlan(vxlan, f"cannot list flood entries of {vxlan}")])
+
+    def set_bridge_mac(self, bridge: str, mac: str) -> None:
+        self._change("set_bridge_mac")
+        if bridge not in self.bridges:
+            raise DatapathError(f"cannot set the MAC of bridge {bridge}: it does not exist")
+        self.bridge_macs[bridge] = mac.lower()
+
+    def add_address(self, ifname: str, cidr: str) -> None:
+        self._change("add_address")
+        if self._kind(ifname) is None:
+            raise DatapathError(f"cannot add {cidr} to {ifname}: {ifname} does not exist")
+        self.addresses.setdefault(ifname, set()).add(cidr)
+
+    def remove_address(self, ifname: str, cidr: str) -> None:
+        self._change("remove_address")
+        self.addresses.get(ifname, set()).discard(cidr)
 
 
 def _net(cidr: str) -> str:
-    import ipaddress
-
     return str(ipaddress.ip_interface(cidr).network)

@@ -18,19 +18,13 @@ from itertools import islice
 from typing import Any
 
 from ..errors import InvalidInput, StoreError
-from ..store.base import KeyValue, Store, WatchEvent
+from ..store.base import KeyValue, Store, WatchEvent, encode_value
 
 __all__ = ["MemoryStore"]
 
 DEFAULT_KEEP_CHANGES = 10_000
 
 _Events = list[WatchEvent]  # an alias: inside MemoryStore, `list` is the method
-
-
-def _encode(key: str, value: dict[str, Any]) -> str:
-    if not isinstance(value, dict):
-        raise TypeError(f"store value for {key} must be a dict, not {type(value).__name__}")
-    return json.dumps(value, separators=(",", ":"))
 
 
 class MemoryStore(Store):
@@ -63,12 +57,12 @@ class MemoryStore(Store):
         return None if entry is None else KeyValue(key, json.loads(entry[0]), entry[1])
 
     def put(self, key: str, value: dict[str, Any]) -> int:
-        encoded = _encode(key, value)
+        encoded = encode_value(key, value)
         with self._changed:
             return self._record("put", key, encoded)
 
     def compare_and_swap(self, key: str, expected_revision: int, value: dict[str, Any] | None) -> bool:
-        encoded = None if value is None else _encode(key, value)
+        encoded = None if value is None else encode_value(key, value)
         with self._changed:
             entry = self._data.get(key)
             current = 0 if entry is None else entry[1]

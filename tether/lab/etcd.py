@@ -1,17 +1,24 @@
-"""EtcdServer: a real single-member etcd on loopback for tests, in a temporary data dir.
+"""etcd as a process: finding (or installing) the binary, a single member's command line,
+and ``EtcdServer``, a supervised member on loopback for tests.
 
-Design note. Tests need a real etcd (the etcd backend is a thin mapping onto etcd's own
-revisions, transactions, watches and leases, and a fake would only test the fake), and
-they need to stop it for a while and start it again on the same ports and data dir (a
-watch must survive an etcd restart). So this is a small process supervisor, not a
-fixture: ``start``/``stop``/``restart``/``close``, or ``with EtcdServer() as etcd``.
+Design note. Two kinds of caller run etcd, and both want the same member: the lab starts
+one in its fabric namespace (``processes``), and tests and benchmarks start one on
+127.0.0.1 in a temporary data dir (``EtcdServer``). So the binary (``ensure_etcd_installed``)
+and the command line (``member_argv``) live here, once, and each caller supervises its
+process its own way. Nothing here imports the rest of tether: tests can use it alone.
+
+Tests need a real etcd (the etcd backend is a thin mapping onto etcd's own revisions,
+transactions, watches and leases, and a fake would only test the fake), and they need to
+stop it for a while and start it again on the same ports and data dir (a watch must
+survive an etcd restart). So ``EtcdServer`` is a small process supervisor, not a fixture:
+``start``/``stop``/``restart``/``close``, or ``with EtcdServer() as etcd``.
 
 The binary comes from Debian's ``etcd-server`` package; ``ensure_etcd_installed`` runs
-``apt-get`` once when it is missing (as root). Ports are picked by binding port 0 on
-127.0.0.1 and are kept for the life of the object, so a restart comes back at the same
-URL. A single member needs ``--name``, ``--initial-advertise-peer-urls`` and a one-entry
-``--initial-cluster`` besides the listen/advertise URLs (PLATFORM.md). Shorter raft
-ticks (heartbeat 10 ms, election 100 ms) make a start take a few hundred ms, not
+``apt-get`` once when it is missing (as root). ``EtcdServer`` picks its ports by binding
+port 0 on 127.0.0.1 and keeps them for the life of the object, so a restart comes back at
+the same URL. A single member needs ``--name``, ``--initial-advertise-peer-urls`` and a
+one-entry ``--initial-cluster`` besides the listen/advertise URLs (PLATFORM.md). Shorter
+raft ticks (heartbeat 10 ms, election 100 ms) make a start take a few hundred ms, not
 seconds. etcd's log goes to ``etcd.log`` beside (not inside) the data dir, so a test
 that fails to start etcd can show why; ``close`` removes both.
 """
@@ -19,6 +26,7 @@ that fails to start etcd can show why; ``close`` removes both.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import signal
@@ -26,13 +34,14 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 from weakref import WeakSet
 
-__all__ = ["EtcdServer", "EtcdUnavailable", "ensure_etcd_installed", "free_port"]
+if TYPE_CHECKING:
+    import urllib.request
+
+__all__ = ["EtcdServer", "EtcdUnavailable", "ensure_etcd_installed", "free_port", "log_tail", "member_argv"]
 
 _START_PATIENCE = 20.0  # seconds for etcd to report healthy
 _STOP_PATIENCE = 10.0  # seconds between SIGTERM and SIGKILL
@@ -41,7 +50,6 @@ _PORT_TRIES = 3  # a random port can be taken between picking it and etcd bindin
 # Servers still open when the interpreter exits (a test forgot close(), or was
 # interrupted) are closed then, so no etcd process or data dir outlives the run.
 _OPEN: WeakSet[EtcdServer] = WeakSet()
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @atexit.register
@@ -74,11 +82,52 @@ def ensure_etcd_installed() -> str:
     return found
 
 
+def member_argv(binary: str, name: str, data_dir: str, client_url: str, peer_url: str, token: str) -> list[str]:
+    """The command line of a new single-member cluster ``name`` serving ``client_url``."""
+    return [
+        binary,
+        "--name", name,
+        "--data-dir", data_dir,
+        "--listen-client-urls", client_url,
+        "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url,
+        "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"{name}={peer_url}",
+        "--initial-cluster-state", "new",
+        "--initial-cluster-token", token,
+        # short raft ticks: a single member elects itself in ~100 ms instead of ~1 s
+        "--heartbeat-interval", "10",
+        "--election-timeout", "100",
+        "--logger", "zap",
+        "--log-outputs", "stderr",
+        "--log-level", "warn",
+    ]  # fmt: skip
+
+
+def log_tail(path: str, lines: int = 4) -> str:
+    """The last non-empty lines of a process's log, on one line, for an error message."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            tail = [line.strip() for line in f.readlines()[-lines:] if line.strip()]
+    except OSError:
+        return "no log"
+    return " | ".join(tail) or "no log output"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@functools.cache
+def _no_proxy() -> urllib.request.OpenerDirector:
+    # imported here: urllib.request pulls in http.client and ssl, which the lab's CLI
+    # paths (they import this module too) never need
+    import urllib.request
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class _PortTaken(Exception):
@@ -120,23 +169,8 @@ class EtcdServer:
         return self._process is not None and self._process.poll() is None
 
     def _command(self) -> list[str]:
-        return [
-            self.binary,
-            "--name", self.name,
-            "--data-dir", self.data_dir,
-            "--listen-client-urls", self.client_url,
-            "--advertise-client-urls", self.client_url,
-            "--listen-peer-urls", self.peer_url,
-            "--initial-advertise-peer-urls", self.peer_url,
-            "--initial-cluster", f"{self.name}={self.peer_url}",
-            "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"{self.name}-{self.client_port}",
-            "--heartbeat-interval", "10",
-            "--election-timeout", "100",
-            "--logger", "zap",
-            "--log-outputs", "stderr",
-            "--log-level", "warn",
-        ]  # fmt: skip
+        token = f"{self.name}-{self.client_port}"
+        return member_argv(self.binary, self.name, self.data_dir, self.client_url, self.peer_url, token)
 
     def start(self) -> str:
         """Start etcd (on the same ports and data dir as before, if it ran before) and
@@ -181,17 +215,13 @@ class EtcdServer:
 
     def _healthy(self) -> bool:
         try:
-            with _NO_PROXY.open(self.client_url + "/health", timeout=0.5) as response:
+            with _no_proxy().open(self.client_url + "/health", timeout=0.5) as response:
                 return b'"true"' in response.read()
-        except (OSError, urllib.error.URLError):
+        except OSError:  # urllib.error.URLError is an OSError
             return False
 
-    def _log_tail(self, lines: int = 5) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as log:
-                return " | ".join(line.strip() for line in log.readlines()[-lines:]) or "no log output"
-        except OSError:
-            return "no log"
+    def _log_tail(self) -> str:
+        return log_tail(self.log_path, 5)
 
     def stop(self, *, crash: bool = False) -> None:
         """Stop etcd (SIGTERM, then SIGKILL; at once SIGKILL with ``crash``); the data

@@ -1,0 +1,228 @@
+"""The controller's core: its parts, its lookups, and the one shape every operation has.
+
+Every mutating verb runs inside ``with self._operation() as op:``. That takes the lock,
+hands out ``op`` (an ``Undo``) on which each step pushes its inverse, unwinds it if
+anything raises, and after the lock is released waits for the overlay barrier when the
+operation published a cluster record: every live host must have programmed it before
+the verb returns. Hosts that did not make it in time come back in ``op.lagging``, which
+the verb returns inside an ``Outcome`` value.
+
+Records are written *before* the kernel change they describe (a container starts in
+state ``creating``), so a daemon killed at any instant leaves a record that reconcile
+finishes or removes. Mutations take milliseconds under the lock; waiting on processes
+(start, stop) and on other hosts happens outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..control import keys as ckeys
+from ..datapath import Datapath
+from ..drivers import (
+    DriverContext,
+    ExternalNamespace,
+    HostNamespace,
+    NetworkDriver,
+    OwnNamespace,
+    SandboxMode,
+    SharedNamespace,
+    Undo,
+    network_drivers,
+)
+from ..errors import InvalidInput, NotFound, TetherError
+from ..ipam import IPAM
+from ..model import Container, Endpoint, Network
+from ..store import Store
+from ..storekeys import CTR_PREFIX, EP_PREFIX, ID_PREFIX, NET_PREFIX
+
+if TYPE_CHECKING:
+    from ..control.agent import AgentHooks
+    from ..control.cluster import Cluster
+    from ..dns import Resolver
+    from ..firewall import Firewall
+
+__all__ = ["ControllerCore", "Operation", "Outcome"]
+
+log = logging.getLogger("tether.controller")
+
+T = TypeVar("T")
+
+
+class Operation(Undo):
+    """One operation's undo stack; after the ``with`` block, ``lagging`` names the hosts
+    that had not programmed what it published when the barrier gave up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lagging: list[str] = []
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What a verb made, and the hosts still behind on it (empty on a single host)."""
+
+    value: T
+    lagging: list[str] = field(default_factory=list)
+
+
+class ControllerCore:
+    def __init__(
+        self,
+        store: Store,
+        datapath: Datapath,
+        state_dir: str,
+        netns_prefix: str = "",
+        socket_path: str | None = None,
+        firewall: Firewall | None = None,
+        resolver: Resolver | None = None,
+        cluster: Cluster | None = None,
+        barrier_timeout: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.firewall = firewall
+        self.resolver = resolver
+        self.cluster = cluster
+        self.barrier_timeout = barrier_timeout
+        self.ipam = IPAM(store)
+        self.lock = threading.RLock()
+        self.ctx = DriverContext(
+            datapath=datapath,
+            mark=f"tether:{netns_prefix}",
+            netns_prefix=netns_prefix,
+            store=store,
+            ipam=self.ipam,
+            lock=self.lock,
+            firewall=firewall,
+            cluster=cluster,
+            global_ipam=IPAM(cluster.store) if cluster else None,
+        )
+        self.drivers: dict[str, NetworkDriver] = network_drivers()
+        self.state_dir = state_dir
+        self.socket_path = socket_path
+        os.makedirs(os.path.join(state_dir, "containers"), exist_ok=True)
+
+    # ------------------------------------------------------------------ the operation
+    @contextmanager
+    def _operation(self) -> Iterator[Operation]:
+        op = Operation()
+        with self.lock:
+            try:
+                yield op
+            except BaseException:
+                self._log_undo(op.unwind())
+                raise
+            op.commit()
+        op.lagging = self._wait_barrier(op.published)
+
+    def _wait_barrier(self, revision: int) -> list[str]:
+        """After an overlay endpoint was published: wait until every live host programmed it."""
+        if not revision or self.cluster is None:
+            return []
+        try:
+            return self.cluster.wait_applied(revision, self.barrier_timeout)
+        except TetherError as exc:
+            log.warning("barrier: %s", exc)
+            return ["(cluster store unreachable)"]
+
+    def _log_undo(self, failures: list[str]) -> None:
+        for line in failures:
+            log.warning("%s", line)
+
+    # ------------------------------------------------------------------ the overlay agent
+    def agent_hooks(self) -> AgentHooks:
+        """The calls the overlay agent makes back into this host (the overlay driver's)."""
+        return self.drivers["overlay"].agent_hooks(self.ctx)  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def agent(self) -> Any:
+        return getattr(self.drivers["overlay"], "agent", None)
+
+    @agent.setter
+    def agent(self, agent: Any) -> None:
+        self.drivers["overlay"].agent = agent  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ lookups
+    def _driver(self, network: Network) -> NetworkDriver:
+        return self.drivers[network.driver]
+
+    def _driver_named(self, name: str) -> NetworkDriver:
+        driver = self.drivers.get(name)
+        if driver is None:
+            raise InvalidInput(f"unknown network driver {name!r}: use one of {', '.join(sorted(self.drivers))}")
+        return driver
+
+    def _lookup_network(self, name: str) -> Network | None:
+        """A network by name: this host's bridge networks first, then the cluster's overlays."""
+        kv = self.store.get(NET_PREFIX + name)
+        if kv is None and self.cluster is not None:
+            kv = self.cluster.store.get(ckeys.network_key(name))
+        return Network.from_dict(kv.value) if kv else None
+
+    def _network(self, name: str) -> Network:
+        network = self._lookup_network(name)
+        if network is None:
+            raise NotFound(
+                f"network {name!r} not found: create it with `tether network create {name}` "
+                "or list networks with `tether network ls`"
+            )
+        return network
+
+    def _networks(self) -> list[Network]:
+        """This host's own networks."""
+        return [Network.from_dict(kv.value) for kv in self.store.list(NET_PREFIX)]
+
+    def _all_networks(self) -> list[Network]:
+        """This host's networks and the cluster's."""
+        overlays = self.cluster.store.list(ckeys.NETWORKS) if self.cluster is not None else []
+        return self._networks() + [Network.from_dict(kv.value) for kv in overlays]
+
+    def _ipam_for(self, network: Network) -> IPAM:
+        return self._driver(network).ipam(self.ctx)
+
+    def _container(self, name: str) -> Container:
+        kv = self.store.get(CTR_PREFIX + name)
+        if kv is None:
+            raise NotFound(f"container {name!r} not found: list containers with `tether ps -a`")
+        return Container.from_dict(kv.value)
+
+    def _containers(self) -> list[Container]:
+        return [Container.from_dict(kv.value) for kv in self.store.list(CTR_PREFIX)]
+
+    def _container_by_id(self, container_id: str) -> Container | None:
+        kv = self.store.get(ID_PREFIX + container_id) if container_id else None
+        if kv is not None:
+            c = self.store.get(CTR_PREFIX + kv.value["name"])
+            if c is not None and c.value.get("id") == container_id:
+                return Container.from_dict(c.value)
+        for c in self._containers():  # records written before the index existed
+            if c.id == container_id:
+                return c
+        return None
+
+    def _endpoints(self, container_id: str | None = None) -> list[Endpoint]:
+        prefix = EP_PREFIX + (f"{container_id}/" if container_id else "")
+        return [Endpoint.from_dict(kv.value) for kv in self.store.list(prefix)]
+
+    def _sandbox(self, container: Container) -> SandboxMode:
+        mode = container.mode
+        if container.external:
+            return ExternalNamespace()
+        if mode.kind == "host":
+            return HostNamespace()
+        if mode.kind == "container":
+            return SharedNamespace(container.netns)
+        return OwnNamespace()
+
+    def _save(self, container: Container) -> Container:
+        self.store.put(CTR_PREFIX + container.name, container.to_dict())
+        return container
+
+    def container_dir(self, container: Container) -> str:
+        return os.path.join(self.state_dir, "containers", container.id)

@@ -1,0 +1,171 @@
+"""Network verbs: create (placing a subnet), list, inspect, remove, prune.
+
+The controller checks what is common to every network (the name, the subnet and its
+overlap with every other network and with this host's routes) and asks the network's
+driver for the rest: its options (``validate``), its records and kernel side
+(``create_network``/``delete_network``), who uses it and how it is described.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ..errors import Conflict, InvalidInput
+from ..ipam import DEFAULT_POOLS, choose_subnet, find_overlap, validate_network_cidrs
+from ..model import DEFAULT_BRIDGE, DEFAULT_NETWORK, Network
+from ..storekeys import NET_PREFIX
+from ..drivers import NetworkSpec
+from ..validate import RESERVED_NETWORK_NAMES, validate_name
+from .core import ControllerCore
+
+__all__ = ["NetworkVerbs"]
+
+
+class NetworkVerbs(ControllerCore):
+    def create_network(
+        self,
+        name: str,
+        driver: str = "bridge",
+        subnet: str | None = None,
+        gateway: str | None = None,
+        ip_range: str | None = None,
+        options: dict[str, str] | None = None,
+        internal: bool = False,
+    ) -> Network:
+        validate_name("network", name)
+        if name in RESERVED_NETWORK_NAMES or name == DEFAULT_NETWORK:
+            raise Conflict(f"network name {name!r} is reserved: choose another name")
+        return self._create_network(name, driver, subnet, gateway, ip_range, options or {}, internal)
+
+    def _create_network(
+        self,
+        name: str,
+        driver_name: str,
+        subnet: str | None,
+        gateway: str | None,
+        ip_range: str | None,
+        options: dict[str, str],
+        internal: bool,
+        bridge: str | None = None,
+    ) -> Network:
+        driver = self._driver_named(driver_name)
+        options = driver.validate(self.ctx, options, internal)
+        if subnet is None and (gateway or ip_range):
+            raise InvalidInput("--gateway and --ip-range need --subnet: give the subnet they belong to")
+        with self._operation() as op:
+            if self._lookup_network(name) is not None:
+                raise Conflict(f"network {name!r} already exists: choose another name or remove it first")
+            networks = self._all_networks()
+            in_use = {n.subnet: f"network {n.name!r}" for n in networks}
+            subnet, gateway, ip_range = self.place_subnet(subnet, gateway, ip_range, in_use, driver.pools)
+            spec = NetworkSpec(uuid.uuid4().hex, name, subnet, gateway, ip_range, options, internal, bridge)
+            return driver.create_network(self.ctx, spec, networks, op)
+
+    def place_subnet(
+        self,
+        subnet: str | None,
+        gateway: str | None,
+        ip_range: str | None,
+        in_use: dict[str, str],
+        pools: list[tuple[str, int]] = DEFAULT_POOLS,
+    ) -> tuple[str, str, str | None]:
+        """A requested subnet, checked against ``in_use`` (cidr -> owner) and this host's
+        routes and addresses; or, with none requested, the first free one of ``pools``.
+        Returns (subnet, gateway, ip_range), normalised."""
+        host = self.ctx.datapath.host_networks()
+        if subnet is None:
+            return validate_network_cidrs(choose_subnet(list(in_use) + host, pools), None, None)
+        subnet, gateway, ip_range = validate_network_cidrs(subnet, gateway, ip_range)
+        owner = find_overlap(subnet, in_use) or find_overlap(subnet, {c: "a route or address on this host" for c in host})
+        if owner is not None:
+            raise Conflict(f"subnet {subnet} overlaps {owner}: choose a subnet that does not overlap")
+        return subnet, gateway, ip_range
+
+    def default_network(self) -> Network:
+        """The network ``bridge`` (device tether0), created on first use like Docker's."""
+        with self.lock:
+            kv = self.store.get(NET_PREFIX + DEFAULT_NETWORK)
+            if kv is not None:
+                return Network.from_dict(kv.value)
+            return self._create_network(DEFAULT_NETWORK, "bridge", None, None, None, {}, False, bridge=DEFAULT_BRIDGE)
+
+    def _resolve_network(self, name: str) -> Network:
+        if name == DEFAULT_NETWORK:
+            return self.default_network()
+        return self._network(name)
+
+    def get_network(self, name: str) -> Network:
+        """A network by name (this host's or the cluster's); ``NotFound`` if none."""
+        return self._network(name)
+
+    def find_network(self, name: str) -> Network | None:
+        """A network by name (this host's or the cluster's), or None."""
+        return self._lookup_network(name)
+
+    def all_networks(self) -> list[Network]:
+        """Every network this host sees: its own and the cluster's."""
+        return self._all_networks()
+
+    def network_by_subnet(self, subnet: str) -> Network | None:
+        return next((n for n in self._all_networks() if n.subnet == subnet), None)
+
+    def _local_users(self, network: Network) -> list[str]:
+        names = {c.id: c.name for c in self._containers()}
+        return sorted(names.get(ep.container_id, ep.container_id) for ep in self._endpoints() if ep.network_id == network.id)
+
+    def list_networks(self) -> list[dict[str, Any]]:
+        counts: dict[str, int] = {}
+        for ep in self._endpoints():
+            counts[ep.network_id] = counts.get(ep.network_id, 0) + 1
+        out = []
+        for n in self._all_networks():
+            driver = self._driver(n)
+            local = [""] * counts.get(n.id, 0)  # only their number matters here
+            out.append(dict(n.to_dict(), containers=len(driver.users(self.ctx, n, local)), scope=driver.scope))
+        return out
+
+    def inspect_network(self, name: str) -> dict[str, Any]:
+        network = self._network(name)
+        names = {c.id: c.name for c in self._containers()}
+        attached = {
+            names.get(ep.container_id, ep.container_id): {
+                "ifname": ep.ifname,
+                "address": ep.cidr,
+                "mac": ep.mac,
+                "host_ifname": ep.host_ifname,
+            }
+            for ep in self._endpoints()
+            if ep.network_id == network.id
+        }
+        return self._driver(network).describe(self.ctx, network, attached)
+
+    def remove_network(self, name: str) -> None:
+        with self.lock:
+            network = self._network(name)
+            if name == DEFAULT_NETWORK:
+                raise Conflict("bridge is the predefined default network and cannot be removed")
+            users = self._driver(network).users(self.ctx, network, self._local_users(network))
+            if users:
+                raise Conflict(
+                    f"network {name!r} has containers attached ({', '.join(users)}): "
+                    f"disconnect or remove them first"
+                )
+            errors = self._driver(network).delete_network(self.ctx, network)
+            if self.resolver is not None:
+                self.resolver.drop_network(network.name)
+            self._log_undo(errors)
+
+    def prune_networks(self) -> list[str]:
+        removed = []
+        with self.lock:
+            for network in self._networks():
+                if network.name != DEFAULT_NETWORK and not self._local_users(network):
+                    self.remove_network(network.name)
+                    removed.append(network.name)
+        return removed
+
+    def nodes(self) -> list[dict[str, Any]]:
+        if self.cluster is None:
+            raise InvalidInput("this daemon has no cluster store: start it with --cluster-store etcd://HOST:2379")
+        return self.cluster.nodes()

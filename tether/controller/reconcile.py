@@ -1,0 +1,182 @@
+"""Reconcile: make the kernel and the store agree after a restart or a crash at any point.
+
+The store is the truth for what should exist; the kernel is checked against it in a
+fixed order: networks are rebuilt; half-created and exited ``--rm`` containers are
+removed; other runtimes' sandboxes whose namespace is gone are dropped; missing
+namespaces and endpoints of live records are rebuilt; then the sweeps, each limited to
+what carries this daemon's mark or lives in its own store: orphan endpoints, links,
+leases, index entries, ``ip netns`` names and state dirs. Last, the firewall and the
+resolver are rebuilt from their inputs, which are derived from the store too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+from ..drivers import Undo, collect, enable_uplink_forwarding
+from ..errors import TetherError
+from ..model import DEFAULT_NETWORK, Container, Network
+from ..storekeys import ID_PREFIX, JOIN_PREFIX, ep_key
+from .external import RUNTIMES, ExternalVerbs, external_name, runtime_of
+
+if TYPE_CHECKING:
+    from ..firewall import NetworkRules, PortRule
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger("tether.controller")
+
+
+class Reconciler(ExternalVerbs):
+    def reconcile(self) -> list[str]:
+        """Every correction made, one line each (also logged)."""
+        actions: list[str] = []
+        with self.lock:
+            local_networks = {n.id: n for n in self._networks()}
+            networks = {n.id: n for n in self._all_networks()}
+            for network in local_networks.values():
+                try:
+                    self._driver(network).restore(self.ctx, network)
+                except TetherError as exc:
+                    actions.append(f"network {network.name}: {exc}")
+            containers = self._containers()
+            live_ids = {c.id for c in containers if self._reconcile_container(c, networks, actions)}
+            self._sweep_endpoints(live_ids, networks, actions)
+            self._sweep_leases(live_ids, local_networks, actions)
+            self._sweep_names(containers, live_ids, actions)
+            if any(not n.internal for n in networks.values()):
+                actions += collect(lambda: enable_uplink_forwarding(self.ctx))
+            if self.firewall is not None:
+                self.firewall.ensure()
+                self.firewall.sync(*self.desired_firewall())
+            actions += self._restore_dns()
+        for line in actions:
+            log.info("reconcile: %s", line)
+        return actions
+
+    def _reconcile_container(self, c: Container, networks: dict[str, Network], actions: list[str]) -> bool:
+        """Finish or remove one container; rebuild what a live one lost. Returns whether
+        it lives on."""
+        c = self._refresh(c)
+        if c.state == "creating" or (c.auto_remove and c.state == "exited"):
+            actions.append(f"removed container {c.name} ({c.state})")
+            actions += self._teardown(c)
+            return False
+        if c.external and not c.netns:
+            return True  # a runtime's endpoint waiting for its sandbox (Docker's Join)
+        if c.external and not os.path.exists(c.netns or ""):
+            actions.append(f"removed CNI attachment {c.name}: its runtime's namespace is gone")
+            actions += self._teardown(c)
+            return False
+        if self._sandbox(c).owns_netns() and c.netns and not self.ctx.datapath.netns_exists(c.netns):
+            if c.state == "running":
+                actions.append(f"container {c.name}: its namespace binding is gone while it runs")
+                return True
+            self.ctx.datapath.create_netns(c.netns)
+            actions.append(f"recreated namespace of {c.name}")
+        for ep in self._endpoints(c.id):
+            network = networks.get(ep.network_id)
+            if network is None:
+                actions.append(f"dropped endpoint of {c.name} on a removed network")
+                actions += self._detach(c, ep)
+                continue
+            driver = self._driver(network)
+            if c.netns and not driver.endpoint_present(self.ctx, network, ep):
+                try:
+                    self.ctx.datapath.detach_veth(ep.host_ifname)
+                    self.ctx.datapath.detach_in_netns(c.netns, ep.ifname)
+                    driver.attach_endpoint(self.ctx, network, c, ep, Undo(), keep_existing_default=True)
+                    actions.append(f"re-attached {c.name} to {network.name}")
+                except TetherError as exc:
+                    actions.append(f"could not re-attach {c.name} to {network.name}: {exc}")
+        return True
+
+    def _sweep_endpoints(self, live_ids: set[str], networks: dict[str, Network], actions: list[str]) -> None:
+        """Endpoint records whose container is gone; links with our mark nothing owns."""
+        for ep in self._endpoints():
+            if ep.container_id not in live_ids:
+                actions += collect(lambda: self.ctx.datapath.detach_veth(ep.host_ifname))
+                self.store.delete(ep_key(ep.container_id, ep.network_id))
+                actions.append(f"dropped orphan endpoint {ep.host_ifname}")
+        expected = {ep.host_ifname for ep in self._endpoints()}
+        for network in networks.values():
+            expected |= self._driver(network).owned_links(network)
+        for ifname, kind in self.ctx.datapath.links_with_mark(self.ctx.mark):
+            if ifname in expected:
+                continue
+            if kind == "bridge":
+                actions += collect(lambda: self.ctx.datapath.delete_bridge(ifname))
+            else:
+                actions += collect(lambda: self.ctx.datapath.detach_veth(ifname))
+            actions.append(f"deleted orphan link {ifname}")
+
+    def _sweep_leases(self, live_ids: set[str], local_networks: dict[str, Network], actions: list[str]) -> None:
+        """Leases without an owner, of this host's own networks only (overlay leases belong
+        to the whole cluster); leases of removed networks; stale index entries."""
+        for net_id in local_networks:
+            for address, owner in self.ipam.leases(net_id).items():
+                if owner not in live_ids:
+                    self.ipam.release(net_id, address)
+                    actions.append(f"released orphan lease {address}")
+        for kv in self.store.list(ID_PREFIX) + self.store.list(JOIN_PREFIX):
+            if kv.key.rsplit("/", 1)[1] not in live_ids:
+                self.store.delete(kv.key)
+        for kv in self.store.list("/ipam/"):
+            parts = kv.key.split("/")
+            if len(parts) >= 4 and parts[2] not in local_networks:
+                self.store.delete(kv.key)
+                actions.append(f"released lease {parts[3]} of a removed network")
+
+    def _sweep_names(self, containers: list[Container], live_ids: set[str], actions: list[str]) -> None:
+        """``ip netns`` names of runtimes' namespaces whose endpoint is gone (only names
+        tether gives: ``<prefix><runtime>-...``; others' symlinks are theirs); state dirs
+        without a record."""
+        named = {self.ctx.netns_name(c.name): c.netns for c in containers if c.external and c.id in live_ids}
+        for runtime, traits in RUNTIMES.items():
+            if not traits.names_netns:
+                continue
+            for alias, target in self.ctx.datapath.netns_aliases(self.ctx.netns_name(external_name(runtime, ""))).items():
+                if named.get(alias) != target:
+                    actions += collect(lambda: self.ctx.datapath.unalias_netns(alias))
+                    actions.append(f"removed stale namespace name {alias}")
+        root = os.path.join(self.state_dir, "containers")
+        for entry in os.listdir(root):
+            if entry not in live_ids:
+                shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+
+    def desired_firewall(self) -> tuple[list[NetworkRules], list[PortRule]]:
+        """The whole firewall state, derived from the store (the healer's and reconcile's input)."""
+        networks = [self._driver(n).rules(n) for n in self._all_networks() if self._driver(n).built_here(self.ctx, n)]
+        ports = [rule for c in self._containers() if c.state != "creating" for rule in self._port_rules(c)]
+        return networks, ports
+
+    def _restore_dns(self) -> list[str]:
+        """The resolver keeps its table in memory: rebuild it and its sockets from the store."""
+        if self.resolver is None:
+            return []
+        errors: list[str] = []
+        containers = {c.id: c for c in self._containers()}
+        records: dict[str, dict[str, list[str]]] = {}
+        for ep in self._endpoints():
+            c = containers.get(ep.container_id)
+            if c is None or ep.network == DEFAULT_NETWORK:
+                continue
+            table = records.setdefault(ep.network, {})
+            for name in self._dns_names(c, ep):
+                table.setdefault(name.lower(), []).append(ep.address)
+        for network in self._networks():
+            self.resolver.set_records(network.name, records.get(network.name, {}))
+        for c in containers.values():
+            runtime = runtime_of(c)
+            if runtime is not None and not runtime.serve_dns:
+                continue  # e.g. Docker's sandboxes have Docker's own resolver
+            if c.netns and c.joined is None and self.ctx.datapath.netns_exists(c.netns):
+                try:
+                    self.resolver.serve(c.id, self.ctx.datapath.netns_path(c.netns))
+                    self._set_dns_view(c)
+                except TetherError as exc:
+                    errors.append(f"resolver for {c.name}: {exc}")
+        return errors

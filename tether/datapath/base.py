@@ -1,0 +1,187 @@
+"""The Datapath protocol: every kernel change tether asks for, as one list of verbs.
+
+Two classes satisfy it: ``NetlinkDatapath`` (``netlink.py``, pyroute2, the real one) and
+``tether.testing.datapath.RecordingDatapath`` (in memory, for unit tests). Both have
+exactly these public methods, with these signatures: ``tests/unit/test_datapath_protocol.py``
+keeps them from drifting apart.
+
+What every implementation guarantees:
+
+* A Datapath acts on the host network namespace it was constructed in; container-side
+  verbs take the container's namespace by name (under the netns dir) or by absolute path.
+* Every verb may be called from any thread.
+* Every failure is a ``DatapathError`` with one line of text; nothing else leaves.
+* Removal verbs treat what is already gone as success, so teardown can be repeated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["BoundPorts", "Datapath", "VXLAN_OVERHEAD"]
+
+# What a VXLAN device's MTU must stay below its underlay's: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
+VXLAN_OVERHEAD = 50
+
+
+class BoundPorts(Protocol):
+    """The host's bound ports, as read once by ``Datapath.host_ports``."""
+
+    def holder(self, protocol: str, port: int, host_ip: str | None) -> str | None:
+        """Who holds ``port`` for ``host_ip`` (None = every address), or None if it is free."""
+
+
+class Datapath(Protocol):
+    """Namespaces, bridges, veths, VXLAN devices and their peers, and the host's own view."""
+
+    def close(self) -> None:
+        """Release sockets and threads; idempotent. No other verb may be called after it."""
+
+    # ------------------------------------------------------------------ namespaces
+
+    def netns_path(self, name: str) -> str:
+        """Where the namespace ``name`` is bound (``{netns_dir}/{name}``); an absolute path is itself."""
+
+    def create_netns(self, name: str) -> str:
+        """Create and bind the namespace ``name`` with ``lo`` up and return its path; DatapathError if taken."""
+
+    def delete_netns(self, name: str) -> None:
+        """Unbind the namespace (the kernel then frees it and the veth ends inside); missing is success."""
+
+    def alias_netns(self, name: str, target: str) -> None:
+        """Make the namespace bound at ``target`` visible as ``name``; replaces an alias, never a real one."""
+
+    def unalias_netns(self, name: str) -> None:
+        """Remove an alias made by ``alias_netns``; missing is success, a real namespace is never touched."""
+
+    def netns_aliases(self, prefix: str) -> dict[str, str]:
+        """name -> target of every alias whose name starts with ``prefix``."""
+
+    def netns_exists(self, name: str) -> bool:
+        """True if ``name`` is a bound namespace (a leftover plain file does not count)."""
+
+    def list_netns(self) -> list[str]:
+        """Names of every bound namespace in the netns dir (every owner's), sorted."""
+
+    # ------------------------------------------------------------------ bridges and links
+
+    def ensure_bridge(self, name: str, gateway_cidr: str, mtu: int, mark: str, exclusive: bool = False) -> None:
+        """Create or fix the bridge: alias, MTU, ``gateway_cidr`` (the only one if ``exclusive``), up; idempotent."""
+
+    def delete_bridge(self, name: str) -> None:
+        """Delete the bridge (its ports stay, unenslaved); missing is success."""
+
+    def link_exists(self, ifname: str) -> bool:
+        """True if ``ifname`` exists in the host namespace."""
+
+    def link_master(self, ifname: str) -> str | None:
+        """The bridge ``ifname`` is enslaved to, or None (also when ``ifname`` is missing)."""
+
+    def links_with_mark(self, mark: str) -> list[tuple[str, str]]:
+        """(ifname, kind) of every host link whose alias is ``mark``; kind may be ''."""
+
+    # ------------------------------------------------------------------ endpoints
+
+    def attach_veth(
+        self,
+        *,
+        netns: str,
+        host_ifname: str,
+        ifname: str,
+        bridge: str,
+        mac: str,
+        cidr: str,
+        gateway: str | None,
+        mtu: int,
+        mark: str,
+        hairpin: bool = False,
+        keep_existing_default: bool = False,
+    ) -> bool:
+        """Connect ``netns`` to ``bridge`` by an addressed veth pair, all or nothing; True if it got a default route."""
+
+    def create_veth_pair(
+        self, *, host_ifname: str, peer_ifname: str, bridge: str, mac: str, mtu: int, mark: str, hairpin: bool = False
+    ) -> None:
+        """A veth pair with both ends on the host, the peer down for a runtime to move (Docker); all or nothing."""
+
+    def detach_veth(self, host_ifname: str) -> None:
+        """Delete an endpoint by its host end, the peer with it; missing is success (slow: prefer delete_netns)."""
+
+    def detach_in_netns(self, netns: str, ifname: str) -> None:
+        """Delete ``ifname`` inside ``netns``; a missing namespace or link is success."""
+
+    def has_default_route(self, netns: str) -> bool:
+        """True if ``netns`` has an IPv4 default route in its main table."""
+
+    def add_default_route(self, netns: str, gateway: str) -> None:
+        """Add the default route via ``gateway`` in ``netns``; the same route is success, another a DatapathError."""
+
+    def container_interfaces(self, netns: str) -> list[dict[str, Any]]:
+        """Every link in ``netns``, lo included: ifname, mac, mtu, admin state, IPv4 addresses."""
+
+    def container_routes(self, netns: str) -> list[dict[str, Any]]:
+        """The IPv4 main-table routes of ``netns`` (dst, gateway, dev), in the kernel's order."""
+
+    # ------------------------------------------------------------------ host view
+
+    def set_interface_sysctl(self, ifname: str, key: str, value: str) -> None:
+        """Set net.ipv4.conf.IFNAME.KEY to ``value`` in the host namespace; already set is success."""
+
+    def host_ports(self) -> BoundPorts:
+        """The host's bound ports, read once now; ask ``.holder(...)`` about as many as needed."""
+
+    def host_addresses(self) -> list[str]:
+        """Every IPv4 address of the host namespace, without prefix length."""
+
+    def uplinks(self) -> list[str]:
+        """The interfaces that carry a default route in the host's main table, sorted."""
+
+    def host_networks(self) -> list[str]:
+        """IPv4 networks of the host's addresses and routes, the default route and local table left out."""
+
+    # ------------------------------------------------------------------ overlay (VXLAN)
+
+    def ensure_vxlan(
+        self,
+        name: str,
+        vni: int,
+        local_ip: str,
+        bridge: str,
+        mtu: int,
+        mark: str,
+        port: int = 4789,
+    ) -> None:
+        """Create or fix the VXLAN device on ``bridge``; idempotent, and an error if it has another VNI/address/port."""
+
+    def delete_vxlan(self, name: str) -> None:
+        """Delete the VXLAN device, its FDB and neighbour entries with it; missing is success."""
+
+    def underlay_mtu(self, local_ip: str) -> int:
+        """The MTU of the host interface holding ``local_ip``; overlay devices take 50 less."""
+
+    def add_peer(self, vxlan: str, ip: str, mac: str, vtep: str) -> None:
+        """Program ``ip`` at ``mac`` behind ``vtep`` (neighbour, then FDB); idempotent, moves a MAC, all or nothing."""
+
+    def remove_peer(self, vxlan: str, ip: str, mac: str, vtep: str) -> None:
+        """Undo ``add_peer`` unless ``mac`` has moved to another VTEP since; whatever is gone is success."""
+
+    def add_flood(self, vxlan: str, vtep: str) -> None:
+        """Also send broadcast, multicast and unknown unicast on ``vxlan`` to ``vtep``; idempotent."""
+
+    def remove_flood(self, vxlan: str, vtep: str) -> None:
+        """Stop flooding to ``vtep``; a missing device or entry is success."""
+
+    def list_peers(self, vxlan: str) -> list[tuple[str, str, str]]:
+        """(ip, mac, vtep) of every fully programmed peer on ``vxlan``, sorted."""
+
+    def list_floods(self, vxlan: str) -> list[str]:
+        """The VTEPs ``vxlan`` floods to, sorted."""
+
+    def set_bridge_mac(self, bridge: str, mac: str) -> None:
+        """Give ``bridge`` the MAC ``mac``; call it before containers attach (they cache the gateway's)."""
+
+    def add_address(self, ifname: str, cidr: str) -> None:
+        """Add ``cidr`` to the host interface ``ifname``; already there is success."""
+
+    def remove_address(self, ifname: str, cidr: str) -> None:
+        """Remove ``cidr`` from the host interface ``ifname``; a missing address or link is success."""

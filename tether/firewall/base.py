@@ -1,0 +1,66 @@
+"""The Firewall protocol: what the controller, the drivers and the daemon ask of the firewall.
+
+Two classes satisfy it: ``tether.firewall.nft.Firewall`` (nftables through libnftables,
+the real one) and ``tether.testing.firewall.RecordingFirewall`` (in memory, for unit
+tests). Its inputs are values (``NetworkRules``, ``PortRule``), never rule text, so a
+backend may keep them however it likes and rebuild everything from them (``sync``).
+
+What every implementation guarantees:
+
+* ``add_*`` of what is already there (the same element) is a no-op; an element that
+  clashes with a present one (a host port published to another target, an overlapping
+  subnet) is a ``Conflict``.
+* ``remove_*`` is idempotent: what is absent, or now means something else, is left alone.
+* Every failure of the backend is a ``SystemFailure``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from .rules import NetworkRules, PortRule
+
+__all__ = ["DesiredState", "Firewall"]
+
+DesiredState = Callable[[], tuple[list[NetworkRules], list[PortRule]]]
+
+
+class Firewall(Protocol):
+    """tether's table of networks and published ports in one network namespace."""
+
+    def present(self) -> bool:
+        """True if the table and every chain of it exist (cheap)."""
+
+    def rule_count(self) -> int:
+        """Rules in the table (constant in the number of networks and ports)."""
+
+    def ensure(self) -> bool:
+        """Create whatever of the table is missing; True if anything had to be created."""
+
+    def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> None:
+        """Make the table hold exactly these networks and ports, in one transaction."""
+
+    def add_network(self, net: NetworkRules) -> None:
+        """Add one network's elements (bridge, subnet, its masquerade, icc and internal flags)."""
+
+    def remove_network(self, net: NetworkRules) -> None:
+        """Remove everything ``net`` may have added, whatever its flags were; idempotent."""
+
+    def add_ports(self, ports: list[PortRule]) -> None:
+        """Publish these host ports; a host port already published elsewhere is a Conflict."""
+
+    def remove_ports(self, ports: list[PortRule]) -> None:
+        """Unpublish these exact mappings; absent ones (or a key now mapped elsewhere) stay; idempotent."""
+
+    def delete(self) -> None:
+        """Drop the whole table (tests, uninstall); idempotent; stops the healer first."""
+
+    def start_healer(self, desired: DesiredState, interval: float = 0.2) -> None:
+        """Rebuild the table from ``desired()`` whenever it is found damaged, checking every ``interval`` s."""
+
+    def stop_healer(self) -> None:
+        """Stop the healer started by ``start_healer``; idempotent."""
+
+    def close(self) -> None:
+        """Stop the healer and release the backend; no other verb may be called after it."""

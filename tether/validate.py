@@ -1,0 +1,101 @@
+"""Every check of user input that more than one front end needs, written once.
+
+Front ends (CLI, API, the CNI and Docker doors) and the controller call these at the
+boundary, before anything changes; each raises ``InvalidInput`` with one line saying what
+is wrong and how to fix it. The module imports nothing heavy (no ``re``, no ``ipaddress``
+at import time) because the CNI plugin, a process started per call, uses it too.
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidInput
+
+__all__ = [
+    "RESERVED_NETWORK_NAMES",
+    "validate_name",
+    "validate_mac",
+    "valid_ifname",
+    "check_ifname",
+    "check_ipv4",
+    "check_hostname",
+    "parse_bool_option",
+    "parse_mtu",
+    "is_plain_name",
+]
+
+# names `--net` gives a meaning of its own, so no network may take them
+RESERVED_NETWORK_NAMES = ("none", "host", "container", "default")
+
+_NAME_TAIL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def is_plain_name(value: str) -> bool:
+    """Docker's (and CNI's) rule: an ASCII letter or digit, then letters, digits, ``_.-``."""
+    return bool(value) and value[0].isascii() and value[0].isalnum() and all(c in _NAME_TAIL for c in value)
+
+
+def validate_name(kind: str, name: str) -> str:
+    """A container, network or alias name: Docker's rule, at most 63 characters."""
+    if not isinstance(name, str) or len(name) > 63 or not is_plain_name(name):
+        raise InvalidInput(
+            f"invalid {kind} name {name!r}: use 1-63 characters from [a-zA-Z0-9_.-], "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate_mac(mac: str) -> str:
+    """A MAC address as six hex pairs; returned in lower case."""
+    pairs = mac.split(":") if isinstance(mac, str) else []
+    if len(pairs) != 6 or not all(len(p) == 2 and set(p) <= _HEX for p in pairs):
+        raise InvalidInput(f"invalid mac {mac!r}: use six hex pairs like 02:42:0a:00:00:05")
+    return mac.lower()
+
+
+def valid_ifname(name: str) -> bool:
+    """The kernel's rule for a link name: 1-15 bytes, no '/', ':' or white space."""
+    return 0 < len(name) < 16 and name not in (".", "..") and not any(c in "/:" or c.isspace() for c in name)
+
+
+def check_ifname(what: str, name: str) -> str:
+    if not isinstance(name, str) or not valid_ifname(name):
+        raise InvalidInput(f"invalid {what} {name!r}: at most 15 characters, no '/', ':' or spaces")
+    return name
+
+
+def check_ipv4(what: str, address: str, example: str = "10.0.0.5") -> str:
+    """An IPv4 address given by a user (``--ip``, CNI ``ips``, Docker's Address)."""
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise InvalidInput(f"invalid {what} {address!r}: give an IPv4 address such as {example}") from None
+    return address
+
+
+def check_hostname(hostname: str) -> str:
+    if not (0 < len(hostname) <= 63 and all(c.isalnum() or c in "-." for c in hostname)):
+        raise InvalidInput(f"invalid --hostname {hostname!r}: use letters, digits, '-' and '.', at most 63")
+    return hostname
+
+
+def parse_bool_option(flag: str, value: str) -> str:
+    """``-o flag=value`` for a yes/no option, normalised to "true" or "false"."""
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return "true"
+    if lowered in ("false", "0", "no", "off"):
+        return "false"
+    raise InvalidInput(f"invalid -o {flag}={value!r}: use true or false")
+
+
+def parse_mtu(value: str) -> int:
+    try:
+        mtu = int(value)
+    except ValueError:
+        mtu = -1
+    if not 68 <= mtu <= 65535:
+        raise InvalidInput(f"invalid mtu {value!r}: use a whole number from 68 to 65535")
+    return mtu
