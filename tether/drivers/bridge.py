@@ -65,7 +65,7 @@ class BridgeDriver(NetworkDriver):
         if not network.internal:
             enable_uplink_forwarding(ctx)
         if ctx.firewall is not None:
-            firewall, rules = ctx.firewall(network)
+            firewall, rules = ctx.firewall, self.rules(network)
             firewall.add_network(rules)
             undo.push(f"firewall of network {network.name}", lambda: firewall.remove_network(rules))
         return network

@@ -3,6 +3,7 @@ the process."""
 
 from __future__ import annotations
 
+from .firewall import RecordingFirewall as RecordingFirewall
 from .memory import MemoryStore
 
 __all__ = ["MemoryStore"]
