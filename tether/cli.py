@@ -20,6 +20,7 @@ from rich.table import Table
 
 from .api.client import Client, default_socket, default_state_dir, q
 from .errors import NotFound, TetherError
+from .validate import parse_seconds, validate_name
 
 __all__ = ["app", "main"]
 
@@ -116,6 +117,9 @@ def daemon(
         help="Serve Docker's network and IPAM driver as NAME (/run/docker/plugins/NAME.sock) or on a socket path; "
         "'none' to not serve it [default: 'tether' for the daemon on the default socket].",
     ),
+    discard_unknown: bool = typer.Option(
+        False, "--discard-unknown", help="With an empty store, remove tether's links it finds instead of refusing."
+    ),
 ) -> None:
     """Run the per-host daemon in the foreground."""
     from .daemon import docker_plugin_choice, run_daemon
@@ -134,6 +138,7 @@ def daemon(
         node_grace=node_grace,
         docker_plugin=plugin,
         docker_plugin_required=required,
+        discard_unknown=discard_unknown,
     )
 
 
@@ -151,6 +156,7 @@ def network_create(
     internal: bool = typer.Option(False, "--internal", help="No route to the outside."),
 ) -> None:
     """Create a network."""
+    validate_name("network", name)  # before the daemon is asked (and started) at all
     net = CTX.client().post(
         "/networks",
         {
@@ -384,11 +390,12 @@ def logs(name: str) -> None:
 
 @app.command()
 def stop(
-    names: list[str], time_: float = typer.Option(10.0, "-t", "--time", help="Seconds to wait before SIGKILL.")
+    names: list[str], time_: str = typer.Option("10", "-t", "--time", help="Seconds to wait before SIGKILL.")
 ) -> None:
     """Stop running containers (SIGTERM, then SIGKILL)."""
+    timeout = parse_seconds("-t", time_)
     client = CTX.client()
-    _each(names, lambda n: client.post(f"/containers/{q(n)}/stop", {"timeout": time_}))
+    _each(names, lambda n: client.post(f"/containers/{q(n)}/stop", {"timeout": timeout}))
 
 
 @app.command()

@@ -15,14 +15,14 @@ import socket
 import threading
 import time
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from .api.server import ApiServer
 from .controller import Controller
 from .control.agent import OverlayAgent
 from .control.cluster import Cluster
 from .datapath import NetlinkDatapath
-from .errors import InvalidInput, StoreError, TetherError
+from .errors import Conflict, InvalidInput, StoreError, TetherError
 from .dns import Resolver
 from .firewall import Firewall
 from .firewall.dnsredirect import redirect_dns_here
@@ -49,12 +49,13 @@ def run_daemon(
     node_grace: float = 60.0,
     docker_plugin: str | None = None,
     docker_plugin_required: bool = True,
+    discard_unknown: bool = False,
 ) -> None:
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    os.makedirs(state_dir, exist_ok=True)
+    claims = claim(state_dir, socket_path)  # before anything else: one daemon per state dir and netns
     _raise_fd_limit()
     store = SqliteStore(os.path.join(state_dir, "tether.db"))
     datapath = NetlinkDatapath()
@@ -75,7 +76,7 @@ def run_daemon(
         cluster=cluster,
     )
     agent = _start_agent(cluster, datapath, controller) if cluster is not None else None
-    actions = controller.reconcile()
+    actions = controller.reconcile(discard_unknown=discard_unknown)
     # someone may flush the ruleset or delete our table at any time: put it back within 1 s
     firewall.start_healer(controller.desired_firewall)
     log.info("reconciled with %d correction(s)", len(actions))
@@ -102,6 +103,8 @@ def run_daemon(
         resolver.stop()
         datapath.close()
         store.close()
+        for held in claims:
+            held.close()
 
 
 def _start_agent(cluster: Cluster, datapath: NetlinkDatapath, controller: Controller) -> OverlayAgent:
@@ -156,6 +159,61 @@ def _serve(server: ApiServer, controller: Controller) -> None:
         server.serve_forever()
     finally:
         stopping.set()
+
+
+LOCK_DIR = "/run/tether/netns"
+
+
+def claim(state_dir: str, socket_path: str) -> list[IO[str]]:
+    """Hold the two locks that make a daemon the only one of its state dir and of its
+    network namespace (whose bridges, links and nftables table it reconciles as its own).
+    The kernel drops them when the process dies, however it dies. A second daemon (or
+    the ninth of ten parallel autostarts) is refused in one line naming the first."""
+    me = {"pid": os.getpid(), "state_dir": os.path.abspath(state_dir), "socket": socket_path}
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        os.makedirs(LOCK_DIR, exist_ok=True)
+        ns = os.stat("/proc/self/ns/net")
+        paths = [os.path.join(state_dir, "daemon.lock"), os.path.join(LOCK_DIR, f"{ns.st_dev}-{ns.st_ino}.lock")]
+        held = [_lock(path, me) for path in paths]
+    except OSError as exc:
+        raise InvalidInput(f"cannot start the daemon: {exc.filename}: {exc.strerror}: use a writable --state-dir") from None
+    for path, fh in zip(paths, held):
+        if fh is None:
+            other = _holder(path)
+            where = "state dir" if path.startswith(state_dir) else "network namespace"
+            raise Conflict(
+                f"another tether daemon (pid {other.get('pid', '?')}, state dir {other.get('state_dir', '?')}, "
+                f"socket {other.get('socket', '?')}) already runs in this {where}: use it, or stop it first"
+            )
+    return [fh for fh in held if fh is not None]
+
+
+def _lock(path: str, me: dict[str, object]) -> IO[str] | None:
+    import fcntl
+    import json
+
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    fh.truncate(0)
+    fh.write(json.dumps(me))
+    fh.flush()
+    return fh
+
+
+def _holder(path: str) -> dict[str, object]:
+    import json
+
+    try:
+        with open(path) as fh:
+            value = json.loads(fh.read() or "{}")
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def docker_plugin_choice(asked: str | None, socket_path: str) -> tuple[str | None, bool]:

@@ -13,13 +13,16 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from .api.client import Client, q
 from .errors import TetherError
+
+if TYPE_CHECKING:
+    from .lab import LabHost
 
 __all__ = ["run_demo"]
 
@@ -46,27 +49,17 @@ def _probe(pid: int, cmd: list[str]) -> bool:
 
 
 def run_demo(client: Client, console: Console, keep: bool = False) -> int:
+    """The single-host part: one container per mode on the daemon behind ``client``, the
+    connectivity matrix probed from inside each and checked against what the mode promises;
+    0 if every cell matches. Removes its containers afterwards unless ``keep``."""
     tag = uuid.uuid4().hex[:4]
     names = {k: f"demo-{tag}-{k}" for k in ("c1", "c2", "none", "host", "join", "late")}
     port = _free_loopback_port()
     made: list[str] = []
-    sleeper = ["sleep", "3600"]
-
-    def run(name: str, net: str, cmd: list[str]) -> dict[str, Any]:
-        client.post("/containers", {"name": name, "net": net, "cmd": cmd, "detach": True})
-        made.append(name)
-        return dict(client.get(f"/containers/{q(name)}"))
-
     try:
         console.print(f"[bold]tether demo[/bold]: starting one container per mode (tag {tag})")
-        c1 = run(names["c1"], "bridge", ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"])
-        c2 = run(names["c2"], "bridge", sleeper)
-        none = run(names["none"], "none", sleeper)
-        host = run(names["host"], "host", sleeper)
-        join = run(names["join"], f"container:{names['c1']}", sleeper)
-        late = run(names["late"], "none", sleeper)
-        client.post(f"/networks/{q('bridge')}/connect", {"container": names["late"]})
-        late = dict(client.get(f"/containers/{q(names['late'])}"))
+        started = _start_mode_containers(client, names, port, made)
+        c1, c2 = started["c1"], started["c2"]
         bridge_net = client.get(f"/networks/{q('bridge')}")
         a1 = c1["networks"]["bridge"]["address"]
         a2 = c2["networks"]["bridge"]["address"]
@@ -83,37 +76,18 @@ def run_demo(client: Client, console: Console, keep: bool = False) -> int:
             ("→c1 lo", _tcp(port)),
         ]
         rows = [
-            ("host", host, [True, True, True, False]),
-            ("none", none, [False, False, False, False]),
+            ("host", started["host"], [True, True, True, False]),
+            ("none", started["none"], [False, False, False, False]),
             ("bridge c1", c1, [True, True, True, True]),
             ("bridge c2", c2, [True, True, True, False]),
-            ("container:c1", join, [True, True, True, True]),
-            ("none+connect", late, [True, True, True, False]),
+            ("container:c1", started["join"], [True, True, True, True]),
+            ("none+connect", started["late"], [True, True, True, False]),
         ]
         console.print(
             f"targets: c1 = ping {a1}, c2 = ping {a2}, host = ping {gw} (the bridge's gateway), "
             f"c1 lo = TCP to 127.0.0.1:{port}, served by c1 on its loopback only"
         )
-        table = Table(title="connectivity, measured with real packets", header_style="bold")
-        table.add_column("from")
-        table.add_column("interfaces")
-        for label, _ in targets:
-            table.add_column(label, justify="center")
-        mismatches = 0
-        for label, info, expected in rows:
-            links = _exec(info["pid"], ["ip", "-o", "link"])[1]
-            ifnames = ",".join(line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ":" in line)
-            if label == "host":
-                ifnames = f"the host's ({len(links.splitlines())})"
-            cells = []
-            for (tlabel, cmd), want in zip(targets, expected):
-                got = _probe(info["pid"], cmd)
-                mark = "[green]✓[/green]" if got else "[red]✗[/red]"
-                if got != want:
-                    mismatches += 1
-                    mark += " [bold yellow](unexpected)[/bold yellow]"
-                cells.append(mark)
-            table.add_row(label, ifnames, *cells)
+        table, mismatches = _mode_matrix(targets, rows)
         console.print(table)
         if mismatches:
             console.print(f"[bold red]{mismatches} cell(s) differ from what the modes promise[/bold red]")
@@ -122,11 +96,71 @@ def run_demo(client: Client, console: Console, keep: bool = False) -> int:
         return 0
     finally:
         if not keep:
-            for name in reversed(made):
-                try:
-                    client.delete(f"/containers/{q(name)}?force=1")
-                except TetherError as exc:
-                    console.print(f"cleanup of {name}: {exc}")
+            _remove_containers(client, console, made)
+
+
+def _start_mode_containers(
+    client: Client, names: dict[str, str], port: int, made: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Start the demo's containers (c1 serving TCP on its loopback ``port``; "late"
+    connected to the bridge after it started), each name appended to ``made`` as soon as
+    it exists; their records by key of ``names``. From ``run_demo`` only."""
+    sleeper = ["sleep", "3600"]
+
+    def run(name: str, net: str, cmd: list[str]) -> dict[str, Any]:
+        client.post("/containers", {"name": name, "net": net, "cmd": cmd, "detach": True})
+        made.append(name)
+        return dict(client.get(f"/containers/{q(name)}"))
+
+    started = {
+        "c1": run(names["c1"], "bridge", ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"]),
+        "c2": run(names["c2"], "bridge", sleeper),
+        "none": run(names["none"], "none", sleeper),
+        "host": run(names["host"], "host", sleeper),
+        "join": run(names["join"], f"container:{names['c1']}", sleeper),
+        "late": run(names["late"], "none", sleeper),
+    }
+    client.post(f"/networks/{q('bridge')}/connect", {"container": names["late"]})
+    started["late"] = dict(client.get(f"/containers/{q(names['late'])}"))
+    return started
+
+
+def _mode_matrix(
+    targets: list[tuple[str, list[str]]], rows: list[tuple[str, dict[str, Any], list[bool]]]
+) -> tuple[Table, int]:
+    """The connectivity table, each cell probed from inside the row's container, and how
+    many cells differ from the row's expectations. From ``run_demo`` only."""
+    table = Table(title="connectivity, measured with real packets", header_style="bold")
+    table.add_column("from")
+    table.add_column("interfaces")
+    for label, _ in targets:
+        table.add_column(label, justify="center")
+    mismatches = 0
+    for label, info, expected in rows:
+        links = _exec(info["pid"], ["ip", "-o", "link"])[1]
+        ifnames = _link_names(links)
+        if label == "host":
+            ifnames = f"the host's ({len(links.splitlines())})"
+        cells = []
+        for (tlabel, cmd), want in zip(targets, expected):
+            got = _probe(info["pid"], cmd)
+            mark = "[green]✓[/green]" if got else "[red]✗[/red]"
+            if got != want:
+                mismatches += 1
+                mark += " [bold yellow](unexpected)[/bold yellow]"
+            cells.append(mark)
+        table.add_row(label, ifnames, *cells)
+    return table, mismatches
+
+
+def _remove_containers(client: Client, console: Console, made: list[str]) -> None:
+    """Force-remove the containers in ``made``, newest first, reporting (not raising) each
+    failure. From ``run_demo``'s cleanup."""
+    for name in reversed(made):
+        try:
+            client.delete(f"/containers/{q(name)}?force=1")
+        except TetherError as exc:
+            console.print(f"cleanup of {name}: {exc}")
 
 
 def run_overlay_demo(console: Console, hosts: int = 3) -> int:
@@ -146,42 +180,10 @@ def run_overlay_demo(console: Console, hosts: int = 3) -> int:
     console.print(f"[bold]multi-host[/bold]: a lab of {hosts} hosts with etcd, one overlay network (tag {tag})")
     try:
         info = lab.lab_up(hosts, 10.0, root, state_root, tag, report=lambda step: console.print(f"  up: {step}"))
-        clients = {h.name: Client(h.socket) for h in info.hosts}
-        first = info.hosts[0]
-        clients[first.name].post("/networks", {"name": "demo-ov", "driver": "overlay"})
-        containers = []
-        for i, h in enumerate(info.hosts, 1):
-            reply = clients[h.name].post(
-                "/containers", {"name": f"c{i}", "net": "demo-ov", "cmd": ["sleep", "3600"], "detach": True}
-            )
-            net = reply["networks"]["demo-ov"]
-            containers.append((f"c{i}@{h.name}", reply["pid"], net["address"], net["gateway"]))
+        containers = _start_overlay_containers(info.hosts)
         inet_ip = lab.INET_IP
         targets = [(f"→{label.split('@')[0]}", addr) for label, _, addr, _ in containers] + [("→internet", inet_ip)]
-        table = Table(title="overlay reachability, measured with real packets", header_style="bold")
-        table.add_column("from")
-        table.add_column("interfaces")
-        for label, _ in targets:
-            table.add_column(label, justify="center")
-        table.add_column("→own host", justify="center")
-        misses = 0
-        for label, pid, _, gateway in containers:
-            links = _exec(pid, ["ip", "-o", "link"])[1]
-            ifnames = ",".join(line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ":" in line)
-            cells = []
-            for addr in [a for _, a in targets] + [gateway]:
-                ok = _probe(pid, ["ping", "-c1", "-W1", addr])
-                misses += not ok
-                cells.append("[green]✓[/green]" if ok else "[red]✗[/red]")
-            table.add_row(label, ifnames, *cells)
-        for h in info.hosts:
-            cells = []
-            for _, addr in targets:
-                ok = subprocess.run(["ip", "netns", "exec", h.netns, "ping", "-c1", "-W1", addr],
-                                    capture_output=True).returncode == 0
-                misses += not ok
-                cells.append("[green]✓[/green]" if ok else "[red]✗[/red]")
-            table.add_row(f"host {h.name}", "(the host)", *cells, "-")
+        table, misses = _overlay_matrix(info.hosts, containers, targets)
         console.print(table)
         if misses:
             console.print(f"[bold red]{misses} overlay probe(s) failed[/bold red]")
@@ -193,6 +195,59 @@ def run_overlay_demo(console: Console, hosts: int = 3) -> int:
         lab.lab_down(root, state_root, tag)
         _shutil.rmtree(root, ignore_errors=True)
         _shutil.rmtree(state_root, ignore_errors=True)
+
+
+def _start_overlay_containers(hosts: list[LabHost]) -> list[tuple[str, int, str, str]]:
+    """Create the overlay network "demo-ov" (on the first host) and one container on each
+    host; (label, pid, address, gateway) of each. From ``run_overlay_demo`` only."""
+    clients = {h.name: Client(h.socket) for h in hosts}
+    first = hosts[0]
+    clients[first.name].post("/networks", {"name": "demo-ov", "driver": "overlay"})
+    containers = []
+    for i, h in enumerate(hosts, 1):
+        reply = clients[h.name].post(
+            "/containers", {"name": f"c{i}", "net": "demo-ov", "cmd": ["sleep", "3600"], "detach": True}
+        )
+        net = reply["networks"]["demo-ov"]
+        containers.append((f"c{i}@{h.name}", reply["pid"], net["address"], net["gateway"]))
+    return containers
+
+
+def _overlay_matrix(
+    hosts: list[LabHost], containers: list[tuple[str, int, str, str]], targets: list[tuple[str, str]]
+) -> tuple[Table, int]:
+    """The overlay reachability table, pinged from inside each container (to every target
+    and its own host) and from each lab host's namespace, and how many pings failed.
+    From ``run_overlay_demo`` only."""
+    table = Table(title="overlay reachability, measured with real packets", header_style="bold")
+    table.add_column("from")
+    table.add_column("interfaces")
+    for label, _ in targets:
+        table.add_column(label, justify="center")
+    table.add_column("→own host", justify="center")
+    misses = 0
+    for label, pid, _, gateway in containers:
+        links = _exec(pid, ["ip", "-o", "link"])[1]
+        cells = []
+        for addr in [a for _, a in targets] + [gateway]:
+            ok = _probe(pid, ["ping", "-c1", "-W1", addr])
+            misses += not ok
+            cells.append("[green]✓[/green]" if ok else "[red]✗[/red]")
+        table.add_row(label, _link_names(links), *cells)
+    for h in hosts:
+        cells = []
+        for _, addr in targets:
+            ok = subprocess.run(["ip", "netns", "exec", h.netns, "ping", "-c1", "-W1", addr],
+                                capture_output=True).returncode == 0
+            misses += not ok
+            cells.append("[green]✓[/green]" if ok else "[red]✗[/red]")
+        table.add_row(f"host {h.name}", "(the host)", *cells, "-")
+    return table, misses
+
+
+def _link_names(links: str) -> str:
+    """The interface names in ``ip -o link`` output, comma-separated (``@peer`` dropped)."""
+    return ",".join(line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ":" in line)
 
 
 def _tcp(port: int) -> list[str]:

@@ -20,6 +20,7 @@ __all__ = [
     "check_hostname",
     "parse_bool_option",
     "parse_mtu",
+    "parse_seconds",
     "is_plain_name",
 ]
 
@@ -91,11 +92,28 @@ def parse_bool_option(flag: str, value: str) -> str:
     raise InvalidInput(f"invalid -o {flag}={value!r}: use true or false")
 
 
+MIN_MTU = 576  # IPv4 hosts must take 576-byte datagrams; below it much breaks (IPv6 needs 1280)
+
+
 def parse_mtu(value: str) -> int:
     try:
         mtu = int(value)
     except ValueError:
         mtu = -1
-    if not 68 <= mtu <= 65535:
-        raise InvalidInput(f"invalid mtu {value!r}: use a whole number from 68 to 65535")
+    if not MIN_MTU <= mtu <= 65535:
+        raise InvalidInput(
+            f"invalid mtu {value!r}: use a whole number from {MIN_MTU} (the smallest datagram IPv4 "
+            "hosts must accept) to 65535"
+        )
     return mtu
+
+
+def parse_seconds(flag: str, value: str) -> float:
+    """A duration given on the command line, such as ``-t 10`` or ``-t 2.5``."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 1e9:
+        raise InvalidInput(f"invalid {flag} {value!r}: give a number of seconds, such as 10")
+    return seconds

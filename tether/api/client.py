@@ -109,16 +109,36 @@ class Client:
             return False
 
     def ensure_daemon(self, state_dir: str | None = None, wait: float = 15.0) -> None:
-        """Start a background daemon on this socket if none answers (the embedded default)."""
+        """Start a background daemon on this socket if none answers (the embedded default).
+
+        Callers racing here (ten parallel first `run`s) queue on a lock in the state dir,
+        so exactly one starts a daemon and the others find it answering. A daemon that
+        exits while starting is reported at once with its own one-line reason."""
         if self.alive():
             return
-        import subprocess  # only here: a short-lived client never needs it
+        import fcntl  # only here: a short-lived client never needs these
 
         state_dir = state_dir or default_state_dir()
-        os.makedirs(state_dir, exist_ok=True)
+        try:
+            os.makedirs(state_dir, exist_ok=True)
+            lock = open(os.path.join(state_dir, "autostart.lock"), "a")
+        except OSError as exc:
+            raise DaemonUnavailable(
+                f"cannot start a tether daemon: state dir {state_dir}: {exc.strerror}: "
+                "use a writable --state-dir (or TETHER_STATE_DIR)"
+            ) from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not self.alive():
+                self._start_daemon(state_dir, wait)
+
+    def _start_daemon(self, state_dir: str, wait: float) -> None:
+        import subprocess
+
         log_path = os.path.join(state_dir, "daemon.log")
         with open(log_path, "ab") as log_file:
-            subprocess.Popen(
+            start = log_file.tell()
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "tether.cli", "daemon", "--state-dir", state_dir, "--socket", self.socket_path],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -130,8 +150,24 @@ class Client:
         while time.monotonic() < deadline:
             if self.alive():
                 return
+            if proc.poll() is not None:
+                raise DaemonUnavailable(f"the tether daemon did not start: {_last_error(log_path, start)}")
             time.sleep(0.05)
         raise DaemonUnavailable(f"started a tether daemon but it did not answer on {self.socket_path}: see {log_path}")
+
+
+def _last_error(log_path: str, offset: int) -> str:
+    """The daemon's reason for exiting: the last line it wrote (its one-line error)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            lines = [x.strip() for x in fh.read().decode(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        lines = []
+    if not lines:
+        return f"it exited without a word: see {log_path}"
+    last = lines[-1]
+    return last[len("Error: "):] if last.startswith("Error: ") else f"{last} (see {log_path})"
 
 
 def q(name: str) -> str:

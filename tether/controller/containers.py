@@ -187,7 +187,14 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs):
             return self._save(self._container(name).with_(state="exited", exit_code=code))
 
     def _refresh(self, container: Container) -> Container:
-        """Derive running/exited from the process itself; the record only caches it."""
+        """Derive running/exited from the process itself; the record only caches it. A
+        ``created`` record whose shim reports a live process is adopted as running (the
+        daemon was killed between starting it and recording that)."""
+        if container.state == "created" and not container.pid and container.detach:
+            started = runtime.read_started(self.container_dir(container))
+            if started is not None and self._in_own_netns(container, started[0]):
+                pid, start_time = started
+                container = self._save(container.with_(state="running", pid=pid, start_time=start_time))
         if container.state == "running" and not runtime.process_alive(container.pid, container.start_time):
             code = runtime.read_exit_code(self.container_dir(container))
             deadline = time.monotonic() + 0.5
@@ -196,6 +203,18 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs):
                 code = runtime.read_exit_code(self.container_dir(container))
             container = self._save(container.with_(state="exited", exit_code=code if code is not None else -1))
         return container
+
+    def _in_own_netns(self, container: Container, pid: int) -> bool:
+        """Whether process ``pid`` lives in the container's network namespace (so a pid
+        file can not make tether adopt a stranger that reused the pid)."""
+        if container.netns is None:
+            return True
+        try:
+            inside = os.stat(f"/proc/{pid}/ns/net")
+            bound = os.stat(self.ctx.datapath.netns_path(container.netns))
+        except OSError:
+            return False
+        return (inside.st_dev, inside.st_ino) == (bound.st_dev, bound.st_ino)
 
     # ------------------------------------------------------------------ ps, inspect, logs
     def list_containers(self, all_: bool = False) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 from ..drivers import Undo, collect, enable_uplink_forwarding
-from ..errors import TetherError
+from ..errors import Conflict, TetherError
 from ..model import DEFAULT_NETWORK, Container, Network
 from ..storekeys import ID_PREFIX, JOIN_PREFIX, ep_key
 from .external import RUNTIMES, ExternalVerbs, external_name, runtime_of
@@ -31,12 +31,16 @@ log = logging.getLogger("tether.controller")
 
 
 class Reconciler(ExternalVerbs):
-    def reconcile(self) -> list[str]:
-        """Every correction made, one line each (also logged)."""
+    def reconcile(self, discard_unknown: bool = False) -> list[str]:
+        """Every correction made, one line each (also logged). An empty store facing links
+        of this daemon is refused (``discard_unknown`` lets them go): it is a lost store,
+        and removing them would cut running containers off."""
         actions: list[str] = []
         with self.lock:
             local_networks = {n.id: n for n in self._networks()}
             networks = {n.id: n for n in self._all_networks()}
+            if not discard_unknown:
+                self._refuse_a_lost_store(networks)
             for network in local_networks.values():
                 try:
                     self._driver(network).restore(self.ctx, network)
@@ -56,6 +60,19 @@ class Reconciler(ExternalVerbs):
         for line in actions:
             log.info("reconcile: %s", line)
         return actions
+
+    def _refuse_a_lost_store(self, networks: dict[str, Network]) -> None:
+        if self._networks() or self._containers():
+            return
+        expected = {link for n in networks.values() for link in self._driver(n).owned_links(n)}
+        strays = sorted(name for name, _ in self.ctx.datapath.links_with_mark(self.ctx.mark) if name not in expected)
+        if strays:
+            where = getattr(self.store, "path", "the store")
+            raise Conflict(
+                f"the store {where} is empty but this host has {len(strays)} link(s) of tether's "
+                f"({', '.join(strays[:4])}{', ...' if len(strays) > 4 else ''}): restore the store from a backup, "
+                "or start the daemon once with --discard-unknown to remove them"
+            )
 
     def _reconcile_container(self, c: Container, networks: dict[str, Network], actions: list[str]) -> bool:
         """Finish or remove one container; rebuild what a live one lost. Returns whether

@@ -371,57 +371,66 @@ class NetlinkDatapath:
 
         def work(ipr: IPRoute) -> None:
             with _mapped(f"cannot set up bridge {name}"):
-                link = self._get_link(ipr, name)
-                if link is None:
-                    try:
-                        ipr.link(
-                            "add",
-                            ifname=name,
-                            kind="bridge",
-                            mtu=mtu,
-                            address=_random_bridge_mac(),
-                        )
-                    except NetlinkError as exc:
-                        # EEXIST: lost a race with another daemon, which is fine
-                        if exc.code != errno.EEXIST:
-                            raise
-                    link = self._get_link(ipr, name)
-                    if link is None:
-                        raise DatapathError(
-                            f"bridge {name} vanished while being created"
-                        )
-                kind = self._kind(link)
-                if kind != "bridge":
-                    raise DatapathError(
-                        f"cannot use {name} as a bridge: it is a {kind or 'device'}"
-                    )
+                link = self._bridge_link(ipr, name, mtu)
                 index = link["index"]
-                changes: dict[str, Any] = {}
-                if link.get("ifalias") != mark:
-                    changes["ifalias"] = mark
-                if link.get("mtu") != mtu:
-                    changes["mtu"] = mtu
-                if changes:
-                    ipr.link("set", index=index, **changes)
-                present = {
-                    (a.get("address"), a["prefixlen"])
-                    for a in ipr.addr("dump", index=index, family=socket.AF_INET)
-                }
-                if exclusive:
-                    for other, other_len in present - {(address, prefixlen)}:
-                        ipr.addr("del", index=index, address=other, prefixlen=other_len)
-                if (address, prefixlen) not in present:
-                    try:
-                        ipr.addr(
-                            "add", index=index, address=address, prefixlen=prefixlen
-                        )
-                    except NetlinkError as exc:
-                        if exc.code != errno.EEXIST:
-                            raise
+                self._set_alias_and_mtu(ipr, link, mark, mtu)
+                self._set_bridge_address(ipr, index, address, prefixlen, exclusive)
                 if not link["flags"] & IFF_UP:
                     ipr.link("set", index=index, state="up")
 
         self._host(work)
+
+    def _bridge_link(self, ipr: IPRoute, name: str, mtu: int) -> Any:
+        """The link message of the bridge ``name``, created (with a fixed random MAC) if
+        missing; DatapathError if ``name`` is another kind of link. On the worker, inside
+        the caller's ``_mapped``."""
+        link = self._get_link(ipr, name)
+        if link is None:
+            try:
+                ipr.link(
+                    "add",
+                    ifname=name,
+                    kind="bridge",
+                    mtu=mtu,
+                    address=_random_bridge_mac(),
+                )
+            except NetlinkError as exc:
+                # EEXIST: lost a race with another daemon, which is fine
+                if exc.code != errno.EEXIST:
+                    raise
+            link = self._get_link(ipr, name)
+            if link is None:
+                raise DatapathError(
+                    f"bridge {name} vanished while being created"
+                )
+        kind = self._kind(link)
+        if kind != "bridge":
+            raise DatapathError(
+                f"cannot use {name} as a bridge: it is a {kind or 'device'}"
+            )
+        return link
+
+    @staticmethod
+    def _set_bridge_address(
+        ipr: IPRoute, index: int, address: str, prefixlen: int, exclusive: bool
+    ) -> None:
+        """Give the bridge ``index`` the gateway address if it lacks it (with ``exclusive``,
+        drop its other IPv4 addresses first). On the worker, inside the caller's ``_mapped``."""
+        present = {
+            (a.get("address"), a["prefixlen"])
+            for a in ipr.addr("dump", index=index, family=socket.AF_INET)
+        }
+        if exclusive:
+            for other, other_len in present - {(address, prefixlen)}:
+                ipr.addr("del", index=index, address=other, prefixlen=other_len)
+        if (address, prefixlen) not in present:
+            try:
+                ipr.addr(
+                    "add", index=index, address=address, prefixlen=prefixlen
+                )
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
 
     def delete_bridge(self, name: str) -> None:
         """Delete the bridge; a missing one is success. Its ports stay, unenslaved."""
@@ -493,22 +502,9 @@ class NetlinkDatapath:
 
         def configure_inside(ipr: IPRoute) -> bool:
             # Runs in a thread inside the container namespace.
-            index = _ifindex(ifname)
-            if index is None:
-                raise DatapathError(
-                    f"cannot configure {ifname} in {netns}: it vanished"
-                )
-            ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
-            ipr.link("set", index=index, state="up")
-            if not gateway:
-                return False
-            try:
-                ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST and keep_existing_default:
-                    return False  # the namespace's first network keeps the default route
-                raise
-            return True
+            return self._configure_container_end(
+                ipr, netns, ifname, address, prefixlen, gateway, keep_existing_default
+            )
 
         def work(ipr: IPRoute) -> bool:
             what = f"cannot attach {host_ifname} to {bridge}"
@@ -525,6 +521,36 @@ class NetlinkDatapath:
                 os.close(ns_fd)
 
         return self._host(work)
+
+    @staticmethod
+    def _configure_container_end(
+        ipr: IPRoute,
+        netns: str,
+        ifname: str,
+        address: str,
+        prefixlen: int,
+        gateway: str | None,
+        keep_existing_default: bool,
+    ) -> bool:
+        """Address ``ifname``, bring it up and, with ``gateway``, add the default route via
+        it; returns whether that route was added. Call only inside the container's
+        namespace (``_in_netns``), with a socket opened there."""
+        index = _ifindex(ifname)
+        if index is None:
+            raise DatapathError(
+                f"cannot configure {ifname} in {netns}: it vanished"
+            )
+        ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+        ipr.link("set", index=index, state="up")
+        if not gateway:
+            return False
+        try:
+            ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST and keep_existing_default:
+                return False  # the namespace's first network keeps the default route
+            raise
+        return True
 
     def create_veth_pair(
         self, *, host_ifname: str, peer_ifname: str, bridge: str, mac: str, mtu: int, mark: str, hairpin: bool = False
@@ -832,34 +858,7 @@ class NetlinkDatapath:
                 link = self._get_link(ipr, name)
                 created = False
                 if link is None:
-                    underlay = self._underlay(ipr, local, what)
-                    limit = int(underlay.get("mtu")) - VXLAN_OVERHEAD
-                    if mtu > limit:
-                        # The kernel would silently cap it at creation.
-                        raise DatapathError(
-                            f"{what}: MTU {mtu} is more than the underlay "
-                            f"{underlay.get('ifname')} allows ({limit})"
-                        )
-                    try:
-                        ipr.link(
-                            "add",
-                            ifname=name,
-                            kind="vxlan",
-                            vxlan_id=vni,
-                            vxlan_local=local,
-                            vxlan_port=port,
-                            vxlan_link=underlay["index"],
-                            vxlan_learning=0,
-                            vxlan_proxy=1,
-                            mtu=mtu,
-                        )
-                        created = True
-                    except NetlinkError as exc:
-                        # EEXIST is either the name (a racing daemon made it: checked
-                        # below like any existing device) or the VNI and port, which the
-                        # kernel allows once per namespace.
-                        if exc.code != errno.EEXIST:
-                            raise
+                    created = self._add_vxlan(ipr, name, vni, local, port, mtu, what)
                     link = self._get_link(ipr, name)
                     if link is None:
                         raise DatapathError(
@@ -868,20 +867,7 @@ class NetlinkDatapath:
                         )
                 try:
                     self._check_vxlan(link, vni, local, port, what)
-                    index = link["index"]
-                    changes: dict[str, Any] = {}
-                    if link.get("ifalias") != mark:
-                        changes["ifalias"] = mark
-                    if link.get("mtu") != mtu:
-                        changes["mtu"] = mtu
-                    if changes:
-                        ipr.link("set", index=index, **changes)
-                    if link.get(("linkinfo", "data", "vxlan_learning")):
-                        ipr.link("set", index=index, kind="vxlan", vxlan_learning=0)
-                    if link.get("master") != bridge_index:
-                        ipr.link("set", index=index, master=bridge_index)
-                    if not link["flags"] & IFF_UP:
-                        ipr.link("set", index=index, state="up")
+                    self._set_vxlan(ipr, link, bridge_index, mtu, mark)
                 except BaseException:
                     if created:  # all or nothing for a device this call made
                         try:
@@ -891,6 +877,56 @@ class NetlinkDatapath:
                     raise
 
         self._host(work)
+
+    def _add_vxlan(
+        self, ipr: IPRoute, name: str, vni: int, local: str, port: int, mtu: int, what: str
+    ) -> bool:
+        """Create the VXLAN device for ``ensure_vxlan`` on the underlay holding ``local``;
+        returns whether this call made it (False on EEXIST: the caller looks again). On
+        the worker, inside the caller's ``_mapped``."""
+        underlay = self._underlay(ipr, local, what)
+        limit = int(underlay.get("mtu")) - VXLAN_OVERHEAD
+        if mtu > limit:
+            # The kernel would silently cap it at creation.
+            raise DatapathError(
+                f"{what}: MTU {mtu} is more than the underlay "
+                f"{underlay.get('ifname')} allows ({limit})"
+            )
+        try:
+            ipr.link(
+                "add",
+                ifname=name,
+                kind="vxlan",
+                vxlan_id=vni,
+                vxlan_local=local,
+                vxlan_port=port,
+                vxlan_link=underlay["index"],
+                vxlan_learning=0,
+                vxlan_proxy=1,
+                mtu=mtu,
+            )
+        except NetlinkError as exc:
+            # EEXIST is either the name (a racing daemon made it: checked by the caller
+            # like any existing device) or the VNI and port, which the kernel allows
+            # once per namespace.
+            if exc.code != errno.EEXIST:
+                raise
+            return False
+        return True
+
+    def _set_vxlan(
+        self, ipr: IPRoute, link: Any, bridge_index: int, mtu: int, mark: str
+    ) -> None:
+        """Fix what differs on a checked VXLAN device: alias, MTU, learning (off), master
+        and admin state, in that order. On the worker, inside the caller's ``_mapped``."""
+        index = link["index"]
+        self._set_alias_and_mtu(ipr, link, mark, mtu)
+        if link.get(("linkinfo", "data", "vxlan_learning")):
+            ipr.link("set", index=index, kind="vxlan", vxlan_learning=0)
+        if link.get("master") != bridge_index:
+            ipr.link("set", index=index, master=bridge_index)
+        if not link["flags"] & IFF_UP:
+            ipr.link("set", index=index, state="up")
 
     def delete_vxlan(self, name: str) -> None:
         """Delete the VXLAN device (its FDB and neighbour entries go with it); missing is success."""
@@ -1252,6 +1288,18 @@ class NetlinkDatapath:
     def _kind(link: Any) -> str:
         info = link.get(("linkinfo", "kind"))
         return str(info) if info else ""
+
+    @staticmethod
+    def _set_alias_and_mtu(ipr: IPRoute, link: Any, mark: str, mtu: int) -> None:
+        """Set the alias and MTU of the host link ``link`` where they differ, in one
+        request (none if both match). On the worker, inside the caller's ``_mapped``."""
+        changes: dict[str, Any] = {}
+        if link.get("ifalias") != mark:
+            changes["ifalias"] = mark
+        if link.get("mtu") != mtu:
+            changes["mtu"] = mtu
+        if changes:
+            ipr.link("set", index=link["index"], **changes)
 
     def _delete_host_link(self, ifname: str, what: str) -> None:
         # A missing link is success: an earlier teardown (or the container namespace's

@@ -34,6 +34,11 @@ class BridgeDriver(NetworkDriver):
         for flag in ("masquerade", "icc"):
             if flag in out:
                 out[flag] = parse_bool_option(flag, out[flag])
+        if internal and out.get("masquerade") == "true":
+            raise InvalidInput(
+                "--internal and -o masquerade=true contradict each other: an internal network has no way out; "
+                "drop one of them"
+            )
         if "bridge_name" in out:
             check_ifname("bridge_name", out["bridge_name"])
         return out

@@ -191,6 +191,20 @@ def process_alive(pid: int, start_time: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X", "x") and int(fields[19]) == start_time
 
 
+def read_started(state_dir: str) -> tuple[int, int] | None:
+    """(pid, start_time) of the container init the shim started from ``state_dir``, if it
+    still runs: how a daemon killed before it recorded the start finds the process."""
+    try:
+        with open(os.path.join(state_dir, PID_FILE)) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    start_time = process_start_time(pid)
+    if start_time is None or not process_alive(pid, start_time):
+        return None
+    return pid, start_time
+
+
 def read_exit_code(state_dir: str) -> int | None:
     """The exit status a finished container left in ``state_dir``, or None if none was recorded."""
     try:

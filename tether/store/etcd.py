@@ -487,6 +487,11 @@ class _WatchSession:
         self.stream: _WatchStream | None = None
         self.catching_up = False
         self.target = 0  # while catching up: the last revision of the backlog
+        # reconnection state of ``events``
+        self.broken_since: float | None = None  # when the last stream broke
+        self.established = False  # a stream was opened once
+        self.catch_up = True  # the next stream may start with a catch-up
+        self.delay = 0.05  # the next pause before reopening, before jitter
 
     def close(self) -> None:
         if self.stream is not None:
@@ -537,80 +542,105 @@ class _WatchSession:
         return events
 
     def events(self, timeout: float | None) -> Iterator[WatchEvent]:
+        """The events under the prefix from ``cursor`` on, until ``timeout`` seconds pass
+        without one (None: forever), re-establishing a broken stream within patience.
+        Called once per session, by ``EtcdStore.watch``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        broken_since: float | None = None  # when the last stream broke
-        established = False  # a stream was opened once
-        catch_up = True  # the next stream may start with a catch-up
-        delay = 0.05
         while True:
             now = time.monotonic()
             quiet_over = deadline is not None and now >= deadline
             if self.stream is None:
                 self.store._usable()
                 try:
-                    if not self._open(quiet_over, catch_up):
+                    if not self._open(quiet_over, self.catch_up):
                         return
-                    established, catch_up = True, True
+                    self.established, self.catch_up = True, True
                 except StoreError:
-                    # The first open fails like any call; a watch that has run keeps
-                    # trying for a while (etcd restarting, a new leader being elected).
-                    if self.store._closed or not established:
+                    if not self._may_reopen(now):
                         raise
-                    if broken_since is None:
-                        broken_since = now
-                    if now - broken_since > _RECONNECT_PATIENCE:
-                        raise
-                    time.sleep(delay * random.uniform(0.5, 1.5))
-                    delay = min(delay * 2, 1.0)
                     continue
                 assert self.stream is not None
-            if self.catching_up:
-                wait: float | None = _CATCH_UP_STALL
-            elif broken_since is not None:  # reconnected, not yet confirmed by etcd
-                wait = max(0.0, broken_since + _RECONNECT_PATIENCE - now)
-                if deadline is not None:
-                    wait = min(wait, max(0.0, deadline - now))
-            else:
-                wait = None if deadline is None else max(0.0, deadline - now)
-            item = self.stream.next(wait)
+            item = self.stream.next(self._wait(now, deadline))
             if item is None:  # waited in vain
-                if self.catching_up:
-                    # No progress: the backlog ended at a revision etcd no longer has
-                    # (a compacted delete). Whatever remains, the prefix watch sends.
-                    self.catching_up, catch_up = False, False
-                    self.close()
-                    continue
-                if broken_since is not None and time.monotonic() - broken_since > _RECONNECT_PATIENCE:
-                    raise StoreError(
-                        f"lost the watch on etcd at {self.store._where} for "
-                        f"{_RECONNECT_PATIENCE:g} s; is etcd running at {self.store._where}?"
-                    )
-                if deadline is not None and time.monotonic() >= deadline:
+                if self._waited_in_vain(deadline):
                     return
                 continue
             if isinstance(item, _Ended):
-                self.close()
-                if self.store._closed:
-                    raise StoreError(f"state store etcd at {self.store._where} is closed")
-                error = item.error
-                if isinstance(error, grpc.Call) and error.code() in _FATAL_WATCH_CODES:
-                    raise self.store._error(error, "watch") from None
-                if broken_since is None:
-                    broken_since = time.monotonic()
+                self._stream_ended(item)
                 continue
-            if item.compact_revision:
-                raise self._too_old(item.compact_revision)
-            if item.canceled:
-                raise StoreError(
-                    f"etcd at {self.store._where} cancelled the watch: {item.cancel_reason or 'no reason given'}"
-                )
-            if item.created:
-                broken_since, delay = None, 0.05
-            events = self._events(item)
-            if self.catching_up and self.cursor > self.target:
-                self.catching_up = False
-                self.close()  # go on with the prefix watch from the next revision
+            events = self._accept(item)
             if events:
                 yield from events
                 if timeout is not None:
                     deadline = time.monotonic() + timeout
+
+    def _may_reopen(self, now: float) -> bool:
+        """After a failed open: sleep a growing, jittered pause and return True to try
+        again, or False to give up (the caller re-raises). From ``events`` only."""
+        # The first open fails like any call; a watch that has run keeps
+        # trying for a while (etcd restarting, a new leader being elected).
+        if self.store._closed or not self.established:
+            return False
+        if self.broken_since is None:
+            self.broken_since = now
+        if now - self.broken_since > _RECONNECT_PATIENCE:
+            return False
+        time.sleep(self.delay * random.uniform(0.5, 1.5))
+        self.delay = min(self.delay * 2, 1.0)
+        return True
+
+    def _wait(self, now: float, deadline: float | None) -> float | None:
+        """How long to wait for the open stream's next item (None: forever). From ``events`` only."""
+        if self.catching_up:
+            return _CATCH_UP_STALL
+        if self.broken_since is not None:  # reconnected, not yet confirmed by etcd
+            wait = max(0.0, self.broken_since + _RECONNECT_PATIENCE - now)
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+            return wait
+        return None if deadline is None else max(0.0, deadline - now)
+
+    def _waited_in_vain(self, deadline: float | None) -> bool:
+        """After a wait with no item: True when the watch is over (quiet period passed),
+        StoreError when reconnecting ran out of patience. From ``events`` only."""
+        if self.catching_up:
+            # No progress: the backlog ended at a revision etcd no longer has
+            # (a compacted delete). Whatever remains, the prefix watch sends.
+            self.catching_up, self.catch_up = False, False
+            self.close()
+            return False
+        if self.broken_since is not None and time.monotonic() - self.broken_since > _RECONNECT_PATIENCE:
+            raise StoreError(
+                f"lost the watch on etcd at {self.store._where} for "
+                f"{_RECONNECT_PATIENCE:g} s; is etcd running at {self.store._where}?"
+            )
+        return deadline is not None and time.monotonic() >= deadline
+
+    def _stream_ended(self, item: _Ended) -> None:
+        """Drop a stream that ended: StoreError if the store is closed or etcd refused the
+        watch for good, else note when it broke (``events`` reopens it). From ``events`` only."""
+        self.close()
+        if self.store._closed:
+            raise StoreError(f"state store etcd at {self.store._where} is closed")
+        error = item.error
+        if isinstance(error, grpc.Call) and error.code() in _FATAL_WATCH_CODES:
+            raise self.store._error(error, "watch") from None
+        if self.broken_since is None:
+            self.broken_since = time.monotonic()
+
+    def _accept(self, response: Any) -> list[WatchEvent]:
+        """The events of a watch response (StoreError if etcd compacted past ``cursor`` or
+        cancelled the watch); ends the catch-up once past its target. From ``events`` only."""
+        if response.compact_revision:
+            raise self._too_old(response.compact_revision)
+        if response.canceled:
+            raise StoreError(
+                f"etcd at {self.store._where} cancelled the watch: {response.cancel_reason or 'no reason given'}"
+            )
+        if response.created:
+            self.broken_since, self.delay = None, 0.05
+        events = self._events(response)
+        if self.catching_up and self.cursor > self.target:
+            self.catching_up = False
+            self.close()  # go on with the prefix watch from the next revision
+        return events

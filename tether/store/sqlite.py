@@ -250,12 +250,25 @@ class SqliteStore(Store):
         db.execute("DELETE FROM kv WHERE key = ?", (key,))
         return revision
 
+    def _decode(self, key: str, raw: str) -> dict[str, Any]:
+        """A record's JSON; a corrupt one is refused naming its key, never a traceback."""
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise StoreError(
+                f"state store {self.path} has a corrupt record at {key!r}: restore the file from a backup, "
+                f"or delete that record (sqlite3 {self.path} \"DELETE FROM kv WHERE key='{key}'\") and restart"
+            )
+        return value
+
     # -- the Store interface ------------------------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
         def read(db: sqlite3.Connection) -> KeyValue | None:
             row = db.execute("SELECT value, mod_revision FROM kv WHERE key = ?", (key,)).fetchone()
-            return None if row is None else KeyValue(key, json.loads(row[0]), row[1])
+            return None if row is None else KeyValue(key, self._decode(key, row[0]), row[1])
 
         return self._retrying(read, write=False, transaction=False)
 
@@ -297,7 +310,7 @@ class SqliteStore(Store):
             rows = db.execute(
                 f"SELECT key, value, mod_revision FROM kv WHERE {clause} ORDER BY key", params
             ).fetchall()
-            return [KeyValue(k, json.loads(v), r) for k, v, r in rows]
+            return [KeyValue(k, self._decode(k, v), r) for k, v, r in rows]
 
         return self._retrying(read, write=False, transaction=False)
 
@@ -326,7 +339,7 @@ class SqliteStore(Store):
                     f"after revision {compacted} only; list the keys again and watch from there"
                 )
             rows = db.execute(query, (cursor, current, *params)).fetchall()
-            events = [WatchEvent(t, k, None if v is None else json.loads(v), r) for r, t, k, v in rows]
+            events = [WatchEvent(t, k, None if v is None else self._decode(k, v), r) for r, t, k, v in rows]
             return events, max(cursor, current + 1)
 
         cursor = max(start_revision, 1)
