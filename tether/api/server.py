@@ -1,29 +1,32 @@
 """The daemon's HTTP API on a unix socket: a thin JSON mapping onto the Controller.
 
-Plain stdlib HTTP (one thread per request) keeps the daemon dependency-free and lets the
-sync pyroute2 API run in request threads; the controller serialises mutations itself.
-Errors leave as ``{"error": one line, "kind": class}`` with the status the error tree
-assigns; anything unexpected is logged with its traceback and sent as one line.
+Plain stdlib HTTP keeps the daemon light and lets the sync pyroute2 API run in request
+threads; the controller serialises mutations itself. Connections are read by the listener
+(``listener.py``: one selector thread, a fixed worker pool that only ever sees complete
+requests); each route names the schema of its body (``schema.py``), checked before any
+controller verb runs. Errors leave as ``{"error": one line, "kind": class}`` with the status
+the error tree assigns, on every path (a bad body, bad framing, an unknown method or
+endpoint); anything unexpected is logged with its traceback and sent as one line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import socket
-import socketserver
+import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from ..controller import Controller
 from ..doors import CniDoor
-from ..errors import Conflict, InvalidInput, TetherError
+from ..errors import Conflict, InvalidInput, SystemFailure, TetherError
+from . import schema
+from .listener import HttpListener, Limits, RequestHandler
+from .schema import Empty, option_text
 
 __all__ = ["ApiServer"]
 
