@@ -187,3 +187,22 @@ def test_small_bad_inputs_are_one_line_refusals(host: Host) -> None:
         assert needle in line, line
         assert "missing 'name'" not in line
     assert host.snapshot() == before
+
+
+def test_a_namespace_whose_record_is_lost_is_removed_but_others_are_not(host: Host) -> None:
+    net = f"{host.prefix}n"
+    host.tether("network", "create", "--subnet", "10.236.0.0/24", net)
+    host.tether("run", "-d", "--name", "a", "--net", net, "--", "sleep", "600")
+    host.tether("run", "-d", "--name", "b", "--net", net, "--", "sleep", "600")
+    pid = host.inspect("a")["pid"]
+    stranger = f"{host.prefix}stranger"  # another runtime's namespace, with our prefix
+    sh("ip", "netns", "add", stranger)
+    host.kill_daemon()
+    os.kill(pid, signal.SIGKILL)
+    with sqlite3.connect(os.path.join(host.state_dir, "tether.db")) as db:  # a's record is lost
+        db.execute("DELETE FROM kv WHERE key = '/containers/a'")
+    host.start_daemon()
+    names = os.listdir(NETNS_DIR)
+    assert f"{host.prefix}a" not in names and stranger in names and f"{host.prefix}b" in names
+    host.in_container("b", "ping", "-c1", "-W2", "10.236.0.1")
+    assert [c["name"] for c in host.json("ps", "-a", "--format", "json")] == ["b"]

@@ -124,12 +124,28 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs):
         self._index(container, undo)
         os.makedirs(self.container_dir(container), exist_ok=True)
         undo.push("state dir", lambda: shutil.rmtree(self.container_dir(container), ignore_errors=True))
-        container = container.with_(netns=self._sandbox(container).setup(self.ctx, container, undo))
+        sandbox = self._sandbox(container)
+        if sandbox.owns_netns():
+            self._mark_netns(self.ctx.netns_name(container.name), undo)
+        container = container.with_(netns=sandbox.setup(self.ctx, container, undo))
         if network is not None:
             endpoint = self._attach(container, network, ip, undo, default_route=True, aliases=aliases)
             self._publish_ports(container, endpoint, undo)
         self._serve_dns(container, undo)
         return self._save(container.with_(state="created"))
+
+    def _netns_marker(self, netns: str) -> str:
+        return os.path.join(self.state_dir, "netns", netns)
+
+    def _mark_netns(self, netns: str, undo: Undo) -> None:
+        """Record, before it exists, that this daemon makes namespace ``netns``: the proof
+        reconcile needs to remove it if its container's record is ever lost (the netns
+        dir is shared by every runtime on the machine; a name alone proves nothing)."""
+        marker = self._netns_marker(netns)
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker, "w"):
+            pass
+        undo.push(f"netns marker {netns}", lambda: os.unlink(marker))
 
     def _index(self, container: Container, undo: Undo) -> None:
         id_key = ID_PREFIX + container.id
@@ -309,6 +325,8 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs):
             errors += collect(lambda: resolver.unserve(container.id))
         netns_errors = sandbox.teardown(self.ctx, container)
         errors += netns_errors
+        if sandbox.owns_netns() and container.netns and not netns_errors:
+            errors += collect(lambda: os.unlink(self._netns_marker(container.netns or "")))
         # Nothing keeps the namespace alive (its process is dead, no joiner runs): the veth
         # pairs go with it. Otherwise (a joiner still runs) they must be deleted by hand.
         kernel_gone = (

@@ -163,6 +163,21 @@ class Reconciler(ExternalVerbs):
         for entry in os.listdir(root):
             if entry not in live_ids:
                 shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+        self._sweep_namespaces({c.netns for c in containers if c.id in live_ids and c.netns}, actions)
+
+    def _sweep_namespaces(self, live: set[str], actions: list[str]) -> None:
+        """Namespaces this daemon made (it marked them before making them) that no live
+        record holds: what a crash or a lost record left. Others' are never touched."""
+        marks = os.path.join(self.state_dir, "netns")
+        for name in os.listdir(marks) if os.path.isdir(marks) else []:
+            if name in live:
+                continue
+            if self.ctx.datapath.netns_exists(name):
+                errors = collect(lambda: self.ctx.datapath.delete_netns(name))
+                actions += errors or [f"deleted namespace {name}: no record holds it"]
+                if errors:
+                    continue
+            os.unlink(os.path.join(marks, name))
 
     def desired_firewall(self) -> tuple[list[NetworkRules], list[PortRule]]:
         """The whole firewall state, derived from the store (the healer's and reconcile's input)."""
