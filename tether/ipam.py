@@ -21,7 +21,7 @@ import ipaddress
 from ipaddress import IPv4Address, IPv4Network
 from socket import inet_aton
 
-from .errors import Conflict, Exhausted, InvalidInput
+from .errors import Conflict, Exhausted, InvalidInput, TetherError
 from .model import Network
 from .store.base import Store
 
@@ -234,7 +234,12 @@ class IPAM:
                 continue
             address = str(IPv4Address(candidate))
             if self._store.compare_and_swap(lease_key(network.id, address), 0, {"owner": owner}):
-                self._store.put(cursor_key(network.id), {"last": address})
+                try:
+                    self._store.put(cursor_key(network.id), {"last": address})
+                except TetherError:
+                    # the cursor is a hint; the lease must not outlive a raise nobody can undo
+                    self._store.delete(lease_key(network.id, address))
+                    raise
                 return address
             # Lost a race for this address to another allocator: try the next one.
         where = f"range {pool} of subnet {subnet}" if network.ip_range else f"subnet {subnet}"

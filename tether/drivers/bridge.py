@@ -65,8 +65,8 @@ class BridgeDriver(NetworkDriver):
         )
         ctx.store.put(NET_PREFIX + network.name, network.to_dict())
         undo.push(f"record of network {network.name}", lambda: ctx.store.delete(NET_PREFIX + network.name))
+        undo.push(f"bridge {bridge}", lambda: ctx.datapath.delete_bridge(bridge))  # (none was there: checked)
         self.restore(ctx, network)
-        undo.push(f"bridge {bridge}", lambda: ctx.datapath.delete_bridge(bridge))
         if not network.internal:
             enable_uplink_forwarding(ctx)
         if ctx.firewall is not None:

@@ -88,6 +88,7 @@ class OverlayDriver(BridgeDriver):
         if not gstore.compare_and_swap(ckeys.network_key(spec.name), 0, network.to_dict()):
             raise Conflict(f"network {spec.name!r} already exists in the cluster: choose another name")
         undo.push(f"record of network {spec.name}", lambda: gstore.delete(ckeys.network_key(spec.name)))
+        undo.push(f"this host's side of {spec.name}", lambda: self._log(self.teardown_host(ctx, network)))
         self.ensure_host(ctx, network)
         return network
 
@@ -121,7 +122,11 @@ class OverlayDriver(BridgeDriver):
                 address = kv.value["address"]
             else:
                 address = self.ipam(ctx).allocate(network, f"node:{node}")
-                cluster.store.put(key, _endpoint_record(cluster, "host", network, address, mac_for(address)))
+                try:
+                    cluster.store.put(key, _endpoint_record(cluster, "host", network, address, mac_for(address)))
+                except BaseException:
+                    self.ipam(ctx).release(network.id, address)
+                    raise
             bridge, vxlan = overlay_devices(network)
             mtu = ctx.datapath.underlay_mtu(cluster.advertise) - VXLAN_OVERHEAD
             ctx.datapath.ensure_bridge(bridge, f"{address}/{network.prefixlen}", mtu, ctx.mark, exclusive=True)
@@ -146,9 +151,13 @@ class OverlayDriver(BridgeDriver):
             if ctx.firewall is not None:
                 firewall = ctx.firewall
                 errors += collect(lambda: firewall.remove_network(self.rules(network)))
+            key = ckeys.endpoint_key(network.id, f"host-{cluster.node}")
             address = self._gateways.pop(network.id, None)
+            if address is None:  # a host side that never finished: its record has the address
+                kv = cluster.store.get(key)
+                address = kv.value.get("address") if kv is not None else None
             self._mtu.pop(network.id, None)
-            errors += collect(lambda: cluster.store.delete(ckeys.endpoint_key(network.id, f"host-{cluster.node}")))
+            errors += collect(lambda: cluster.store.delete(key))
             if address:
                 errors += collect(lambda: self.ipam(ctx).release(network.id, address))
             return errors
