@@ -198,6 +198,7 @@ class PortMapping:
     host_port: int
     container_port: int
     host_ip: str | None = None
+    network: str | None = None  # where it points: another runtime's endpoint on this network
 
     def __str__(self) -> str:
         where = f"{self.host_ip}:" if self.host_ip else ""

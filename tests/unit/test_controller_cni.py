@@ -107,13 +107,6 @@ def test_delete_of_one_interface_keeps_the_others(ctl: Controller, cni: CniDoor,
     assert snapshot(ctl) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller/external.py ExternalVerbs.detach_external: deleting any one interface clears the "
-    "record's ports (_save(ports=[])) while _detach only removed the port rules aimed at *that* "
-    "interface's address; ports published with another interface stay in the firewall for good "
-    "(until a reconcile), pointing at a released address, and the host port is then refused to others",
-)
 def test_delete_of_another_interface_first_still_unpublishes_the_ports(
     ctl: Controller, cni: CniDoor, tmp_path: Path
 ) -> None:

@@ -191,13 +191,6 @@ def test_undo_goes_on_past_a_failing_step_and_the_first_error_is_reported(tmp_pa
         assert after[part] == before[part]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller/containers.py ContainerVerbs._mark_netns: its undo step unlinks the namespace's "
-    "marker even when the namespace's own undo (delete_netns) failed just before, so reconcile, which "
-    "removes only marked namespaces, never removes it, and the container name stays unusable "
-    "('network namespace u-a already exists')",
-)
 def test_a_namespace_left_by_a_failed_undo_is_removed_by_the_next_reconcile(tmp_path: Path) -> None:
     ctl = build(CASES["run on a bridge network"], tmp_path)
     dp, _ = parts(ctl)

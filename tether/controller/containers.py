@@ -145,7 +145,11 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs):
         os.makedirs(os.path.dirname(marker), exist_ok=True)
         with open(marker, "w"):
             pass
-        undo.push(f"netns marker {netns}", lambda: os.unlink(marker))
+        def unmark() -> None:
+            if not self.ctx.datapath.netns_exists(netns):  # kept while the namespace is left
+                os.unlink(marker)
+
+        undo.push(f"netns marker {netns}", unmark)
 
     def _index(self, container: Container, undo: Undo) -> None:
         id_key = ID_PREFIX + container.id

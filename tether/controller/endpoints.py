@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Conflict, Exhausted, InvalidInput
 from ..model import DEFAULT_NETWORK, Container, Endpoint, Network, PortMapping, host_ifname_for, mac_for
@@ -102,9 +102,7 @@ class EndpointVerbs(ControllerCore):
         costs 20-40 ms of the caller's time for the same result)."""
         errors: list[str] = []
         network = self._lookup_network(endpoint.network)
-        if self.firewall is not None and container.ports and (
-            container.mode.target == endpoint.network or container.external
-        ):
+        if self.firewall is not None and container.ports:
             firewall = self.firewall
             errors += collect(lambda: firewall.remove_ports(self._port_rules(container, endpoint)))
         errors += collect(lambda: self._remove_dns_records(container, endpoint))
@@ -193,38 +191,50 @@ class EndpointVerbs(ControllerCore):
         raise Exhausted(f"-p {m}: no free host port left between 32768 and 60999")
 
     def _port_rules(self, container: Container, endpoint: Endpoint | None = None) -> list[PortRule]:
-        """Firewall inputs for a container's published ports, aimed at its address on the
-        network it was started on."""
+        """Firewall inputs for a container's published ports, each aimed at its address on
+        the network it was published on (only those on ``endpoint``'s, when given)."""
         from ..firewall import PortRule
 
-        if not container.ports:
-            return []
-        endpoint = endpoint or self._published_endpoint(container)
-        if endpoint is None:
-            return []
-        return [
-            PortRule(
-                protocol=p.protocol,
-                host_ip=p.host_ip,
-                host_port=p.host_port,
-                container_ip=endpoint.address,
-                container_port=p.container_port,
-            )
-            for p in container.port_mappings
-        ]
+        rules: list[PortRule] = []
+        targets: dict[str | None, Endpoint | None] = {}
+        for p in container.port_mappings:
+            network = self._port_network(container, p)
+            if endpoint is not None:
+                if network is not None and network != endpoint.network:
+                    continue
+                target: Endpoint | None = endpoint
+            else:
+                if network not in targets:
+                    targets[network] = self._endpoint_on(container, network)
+                target = targets[network]
+            if target is not None:
+                rules.append(PortRule(p.protocol, p.host_ip, p.host_port, target.address, p.container_port))
+        return rules
 
-    def _published_endpoint(self, container: Container) -> Endpoint | None:
-        """The endpoint a container's ports point at: another runtime's only one, or the
-        one on the network a container was started on."""
-        if container.external:
+    @staticmethod
+    def _port_network(container: Container, port: PortMapping) -> str | None:
+        """The network a port was published on: its own record's, or the network a
+        container was started on (None: an old record of another runtime, any endpoint)."""
+        if port.network is not None:
+            return port.network
+        return None if container.external else container.mode.target
+
+    def _endpoint_on(self, container: Container, network_name: str | None) -> Endpoint | None:
+        """The container's endpoint on a network by name (None: its first one)."""
+        if network_name is None:
             eps = self._endpoints(container.id)
             return eps[0] if eps else None
-        mode = container.mode
-        if mode.kind != "network" or mode.target is None:
-            return None
-        kv = self.store.get(NET_PREFIX + mode.target)
-        ep_kv = self.store.get(ep_key(container.id, kv.value["id"])) if kv else None
+        network = self.store.get(NET_PREFIX + network_name)
+        ep_kv = self.store.get(ep_key(container.id, network.value["id"])) if network else None
         return Endpoint.from_dict(ep_kv.value) if ep_kv else None
+
+    def _ports_off(self, container: Container, endpoint: Endpoint) -> list[dict[str, Any]]:
+        """The container's port records less those published on ``endpoint``'s network."""
+        return [
+            p.to_dict()
+            for p in container.port_mappings
+            if (network := self._port_network(container, p)) is not None and network != endpoint.network
+        ]
 
     def _publish_ports(self, container: Container, endpoint: Endpoint, undo: Undo) -> None:
         if self.firewall is None or not container.ports:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import Conflict, InvalidInput, NotFound
 from ..model import Container, Endpoint, Network, PortMapping, host_ifname_for
@@ -99,7 +99,7 @@ class ExternalVerbs(ContainerVerbs):
             self._check_aliases(network, [name, *aliases], name)
             if ports and network.internal:
                 raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
-            mappings = self._check_ports(ports or [])
+            mappings = [replace(m, network=network.name) for m in self._check_ports(ports or [])]
             if container is None:
                 container = self._new_external(runtime, name, netns, op)
             if mappings:
@@ -146,7 +146,7 @@ class ExternalVerbs(ContainerVerbs):
             for ep in self._endpoints(container.id):
                 if (network is None or ep.network_id == network.id) and (not ifname or ep.ifname == ifname):
                     self._log_undo(self._detach(container, ep))  # also drops its published ports
-                    container = self._save(container.with_(ports=[]))
+                    container = self._save(container.with_(ports=self._ports_off(container, ep)))
             if not self._endpoints(container.id):
                 self._log_undo(self._teardown(container))
 
@@ -193,6 +193,7 @@ class ExternalVerbs(ContainerVerbs):
                     if ep.network_id == network.id and (c.name, ep.ifname) not in wanted:
                         removed.append(f"{c.name}/{ep.ifname}")
                         self._log_undo(self._detach(c, ep))
+                        c = self._save(c.with_(ports=self._ports_off(c, ep)))
                         detached = True
                 if detached and not self._endpoints(c.id):
                     self._log_undo(self._teardown(c))
@@ -298,7 +299,7 @@ class ExternalVerbs(ContainerVerbs):
                 raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
             self._log_undo(self._unpublish_ports(container))
             container = self._save(container.with_(ports=[]))
-            mappings = self._check_ports(mappings)
+            mappings = [replace(m, network=network.name) for m in self._check_ports(mappings)]
             container = self._save(container.with_(ports=[m.to_dict() for m in mappings]))
             op.push("published ports of the record", lambda: self._save(container.with_(ports=[])))
             self._publish_ports(container, endpoint, op)
