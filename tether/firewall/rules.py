@@ -101,7 +101,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,8 @@ __all__ = [
     "Elements",
     "NetworkRules",
     "PortRule",
+    "desired_elements",
+    "element_repair",
     "elements_from_json",
     "merge_elements",
     "network_candidates",
@@ -318,6 +320,60 @@ def merge_elements(parts: Iterable[Mapping[str, Sequence[str]]]) -> Elements:
     return {name: list(items) for name, items in seen.items()}
 
 
+def desired_elements(networks: Iterable[NetworkRules], ports: Iterable[PortRule]) -> Elements:
+    """Every element of the desired state, as ``render_sync`` writes it, for the healer to
+    compare with the kernel. Unlike ``port_elements``, a host port given twice with two
+    targets keeps the first instead of raising: the healer restores what it can."""
+    published = _empty()
+    taken: set[tuple[str, str]] = set()
+    for port in ports:
+        name, key, target = _port_key_value(port)
+        if (name, key) not in taken:
+            taken.add((name, key))
+            published[name].append(f"{key} : {target}")
+    return merge_elements([*(network_elements(n) for n in networks), published])
+
+
+def _map_key(element: str) -> str:
+    return element.partition(" : ")[0]
+
+
+def element_repair(
+    want: Mapping[str, Iterable[str]],
+    have: Mapping[str, Iterable[str]],
+    recent: Mapping[tuple[str, str], bool] | None = None,
+    skip: Collection[tuple[str, str]] = (),
+) -> tuple[Elements, Elements]:
+    """(to delete, to add): what makes each set named in ``have`` (its elements as read
+    from the kernel, in canonical text) hold exactly what belongs there.
+
+    An element belongs if ``recent`` says so -- ``(set, element) -> present``: what tether
+    itself did to it lately, which the desired state, written by the caller before or
+    after its firewall call, may not show yet -- and otherwise if ``want`` (the desired
+    state) has it. In a map, a key tether set lately keeps that target over another one
+    ``want`` gives it. Elements in ``skip`` (changed by tether after ``have`` was read)
+    are left as they are. Sets not in ``have`` are not compared; both results name every
+    set, elements sorted.
+    """
+    recent = recent or {}
+    fresh: dict[str, set[str]] = {}
+    for (name, element), present in recent.items():
+        if present:
+            fresh.setdefault(name, set()).add(element)
+    delete, add = _empty(), _empty()
+    for name, found in have.items():
+        own = fresh.get(name, set())
+        belongs = {e for e in want.get(name, ()) if recent.get((name, e), True)}
+        if SETS[name][0] == "map" and own:
+            keys = {_map_key(e) for e in own}
+            belongs = {e for e in belongs if _map_key(e) not in keys}
+        belongs |= own
+        present_now = set(found)
+        delete[name] = sorted(e for e in present_now - belongs if (name, e) not in skip)
+        add[name] = sorted(e for e in belongs - present_now if (name, e) not in skip)
+    return delete, add
+
+
 def _element_lines(verb: str, table: str, elements: Mapping[str, Sequence[str]]) -> list[str]:
     return [
         f"{verb} element ip {table} {name} {{ {', '.join(elements[name])} }}"
@@ -400,6 +456,8 @@ def elements_from_json(name: str, obj: Mapping[str, Any]) -> set[str]:
     interval = "interval" in obj.get("flags", [])
     out: set[str] = set()
     for item in obj.get("elem", []):
+        if isinstance(item, dict) and "elem" in item:  # an element with a comment or timeout
+            item = item["elem"]["val"]
         if kind == "map":
             key, data = item
             out.add(f"{_json_atom(key)} : {_json_atom(data)}")
