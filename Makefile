@@ -7,7 +7,7 @@ APT_PACKAGES := iproute2 iputils-ping procps util-linux nftables libnftables1 \
                 containernetworking-plugins iperf3 etcd-server python3-venv python3-pip \
                 podman runc busybox-static docker.io
 
-.PHONY: deps demo test bench clean
+.PHONY: deps demo test faults bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -29,6 +29,13 @@ demo: deps
 
 test: deps
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+# The fault-injection suite alone: 200 rounds of concurrent operations with the daemon
+# SIGKILLed at a random moment, invariants checked against the kernel (about 20 min).
+# TETHER_FAULT_SEED=N replays; the report goes to bench/results/.
+faults: deps
+	TETHER_FAULT_ROUNDS=200 TETHER_FAULT_REPORT=bench/results/faults-$(shell date +%F).md \
+	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/e2e/test_fault_injection.py
 
 bench: deps
 	$(VENV)/bin/python bench/attach.py

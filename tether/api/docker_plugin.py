@@ -10,212 +10,191 @@ happens in the door, every change of state in the controller.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+import msgspec
 
 from ..controller import Controller
 from ..doors import DockerDoor
-from ..errors import InvalidInput, TetherError
+from ..errors import TetherError
+from . import schema as s
+from .listener import RequestHandler
 from .server import ApiServer
 
-__all__ = ["DockerPluginServer", "plugin_socket_path", "CALLS"]
+__all__ = ["CALLS", "DockerPluginServer", "plugin_socket_path"]
 
 log = logging.getLogger("tether.docker")
 
 PLUGIN_DIR = "/run/docker/plugins"
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 
-Call = Callable[[DockerDoor, dict[str, Any]], Any]
-CALLS: dict[str, Call] = {}
+Call = Callable[[DockerDoor, Any], Any]
+# path -> (body schema, call); the schemas ignore keys they do not name (see schema.py)
+CALLS: dict[str, tuple[type[Any], Call]] = {}
 
 
 def plugin_socket_path(name: str) -> str:
     return f"{PLUGIN_DIR}/{name}.sock"
 
 
-def call(method: str) -> Callable[[Call], Call]:
+def call(method: str, body: type[Any] = s.DockerIgnored) -> Callable[[Call], Call]:
     def register(fn: Call) -> Call:
-        CALLS["/" + method] = fn
+        CALLS["/" + method] = (body, fn)
         return fn
 
     return register
 
 
-def _s(body: dict[str, Any], key: str) -> str:
-    value = body.get(key, "")
-    if not isinstance(value, str):
-        raise InvalidInput(f"{key} must be a string")
-    return value
-
-
-def _d(body: dict[str, Any], key: str) -> dict[str, Any]:
-    value = body.get(key) or {}
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{key} must be an object")
-    return value
-
-
-def _l(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    value = body.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise InvalidInput(f"{key} must be a list of objects")
-    return value
+def _plain(value: Any) -> dict[str, Any]:
+    """A checked part of a body as the plain dict the door reads (absent keys left out)."""
+    return msgspec.to_builtins(value) if value is not None else {}
 
 
 @call("Plugin.Activate")
-def activate(c: DockerDoor, body: dict[str, Any]) -> Any:
+def activate(c: DockerDoor, body: s.DockerIgnored) -> Any:
     return {"Implements": ["NetworkDriver", "IpamDriver"]}
 
 
 @call("NetworkDriver.GetCapabilities")
-def capabilities(c: DockerDoor, body: dict[str, Any]) -> Any:
+def capabilities(c: DockerDoor, body: s.DockerIgnored) -> Any:
     # "local": dockerd keeps its own record per host; tether shares overlays through etcd
     return {"Scope": "local", "ConnectivityScope": "local"}
 
 
-@call("NetworkDriver.CreateNetwork")
-def create_network(c: DockerDoor, body: dict[str, Any]) -> Any:
-    c.create_network(_s(body, "NetworkID"), _d(body, "Options"), _l(body, "IPv4Data"), _l(body, "IPv6Data"))
-    return {}
-
-
-@call("NetworkDriver.DeleteNetwork")
-def delete_network(c: DockerDoor, body: dict[str, Any]) -> Any:
-    c.delete_network(_s(body, "NetworkID"))
-    return {}
-
-
-@call("NetworkDriver.CreateEndpoint")
-def create_endpoint(c: DockerDoor, body: dict[str, Any]) -> Any:
-    return c.create_endpoint(
-        _s(body, "NetworkID"), _s(body, "EndpointID"), _d(body, "Interface"), _d(body, "Options")
+@call("NetworkDriver.CreateNetwork", s.DockerCreateNetwork)
+def create_network(c: DockerDoor, body: s.DockerCreateNetwork) -> Any:
+    c.create_network(
+        body.NetworkID,
+        _plain(body.Options),
+        [_plain(d) for d in body.IPv4Data or []],
+        [_plain(d) for d in body.IPv6Data or []],
     )
-
-
-@call("NetworkDriver.EndpointOperInfo")
-def endpoint_info(c: DockerDoor, body: dict[str, Any]) -> Any:
-    return {"Value": c.endpoint_info(_s(body, "NetworkID"), _s(body, "EndpointID"))}
-
-
-@call("NetworkDriver.DeleteEndpoint")
-def delete_endpoint(c: DockerDoor, body: dict[str, Any]) -> Any:
-    c.delete_endpoint(_s(body, "NetworkID"), _s(body, "EndpointID"))
     return {}
 
 
-@call("NetworkDriver.Join")
-def join(c: DockerDoor, body: dict[str, Any]) -> Any:
-    return c.join(_s(body, "NetworkID"), _s(body, "EndpointID"), _s(body, "SandboxKey"))
-
-
-@call("NetworkDriver.Leave")
-def leave(c: DockerDoor, body: dict[str, Any]) -> Any:
-    c.leave(_s(body, "NetworkID"), _s(body, "EndpointID"))
+@call("NetworkDriver.DeleteNetwork", s.DockerNetwork)
+def delete_network(c: DockerDoor, body: s.DockerNetwork) -> Any:
+    c.delete_network(body.NetworkID)
     return {}
 
 
-@call("NetworkDriver.ProgramExternalConnectivity")
-def program_external(c: DockerDoor, body: dict[str, Any]) -> Any:
-    c.program_external(_s(body, "NetworkID"), _s(body, "EndpointID"), _d(body, "Options"))
+@call("NetworkDriver.CreateEndpoint", s.DockerCreateEndpoint)
+def create_endpoint(c: DockerDoor, body: s.DockerCreateEndpoint) -> Any:
+    return c.create_endpoint(body.NetworkID, body.EndpointID, _plain(body.Interface), {})
+
+
+@call("NetworkDriver.EndpointOperInfo", s.DockerEndpoint)
+def endpoint_info(c: DockerDoor, body: s.DockerEndpoint) -> Any:
+    return {"Value": c.endpoint_info(body.NetworkID, body.EndpointID)}
+
+
+@call("NetworkDriver.DeleteEndpoint", s.DockerEndpoint)
+def delete_endpoint(c: DockerDoor, body: s.DockerEndpoint) -> Any:
+    c.delete_endpoint(body.NetworkID, body.EndpointID)
     return {}
 
 
-@call("NetworkDriver.RevokeExternalConnectivity")
-def revoke_external(c: DockerDoor, body: dict[str, Any]) -> Any:
-    c.revoke_external(_s(body, "NetworkID"), _s(body, "EndpointID"))
+@call("NetworkDriver.Join", s.DockerJoin)
+def join(c: DockerDoor, body: s.DockerJoin) -> Any:
+    return c.join(body.NetworkID, body.EndpointID, body.SandboxKey)
+
+
+@call("NetworkDriver.Leave", s.DockerEndpoint)
+def leave(c: DockerDoor, body: s.DockerEndpoint) -> Any:
+    c.leave(body.NetworkID, body.EndpointID)
     return {}
 
 
-def _nothing(c: DockerDoor, body: dict[str, Any]) -> Any:
+@call("NetworkDriver.ProgramExternalConnectivity", s.DockerProgramExternal)
+def program_external(c: DockerDoor, body: s.DockerProgramExternal) -> Any:
+    c.program_external(body.NetworkID, body.EndpointID, _plain(body.Options))
+    return {}
+
+
+@call("NetworkDriver.RevokeExternalConnectivity", s.DockerEndpoint)
+def revoke_external(c: DockerDoor, body: s.DockerEndpoint) -> Any:
+    c.revoke_external(body.NetworkID, body.EndpointID)
+    return {}
+
+
+def _nothing(c: DockerDoor, body: s.DockerIgnored) -> Any:
     return {}
 
 
 # discovery notices and swarm-only network allocation: nothing for tether to do
 for _method in ("DiscoverNew", "DiscoverDelete", "AllocateNetwork", "FreeNetwork"):
-    CALLS[f"/NetworkDriver.{_method}"] = _nothing
+    CALLS[f"/NetworkDriver.{_method}"] = (s.DockerIgnored, _nothing)
 
 
 @call("IpamDriver.GetCapabilities")
-def ipam_capabilities(c: DockerDoor, body: dict[str, Any]) -> Any:
+def ipam_capabilities(c: DockerDoor, body: s.DockerIgnored) -> Any:
     return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
 
 @call("IpamDriver.GetDefaultAddressSpaces")
-def ipam_spaces(c: DockerDoor, body: dict[str, Any]) -> Any:
+def ipam_spaces(c: DockerDoor, body: s.DockerIgnored) -> Any:
     return {"LocalDefaultAddressSpace": "tether", "GlobalDefaultAddressSpace": "tether-global"}
 
 
-@call("IpamDriver.RequestPool")
-def request_pool(c: DockerDoor, body: dict[str, Any]) -> Any:
-    return c.request_pool(_s(body, "Pool"), _s(body, "SubPool"), _d(body, "Options"), bool(body.get("V6")))
+@call("IpamDriver.RequestPool", s.DockerRequestPool)
+def request_pool(c: DockerDoor, body: s.DockerRequestPool) -> Any:
+    return c.request_pool(body.Pool, body.SubPool, body.Options or {}, body.V6)
 
 
-@call("IpamDriver.ReleasePool")
-def release_pool(c: DockerDoor, body: dict[str, Any]) -> Any:
-    c.release_pool(_s(body, "PoolID"))
+@call("IpamDriver.ReleasePool", s.DockerReleasePool)
+def release_pool(c: DockerDoor, body: s.DockerReleasePool) -> Any:
+    c.release_pool(body.PoolID)
     return {}
 
 
-@call("IpamDriver.RequestAddress")
-def request_address(c: DockerDoor, body: dict[str, Any]) -> Any:
-    return {"Address": c.request_address(_s(body, "PoolID"), _s(body, "Address"), _d(body, "Options")), "Data": {}}
+@call("IpamDriver.RequestAddress", s.DockerRequestAddress)
+def request_address(c: DockerDoor, body: s.DockerRequestAddress) -> Any:
+    return {"Address": c.request_address(body.PoolID, body.Address, body.Options or {}), "Data": {}}
 
 
-@call("IpamDriver.ReleaseAddress")
-def release_address(c: DockerDoor, body: dict[str, Any]) -> Any:
-    c.release_address(_s(body, "PoolID"), _s(body, "Address"))
+@call("IpamDriver.ReleaseAddress", s.DockerReleaseAddress)
+def release_address(c: DockerDoor, body: s.DockerReleaseAddress) -> Any:
+    c.release_address(body.PoolID, body.Address)
     return {}
 
 
-class _PluginHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _PluginHandler(RequestHandler):
+    """Docker's protocol: one POST per call, errors as HTTP 500 ``{"Err": one line}`` (how
+    dockerd reads them), framing and http.server's own errors included."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s", format % args)
+    content_type = CONTENT_TYPE
 
-    def address_string(self) -> str:
-        return "unix"
+    @classmethod
+    def error_reply(cls, status: int, message: str) -> tuple[int, Any]:
+        return 500, {"Err": message}
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
         status, payload = 200, None
         try:
-            fn = CALLS.get(self.path)
-            if fn is None:
+            entry = CALLS.get(self.path)
+            if entry is None:
                 status, payload = 404, {"Err": f"tether does not implement {self.path.lstrip('/')}"}
             else:
-                try:
-                    body = json.loads(raw) if raw.strip() else {}
-                except ValueError:
-                    raise InvalidInput("malformed JSON in the request body") from None
-                if not isinstance(body, dict):
-                    raise InvalidInput("the request body must be a JSON object")
+                body_schema, fn = entry
+                body = s.decode(self.body, body_schema)
                 log.debug("%s %s", self.path, body)
-                payload = fn(self.server.door, body)  # type: ignore[attr-defined]
+                payload = fn(self.server.app, body)
         except TetherError as exc:
             status, payload = 500, {"Err": str(exc)}
         except Exception as exc:  # a bug: the traceback to the log, one line to dockerd
             log.exception("internal error on %s", self.path)
             status, payload = 500, {"Err": f"internal error in tether: {exc}"}
-        data = json.dumps(payload).encode()
-        # one request per connection: dockerd would otherwise keep it open, holding a pool
-        # thread (and the daemon's exit) on a read that never ends
+        # one request per connection: dockerd would otherwise keep it open and idle
         self.close_connection = True
-        self.send_response(status)
-        self.send_header("Connection", "close")
-        self.send_header("Content-Type", CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(status, payload)
 
 
 class DockerPluginServer(ApiServer):
-    """The plugin socket, served by the same thread pool design as tether's own API."""
+    """The plugin socket, served by the same listener design as tether's own API."""
 
     def __init__(self, controller: Controller, name: str, socket_path: str | None = None) -> None:
-        super().__init__(controller, socket_path or plugin_socket_path(name), handler=_PluginHandler)
-        self.httpd.door = DockerDoor(controller)  # type: ignore[attr-defined]
+        super().__init__(
+            controller, socket_path or plugin_socket_path(name), handler=_PluginHandler, app=DockerDoor(controller)
+        )

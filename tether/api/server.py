@@ -23,146 +23,144 @@ from urllib.parse import parse_qs, urlparse
 
 from ..controller import Controller
 from ..doors import CniDoor
-from ..errors import Conflict, InvalidInput, SystemFailure, TetherError
+from ..errors import Conflict, SystemFailure, TetherError
 from . import schema
 from .listener import HttpListener, Limits, RequestHandler
 from .schema import Empty, option_text
 
-__all__ = ["ApiServer"]
+__all__ = ["ROUTES", "ApiServer"]
 
 log = logging.getLogger("tether.api")
 
-Handler = Callable[[Controller, dict[str, str], dict[str, Any], dict[str, list[str]]], Any]
-ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
+Query = dict[str, list[str]]
+Handler = Callable[[Controller, dict[str, str], Any, Query], Any]
+# (method, path pattern, body schema, handler)
+ROUTES: list[tuple[str, re.Pattern[str], type[Any], Handler]] = []
 
 
-def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+def route(method: str, pattern: str, body: type[Any] = Empty) -> Callable[[Handler], Handler]:
+    """Register a handler; ``body`` is the schema its request body is decoded into."""
+
     def register(fn: Handler) -> Handler:
-        ROUTES.append((method, re.compile("^" + pattern + "$"), fn))
+        ROUTES.append((method, re.compile("^" + pattern + "$"), body, fn))
         return fn
 
     return register
 
 
-def _flag(query: dict[str, list[str]], name: str) -> bool:
+def _flag(query: Query, name: str) -> bool:
     return query.get(name, ["0"])[0] in ("1", "true", "yes")
 
 
 @route("GET", "/ping")
-def ping(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def ping(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     return {"ok": True, "pid": os.getpid(), "state_dir": c.state_dir, "netns_prefix": c.ctx.netns_prefix}
 
 
 @route("GET", "/networks")
-def networks_list(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def networks_list(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     return c.list_networks()
 
 
-@route("POST", "/networks")
-def networks_create(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+@route("POST", "/networks", schema.NetworkCreate)
+def networks_create(c: Controller, p: dict[str, str], body: schema.NetworkCreate, q: Query) -> Any:
     return c.create_network(
-        name=_str(body, "name"),
-        driver=body.get("driver") or "bridge",
-        subnet=body.get("subnet"),
-        gateway=body.get("gateway"),
-        ip_range=body.get("ip_range"),
-        options={str(k): str(v) for k, v in (body.get("options") or {}).items()},
-        internal=bool(body.get("internal", False)),
+        name=body.name,
+        driver=body.driver or "bridge",
+        subnet=body.subnet,
+        gateway=body.gateway,
+        ip_range=body.ip_range,
+        options={k: option_text(v) for k, v in (body.options or {}).items()},
+        internal=bool(body.internal),
     ).to_dict()
 
 
 @route("POST", "/networks/prune")
-def networks_prune(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def networks_prune(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     return {"removed": c.prune_networks()}
 
 
 @route("GET", "/networks/(?P<name>[^/]+)")
-def networks_inspect(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def networks_inspect(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     return c.inspect_network(p["name"])
 
 
 @route("DELETE", "/networks/(?P<name>[^/]+)")
-def networks_remove(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def networks_remove(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     c.remove_network(p["name"])
     return {"removed": p["name"]}
 
 
-@route("POST", "/networks/(?P<name>[^/]+)/connect")
-def networks_connect(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    done = c.connect(p["name"], _str(body, "container"), body.get("ip"), _str_list(body, "aliases"))
+@route("POST", "/networks/(?P<name>[^/]+)/connect", schema.NetworkConnect)
+def networks_connect(c: Controller, p: dict[str, str], body: schema.NetworkConnect, q: Query) -> Any:
+    done = c.connect(p["name"], body.container, body.ip, body.aliases or [])
     return dict(done.value.to_dict(), lagging=done.lagging)
 
 
-@route("POST", "/networks/(?P<name>[^/]+)/disconnect")
-def networks_disconnect(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    c.disconnect(p["name"], _str(body, "container"))
-    return {"disconnected": body["container"]}
+@route("POST", "/networks/(?P<name>[^/]+)/disconnect", schema.NetworkDisconnect)
+def networks_disconnect(c: Controller, p: dict[str, str], body: schema.NetworkDisconnect, q: Query) -> Any:
+    c.disconnect(p["name"], body.container)
+    return {"disconnected": body.container}
 
 
 @route("GET", "/nodes")
-def nodes_list(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def nodes_list(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     return c.nodes()
 
 
-@route("POST", "/cni/add")
-def cni_add(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    ports = body.get("port_mappings") or []
-    if not isinstance(ports, list) or not all(isinstance(x, dict) for x in ports):
-        raise InvalidInput("port_mappings must be a list of objects")
+@route("POST", "/cni/add", schema.CniAdd)
+def cni_add(c: Controller, p: dict[str, str], body: schema.CniAdd, q: Query) -> Any:
     return CniDoor(c).add(
-        container_id=_str(body, "container_id"),
-        netns_path=_str(body, "netns"),
-        ifname=_str(body, "ifname"),
-        network_name=_str(body, "network"),
-        ip=body.get("ip"),
-        mac=body.get("mac"),
-        publish=ports,
-        aliases=_str_list(body, "aliases"),
+        container_id=body.container_id,
+        netns_path=body.netns,
+        ifname=body.ifname,
+        network_name=body.network,
+        ip=body.ip,
+        mac=body.mac,
+        publish=[
+            {"hostPort": m.hostPort, "containerPort": m.containerPort, "protocol": m.protocol, "hostIP": m.hostIP}
+            for m in body.port_mappings or []
+        ],
+        aliases=body.aliases or [],
     )
 
 
-@route("POST", "/cni/del")
-def cni_del(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    CniDoor(c).delete(_str(body, "container_id"), body.get("ifname") or "", _str(body, "network"))
+@route("POST", "/cni/del", schema.CniDel)
+def cni_del(c: Controller, p: dict[str, str], body: schema.CniDel, q: Query) -> Any:
+    CniDoor(c).delete(body.container_id, body.ifname or "", body.network)
     return {}
 
 
-@route("POST", "/cni/check")
-def cni_check(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    CniDoor(c).check(_str(body, "container_id"), _str(body, "ifname"), _str(body, "network"))
+@route("POST", "/cni/check", schema.CniCheck)
+def cni_check(c: Controller, p: dict[str, str], body: schema.CniCheck, q: Query) -> Any:
+    CniDoor(c).check(body.container_id, body.ifname, body.network)
     return {}
 
 
-@route("POST", "/cni/gc")
-def cni_gc(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    valid = body.get("valid") or []
-    if not isinstance(valid, list) or not all(isinstance(v, dict) for v in valid):
-        raise InvalidInput("valid must be a list of {containerID, ifname} objects")
-    pairs = [(str(v.get("containerID", "")), str(v.get("ifname", ""))) for v in valid]
-    return {"removed": CniDoor(c).gc(_str(body, "network"), pairs)}
+@route("POST", "/cni/gc", schema.CniGc)
+def cni_gc(c: Controller, p: dict[str, str], body: schema.CniGc, q: Query) -> Any:
+    pairs = [(v.containerID, v.ifname) for v in body.valid or []]
+    return {"removed": CniDoor(c).gc(body.network, pairs)}
 
 
 @route("GET", "/containers")
-def containers_list(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def containers_list(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     return c.list_containers(all_=_flag(q, "all"))
 
 
-@route("POST", "/containers")
-def containers_create(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    cmd = body.get("cmd")
-    if not isinstance(cmd, list) or not all(isinstance(a, str) for a in cmd):
-        raise InvalidInput("cmd must be a list of strings")
+@route("POST", "/containers", schema.ContainerCreate)
+def containers_create(c: Controller, p: dict[str, str], body: schema.ContainerCreate, q: Query) -> Any:
     done = c.create_container(
-        cmd=cmd,
-        name=body.get("name"),
-        net=body.get("net"),
-        ip=body.get("ip"),
-        hostname=body.get("hostname"),
-        detach=bool(body.get("detach", False)),
-        auto_remove=bool(body.get("auto_remove", False)),
-        rootfs=body.get("rootfs"),
-        publish=_str_list(body, "publish"),
-        aliases=_str_list(body, "aliases"),
+        cmd=body.cmd,
+        name=body.name,
+        net=body.net,
+        ip=body.ip,
+        hostname=body.hostname,
+        detach=bool(body.detach),
+        auto_remove=bool(body.auto_remove),
+        rootfs=body.rootfs,
+        publish=body.publish or [],
+        aliases=body.aliases or [],
     )
     container = done.value
     out = c.inspect_container(container.name)
@@ -173,81 +171,65 @@ def containers_create(c: Controller, p: dict[str, str], body: dict[str, Any], q:
 
 
 @route("POST", "/containers/reap/(?P<id>[0-9a-f]+)")
-def containers_reap(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def containers_reap(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     return {"removed": c.reap(p["id"])}
 
 
 @route("GET", "/containers/(?P<name>[^/]+)")
-def containers_inspect(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def containers_inspect(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     return c.inspect_container(p["name"])
 
 
 @route("GET", "/containers/(?P<name>[^/]+)/logs")
-def containers_logs(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def containers_logs(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     return {"log": c.logs(p["name"])}
 
 
-@route("POST", "/containers/(?P<name>[^/]+)/started")
-def containers_started(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    return c.mark_started(p["name"], int(body["pid"]), int(body["start_time"])).to_dict()
+@route("POST", "/containers/(?P<name>[^/]+)/started", schema.ContainerStarted)
+def containers_started(c: Controller, p: dict[str, str], body: schema.ContainerStarted, q: Query) -> Any:
+    return c.mark_started(p["name"], body.pid, body.start_time).to_dict()
 
 
-@route("POST", "/containers/(?P<name>[^/]+)/exited")
-def containers_exited(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    return c.mark_exited(p["name"], int(body["code"])).to_dict()
+@route("POST", "/containers/(?P<name>[^/]+)/exited", schema.ContainerExited)
+def containers_exited(c: Controller, p: dict[str, str], body: schema.ContainerExited, q: Query) -> Any:
+    return c.mark_exited(p["name"], body.code).to_dict()
 
 
-@route("POST", "/containers/(?P<name>[^/]+)/stop")
-def containers_stop(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    return c.stop_container(p["name"], float(body.get("timeout", 10))).to_dict()
+@route("POST", "/containers/(?P<name>[^/]+)/stop", schema.ContainerStop)
+def containers_stop(c: Controller, p: dict[str, str], body: schema.ContainerStop, q: Query) -> Any:
+    return c.stop_container(p["name"], 10.0 if body.timeout is None else body.timeout).to_dict()
 
 
 @route("DELETE", "/containers/(?P<name>[^/]+)")
-def containers_remove(c: Controller, p: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def containers_remove(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     c.remove_container(p["name"], force=_flag(q, "force"))
     return {"removed": p["name"]}
 
 
-def _str_list(body: dict[str, Any], key: str) -> list[str]:
-    value = body.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidInput(f"{key!r} must be a list of strings")
-    return value
+def _kind(status: int) -> str:
+    """The error class a status stands for, for errors raised outside the error tree
+    (framing, http.server's own)."""
+    if status == 404:
+        return "NotFound"
+    return "InvalidInput" if status < 500 or status == 501 else "SystemFailure"
 
 
-def _str(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"missing {key!r} in the request")
-    return value
+class _RequestHandler(RequestHandler):
+    """tether's own API: ``ROUTES``, errors as ``{"error", "kind"}``."""
 
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: _UnixHTTPServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s", format % args)
-
-    def address_string(self) -> str:
-        return "unix"
+    @classmethod
+    def error_reply(cls, status: int, message: str) -> tuple[int, Any]:
+        return status, {"error": message, "kind": _kind(status)}
 
     def _handle(self, method: str) -> None:
         url = urlparse(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
         status, payload = 200, None
         try:
-            try:
-                body = json.loads(raw) if raw else {}
-            except ValueError:
-                raise InvalidInput("malformed JSON in the request body") from None
-            if not isinstance(body, dict):
-                raise InvalidInput("the request body must be a JSON object")
-            for verb, pattern, fn in ROUTES:
+            for verb, pattern, body_schema, fn in ROUTES:
                 match = pattern.match(url.path)
                 if match and verb == method:
-                    payload = fn(self.server.controller, match.groupdict(), body, parse_qs(url.query))
+                    body = schema.decode(self.body, body_schema)
+                    payload = fn(self.server.app, match.groupdict(), body, parse_qs(url.query))
                     break
             else:
                 status, payload = 404, {"error": f"no such endpoint: {method} {url.path}", "kind": "NotFound"}
@@ -256,12 +238,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug: keep the traceback in the daemon's log, one line to the client
             log.exception("internal error on %s %s", method, url.path)
             status, payload = 500, {"error": f"internal error: {exc}", "kind": "SystemFailure"}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(status, payload)
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -273,54 +250,63 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._handle("DELETE")
 
 
-class _UnixHTTPServer(socketserver.UnixStreamServer):
-    """Requests are served by a fixed pool of threads: each keeps its store connection and
-    netlink sockets across requests instead of opening (and leaking) them per request."""
-
-    request_queue_size = 512
-
-    def __init__(self, path: str, controller: Controller, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.controller = controller
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="tether-api")
-        super().__init__(path, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self._pool.submit(self._serve_one, request, client_address)
-
-    def _serve_one(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+def _claim_socket_path(socket_path: str) -> None:
+    """Make room for the socket: only a stale socket (nothing answers on it) is removed.
+    Anything else there is refused with one line and left in place."""
+    try:
+        st = os.lstat(socket_path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise Conflict(f"cannot check {socket_path}: {exc.strerror}: choose another socket path") from exc
+    if not stat.S_ISSOCK(st.st_mode):
+        what = (
+            "a directory" if stat.S_ISDIR(st.st_mode)
+            else "a symbolic link" if stat.S_ISLNK(st.st_mode)
+            else "a regular file" if stat.S_ISREG(st.st_mode)
+            else "not a socket"
+        )
+        raise Conflict(
+            f"{socket_path} exists and is {what}: tether only replaces a stale socket; "
+            "move it away or choose another socket path"
+        )
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(socket_path)
+    except ConnectionRefusedError:
+        os.unlink(socket_path)  # stale socket of a dead daemon
+        return
+    except OSError as exc:
+        raise Conflict(f"cannot check the socket {socket_path}: {exc.strerror}: choose another socket path") from exc
+    finally:
+        probe.close()
+    raise Conflict(f"another daemon already serves {socket_path}: stop it or choose another socket path")
 
 
 class ApiServer:
-    """Serves the controller on ``socket_path`` (mode 0600) until ``shutdown``; ``handler``
-    speaks the protocol (tether's own API by default, Docker's plugin API for the driver)."""
+    """Serves ``app`` (the controller by default) on ``socket_path`` (mode 0600) until
+    ``shutdown``; ``handler`` speaks the protocol (tether's own API by default, Docker's
+    plugin API for the driver); ``limits`` bound what a client may send and for how long."""
 
     def __init__(
-        self, controller: Controller, socket_path: str, handler: type[BaseHTTPRequestHandler] | None = None
+        self,
+        controller: Controller,
+        socket_path: str,
+        handler: type[RequestHandler] | None = None,
+        app: Any = None,
+        limits: Limits | None = None,
     ) -> None:
-        os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
-        if os.path.exists(socket_path):
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(socket_path)
-            except OSError:
-                os.unlink(socket_path)  # stale socket of a dead daemon
-            else:
-                raise Conflict(f"another daemon already serves {socket_path}: stop it or choose another socket path")
-            finally:
-                probe.close()
+        directory = os.path.dirname(socket_path) or "."
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise Conflict(f"cannot create {directory} for the socket {socket_path}: {exc.strerror}") from exc
+        _claim_socket_path(socket_path)
         old = os.umask(0o177)
         try:
-            self.httpd = _UnixHTTPServer(socket_path, controller, handler or _RequestHandler)
+            self.httpd = HttpListener(socket_path, handler or _RequestHandler, controller if app is None else app, limits)
+        except OSError as exc:
+            raise SystemFailure(f"cannot listen on {socket_path}: {exc.strerror or exc}") from exc
         finally:
             os.umask(old)
         os.chmod(socket_path, 0o600)
@@ -335,7 +321,7 @@ class ApiServer:
         return thread
 
     def shutdown(self) -> None:
-        """Stop ``serve_forever`` (which must be running) and close."""
+        """Stop ``serve_forever`` and close."""
         self.httpd.shutdown()
         self.close()
 

@@ -57,7 +57,8 @@ class Firewall(Protocol):
         """Drop the whole table (tests, uninstall); idempotent; stops the healer first."""
 
     def start_healer(self, desired: DesiredState, interval: float = 0.2) -> None:
-        """Rebuild the table from ``desired()`` whenever it is found damaged, checking every ``interval`` s."""
+        """Restore the table, its chains and the elements of its sets and maps from ``desired()``
+        whenever they are found damaged (checked every ``interval`` s and on nftables notices)."""
 
     def stop_healer(self) -> None:
         """Stop the healer started by ``start_healer``; idempotent."""
