@@ -1,8 +1,10 @@
 """The ``tether`` command: a thin Typer front end over the daemon API, a module per noun.
 
     common.py      the apps, the console, the daemon client, output and error helpers
-    networks.py    network create/ls/inspect/rm/connect/disconnect/prune, node ls
-    containers.py  run, ps, inspect, exec, logs, stop, rm
+    run.py         run, exec
+    containers.py  logs, stop, rm
+    listing.py     ps, inspect, network ls, network inspect, node ls
+    networks.py    network create, rm, connect, disconnect, prune
     admin.py       daemon, demo, lab
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import TetherError
-from . import admin, containers, networks  # noqa: F401  (they register their commands)
+from . import admin, containers, listing, networks, run  # noqa: F401  (they register their commands)
 from .common import app
 
 __all__ = ["app", "main"]

@@ -1,13 +1,12 @@
-"""``tether network ...`` and ``tether node ls``."""
+"""Changing networks: ``tether network create``, ``rm``, ``connect``, ``disconnect``, ``prune``."""
 
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from ..api.client import q
 from ..validate import validate_name
-from .common import CTX, each, network_app, node_app, out, parse_options, print_json, warn_lagging
+from .common import CTX, each, network_app, out, parse_options, warn_lagging
 
 __all__: list[str] = []
 
@@ -41,30 +40,6 @@ def network_create(
     out.print(net["id"])
 
 
-@network_app.command("ls")
-def network_ls(fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
-    """List networks."""
-    nets = CTX.client().get("/networks")
-    if fmt == "json":
-        print_json(nets)
-        return
-    table = Table(box=None, header_style="bold")
-    for col in ("NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "BRIDGE", "CONTAINERS"):
-        table.add_column(col)
-    for n in nets:
-        table.add_row(
-            n["id"][:12], n["name"], n["driver"], n.get("scope", "local"), n["subnet"], n["bridge"], str(n["containers"])
-        )
-    out.print(table)
-
-
-@network_app.command("inspect")
-def network_inspect(names: list[str]) -> None:
-    """Show networks as JSON."""
-    client = CTX.client()
-    print_json([client.get(f"/networks/{q(n)}") for n in names])
-
-
 @network_app.command("rm")
 def network_rm(names: list[str]) -> None:
     """Remove networks."""
@@ -84,22 +59,6 @@ def network_connect(
         f"/networks/{q(network)}/connect", {"container": container, "ip": ip, "aliases": alias or []}
     )
     warn_lagging(reply.get("lagging"))
-
-
-@node_app.command("ls")
-def node_ls(fmt: str = typer.Option("table", "--format", help="table or json.")) -> None:
-    """List the hosts of the cluster and whether each is up."""
-    nodes = CTX.client().get("/nodes")
-    if fmt == "json":
-        print_json(nodes)
-        return
-    table = Table(box=None, header_style="bold")
-    for col in ("NAME", "ADDRESS", "STATUS", "APPLIED REVISION"):
-        table.add_column(col)
-    for n in nodes:
-        status = "[green]up[/green]" if n["up"] else "[red]down[/red]"
-        table.add_row(n["name"] + (" (this host)" if n["self"] else ""), n["address"], status, str(n["applied_revision"]))
-    out.print(table)
 
 
 @network_app.command("disconnect")

@@ -5,7 +5,8 @@ One class, in rooms by noun, each a layer over the one below (no circles):
     core.py        ControllerCore  parts, lookups, ``_operation`` (undo, barrier, lagging)
     networks.py    NetworkVerbs    create (subnet placement), ls, inspect, rm, prune
     endpoints.py   EndpointVerbs   attach/detach, requested addresses, ports, names
-    containers.py  ContainerVerbs  run, start, stop, rm, ps, inspect, connect, disconnect
+    processes.py   ProcessVerbs    a container's process: start, started, exited, logs
+    containers.py  ContainerVerbs  run, stop, rm, ps, inspect, connect, disconnect
     external.py    ExternalVerbs   other runtimes' sandboxes (what the CNI and Docker doors call)
     reconcile.py   Reconciler      kernel and store agree again after a restart or a crash
 

@@ -10,7 +10,6 @@ aliases) live here too, because every front end's attach goes through them.
 from __future__ import annotations
 
 import ipaddress
-import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -284,17 +283,6 @@ class EndpointVerbs(ControllerCore):
         resolver.serve(container.id, self.ctx.datapath.netns_path(container.netns))
         undo.push("resolver", lambda: resolver.unserve(container.id))
         self._set_dns_view(container)
-
-    def _resolv_conf(self, container: Container) -> str | None:
-        if self.resolver is None or container.netns is None:
-            return None
-        from ..dns import resolv_conf_text
-
-        path = os.path.join(self.container_dir(container), "resolv.conf")
-        if not os.path.exists(path):
-            with open(path, "w") as fh:
-                fh.write(resolv_conf_text())
-        return path
 
 
 def _clash(p: PortMapping, q: PortMapping) -> bool:
