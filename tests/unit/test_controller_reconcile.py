@@ -79,6 +79,17 @@ def test_an_endpoint_whose_host_veth_vanished_is_attached_again(ctl: Controller)
     assert {k: again[k] for k in same} == {k: attached[k] for k in same}
 
 
+def test_an_endpoint_attached_half_way_is_attached_again(ctl: Controller) -> None:
+    """A daemon killed inside an attach: the host side is on its bridge, but the address
+    never reached the container's interface (seen in the fault-injection rounds)."""
+    ctl.create_container(["true"], name="a", net="appnet")
+    dp = dp_of(ctl)
+    (host_ifname, attached), = dp.veths.items()
+    dp.veths[host_ifname] = dict(attached, cidr="")  # the inside has no address
+    assert reconcile_until_quiet(ctl) == ["re-attached a to appnet"]
+    assert dp.veths[host_ifname]["cidr"] == attached["cidr"]
+
+
 def test_a_namespace_lost_by_a_stopped_container_is_made_again_with_its_endpoints(ctl: Controller) -> None:
     ctl.create_container(["true"], name="a", net="appnet")
     dp = dp_of(ctl)

@@ -34,11 +34,13 @@ class Runtime:
 
     serve_dns: bool  # run the embedded resolver in its namespace (else it has its own)
     names_netns: bool  # give its namespace an ``ip netns`` name (it binds it elsewhere)
+    configures_inside: bool  # tether names and addresses the interface inside (else the runtime)
 
 
 RUNTIMES = {
-    "cni": Runtime(serve_dns=True, names_netns=False),
-    "docker": Runtime(serve_dns=False, names_netns=True),  # dockerd runs its own resolver
+    "cni": Runtime(serve_dns=True, names_netns=False, configures_inside=True),
+    # dockerd runs its own resolver, and moves, renames and addresses the interface itself
+    "docker": Runtime(serve_dns=False, names_netns=True, configures_inside=False),
 }
 
 

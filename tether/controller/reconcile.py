@@ -94,14 +94,20 @@ class Reconciler(ExternalVerbs):
                 return True
             self.ctx.datapath.create_netns(c.netns)
             actions.append(f"recreated namespace of {c.name}")
-        for ep in self._endpoints(c.id):
+        endpoints = self._endpoints(c.id)
+        inside = self._addresses_inside(c) if endpoints else None
+        for ep in endpoints:
             network = networks.get(ep.network_id)
             if network is None:
                 actions.append(f"dropped endpoint of {c.name} on a removed network")
                 actions += self._detach(c, ep)
                 continue
             driver = self._driver(network)
-            if c.netns and not driver.endpoint_present(self.ctx, network, ep):
+            # both sides: an attach killed half-way leaves the host side with nothing inside
+            whole = driver.endpoint_present(self.ctx, network, ep) and (
+                inside is None or ep.cidr in inside.get(ep.ifname, [])
+            )
+            if c.netns and not whole:
                 try:
                     self.ctx.datapath.detach_veth(ep.host_ifname)
                     self.ctx.datapath.detach_in_netns(c.netns, ep.ifname)
@@ -110,6 +116,17 @@ class Reconciler(ExternalVerbs):
                 except TetherError as exc:
                     actions.append(f"could not re-attach {c.name} to {network.name}: {exc}")
         return True
+
+    def _addresses_inside(self, c: Container) -> dict[str, list[str]] | None:
+        """{ifname: addresses} in the container's namespace; None where tether does not
+        configure the inside (a runtime that does it itself) or cannot look."""
+        runtime = runtime_of(c)
+        if not c.netns or (runtime is not None and runtime.configures_inside is False):
+            return None
+        try:
+            return {i["ifname"]: i.get("addresses", []) for i in self.ctx.datapath.container_interfaces(c.netns)}
+        except TetherError:
+            return None
 
     def _sweep_endpoints(self, live_ids: set[str], networks: dict[str, Network], actions: list[str]) -> None:
         """Endpoint records whose container is gone; links with our mark nothing owns."""
