@@ -80,15 +80,7 @@ def run_daemon(
     # someone may flush the ruleset or delete our table at any time: put it back within 1 s
     firewall.start_healer(controller.desired_firewall)
     log.info("reconciled with %d correction(s)", len(actions))
-    plugin = _docker_plugin(controller, docker_plugin, docker_plugin_required) if docker_plugin else None
-    try:
-        server = ApiServer(controller, socket_path)
-    except BaseException:
-        if plugin is not None:
-            plugin.close()  # never served: nothing to stop
-        raise
-    if plugin is not None:
-        plugin.serve_in_thread("tether-docker")
+    server, plugin = _open_sockets(controller, socket_path, docker_plugin, docker_plugin_required)
     log.info("tether daemon serving on %s (state in %s, netns prefix %r)", socket_path, state_dir, netns_prefix)
     try:
         _serve(server, controller)
@@ -105,6 +97,22 @@ def run_daemon(
         store.close()
         for held in claims:
             held.close()
+
+
+def _open_sockets(
+    controller: Controller, socket_path: str, docker_plugin: str | None, required: bool
+) -> tuple[ApiServer, DockerPluginServer | None]:
+    """tether's API socket, and Docker's driver socket (served at once) when asked."""
+    plugin = _docker_plugin(controller, docker_plugin, required) if docker_plugin else None
+    try:
+        server = ApiServer(controller, socket_path)
+    except BaseException:
+        if plugin is not None:
+            plugin.close()  # never served: nothing to stop
+        raise
+    if plugin is not None:
+        plugin.serve_in_thread("tether-docker")
+    return server, plugin
 
 
 def _start_agent(cluster: Cluster, datapath: NetlinkDatapath, controller: Controller) -> OverlayAgent:
