@@ -353,7 +353,7 @@ def test_vxlan_device_is_made_as_asked_and_idempotent(cluster: Cluster) -> None:
     assert vx["master"] == h1.bridge()
     assert "UP" in vx["flags"]
     assert vx["ifalias"] == f"{cluster.prefix}-mark"
-    # the bridge port keeps the bridge's defaults, on purpose (see netlink.py)
+    # the bridge port keeps the bridge's defaults, on purpose (see tether/datapath/vxlan.py)
     port = vx["linkinfo"]["info_slave_data"]
     assert port["learning"] is True and port["flood"] is True
     assert port["neigh_suppress"] is False
