@@ -9,23 +9,40 @@ APT_PACKAGES := iproute2 iputils-ping procps util-linux nftables libnftables1 \
 
 .PHONY: deps demo test faults bench clean
 
+# What is installed is said in a line each; apt's and pip's own output goes to $(LOG),
+# and if a step fails, the step and the end of the log are shown.
+LOG := $(CURDIR)/build/install.log
+QUIETLY = quietly() { "$$@" >>$(LOG) 2>&1 || { rc=$$?; \
+            printf '\nfailed (exit %s): %s\n--- the end of %s:\n' "$$rc" "$$*" "$(LOG)" >&2; \
+            tail -n 30 $(LOG) >&2; exit $$rc; }; }; quietly
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_ROOT_USER_ACTION := ignore
+
 $(VENV)/.installed: pyproject.toml
+	@mkdir -p $(dir $(LOG)) && : > $(LOG)
+	@echo "Installing what tether needs (apt's and pip's output: $(LOG))"
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	  guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; rc=$$?; \
-	  if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; [ $$rc -eq 0 ]; \
+	  echo "  Debian packages:" $$missing; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	    trap 'rm -f /usr/sbin/policy-rc.d' EXIT; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(QUIETLY) apt-get update -q; \
+	  $(QUIETLY) apt-get install -y -q $$missing; \
 	fi
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
-	touch $@
+	@echo "  Python: a virtual environment in $(VENV) with tether, its libraries and the test tools"
+	@$(QUIETLY) $(PYTHON) -m venv $(VENV)
+	@$(QUIETLY) $(VENV)/bin/pip install --upgrade pip
+	@$(QUIETLY) $(VENV)/bin/pip install -e '.[test]'
+	@grep '^Successfully installed' $(LOG) | tail -n 1 | \
+	  awk '{n = NF - 2; printf "  done: %d Python package%s installed or updated\n", n, (n == 1 ? "" : "s")}'
+	@touch $@
 
 deps: $(VENV)/.installed
 
 demo: deps
-	$(VENV)/bin/tether demo
+	@$(VENV)/bin/tether demo
 
 test: deps
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
@@ -41,4 +58,4 @@ bench: deps
 	$(VENV)/bin/python bench/attach.py
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info $(LOG)

@@ -57,7 +57,10 @@ def run_demo(client: Client, console: Console, keep: bool = False) -> int:
     port = _free_loopback_port()
     made: list[str] = []
     try:
-        console.print(f"[bold]tether demo[/bold]: starting one container per mode (tag {tag})")
+        console.print(
+            f"[bold]tether demo[/bold]: one container per mode, probed with real packets "
+            f"(containers demo-{tag}-*, removed at the end)"
+        )
         started = _start_mode_containers(client, names, port, made)
         c1, c2 = started["c1"], started["c2"]
         bridge_net = client.get(f"/networks/{q('bridge')}")
@@ -84,11 +87,20 @@ def run_demo(client: Client, console: Console, keep: bool = False) -> int:
             ("none+connect", started["late"], [True, True, True, False]),
         ]
         console.print(
-            f"targets: c1 = ping {a1}, c2 = ping {a2}, host = ping {gw} (the bridge's gateway), "
-            f"c1 lo = TCP to 127.0.0.1:{port}, served by c1 on its loopback only"
+            f"columns: c1 = ping {a1} and c2 = ping {a2} (two containers on the default bridge), "
+            f"host = ping {gw} (the host's address on that bridge), "
+            f"c1 lo = TCP to 127.0.0.1:{port}, which c1 serves on its own loopback only"
+        )
+        console.print(
+            "rows: where each probe runs; none+connect was started with --net none, then connected to the bridge"
         )
         table, mismatches = _mode_matrix(targets, rows)
         console.print(table)
+        console.print(
+            "[green]✓[/green] answered, [red]✗[/red] no answer: blocked, as it should be (a none container has "
+            "only lo; c1's loopback is reachable only inside c1's namespace, which container:c1 shares). A cell that "
+            "breaks a mode's promise would be marked (unexpected)."
+        )
         if mismatches:
             console.print(f"[bold red]{mismatches} cell(s) differ from what the modes promise[/bold red]")
             return 1
@@ -175,16 +187,26 @@ def run_overlay_demo(console: Console, hosts: int = 3) -> int:
     if _shutil.which("etcd") is None:  # the demo installs nothing (`make demo` has it installed)
         console.print("[yellow]multi-host part skipped[/yellow]: etcd is not installed (apt-get install etcd-server)")
         return 0
-    tag = f"dm{uuid.uuid4().hex[:4]}"
+    tag = f"dm{uuid.uuid4().hex[:4]}"  # the lab's namespace names start with it: no clash with another lab
     root, state_root = tempfile.mkdtemp(prefix="tether-demo-lab-"), tempfile.mkdtemp(prefix="tether-demo-state-")
-    console.print(f"[bold]multi-host[/bold]: a lab of {hosts} hosts with etcd, one overlay network (tag {tag})")
+    console.print(
+        f"[bold]multi-host[/bold]: {hosts} simulated hosts (h1..h{hosts}, network namespaces on this machine) "
+        f"sharing etcd as the cluster store; one overlay network, one container on each host"
+    )
     try:
-        info = lab.lab_up(hosts, 10.0, root, state_root, tag, report=lambda step: console.print(f"  up: {step}"))
+        def report(step: str) -> None:
+            console.print(f"  ready: {_lab_step(step.removeprefix(tag))}")
+
+        info = lab.lab_up(hosts, 10.0, root, state_root, tag, report=report)
         containers = _start_overlay_containers(info.hosts)
         inet_ip = lab.INET_IP
         targets = [(f"→{label.split('@')[0]}", addr) for label, _, addr, _ in containers] + [("→internet", inet_ip)]
         table, misses = _overlay_matrix(info.hosts, containers, targets)
         console.print(table)
+        console.print(
+            f"columns: each container's overlay address; internet = ping {inet_ip}, a namespace standing for "
+            f"the internet, reached through the host's NAT; own host = the container's gateway, its own host"
+        )
         if misses:
             console.print(f"[bold red]{misses} overlay probe(s) failed[/bold red]")
             return 1
@@ -195,6 +217,17 @@ def run_overlay_demo(console: Console, hosts: int = 3) -> int:
         lab.lab_down(root, state_root, tag)
         _shutil.rmtree(root, ignore_errors=True)
         _shutil.rmtree(state_root, ignore_errors=True)
+
+
+def _lab_step(step: str) -> str:
+    """A step of ``lab.lab_up`` ("fabric", "etcd", "h1 daemon", the lab's prefix taken off) in words."""
+    if step == "fabric":
+        return 'the hosts\' shared LAN (the "fabric") and a namespace "internet" standing for the outside world'
+    if step == "etcd":
+        return "etcd, the cluster store"
+    if step.endswith(" daemon"):
+        return f"the tether daemon on {step.removesuffix(' daemon')}"
+    return step
 
 
 def _start_overlay_containers(hosts: list[LabHost]) -> list[tuple[str, int, str, str]]:
@@ -209,7 +242,7 @@ def _start_overlay_containers(hosts: list[LabHost]) -> list[tuple[str, int, str,
             "/containers", {"name": f"c{i}", "net": "demo-ov", "cmd": ["sleep", "3600"], "detach": True}
         )
         net = reply["networks"]["demo-ov"]
-        containers.append((f"c{i}@{h.name}", reply["pid"], net["address"], net["gateway"]))
+        containers.append((f"c{i}@h{h.index}", reply["pid"], net["address"], net["gateway"]))
     return containers
 
 
@@ -241,7 +274,7 @@ def _overlay_matrix(
                                 capture_output=True).returncode == 0
             misses += not ok
             cells.append("[green]✓[/green]" if ok else "[red]✗[/red]")
-        table.add_row(f"host {h.name}", "(the host)", *cells, "-")
+        table.add_row(f"host h{h.index}", "(the host)", *cells, "-")
     return table, misses
 
 
