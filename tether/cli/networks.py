@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from ..api.client import q
+from ..errors import Conflict, NotFound
 from ..validate import validate_name
-from .common import CTX, each, network_app, out, parse_options, warn_lagging
+from .common import CTX, each, fail, network_app, out, parse_options, warn_lagging
+from .filters import PRUNE_FILTERS, parse_filters, parse_labels, prunable
 
 __all__: list[str] = []
+
+PRUNE_WARNING = (
+    "WARNING! This will remove all custom networks not used by at least one container.\n"
+    "Are you sure you want to continue? [y/N] "
+)
 
 
 @network_app.command("create")
@@ -22,9 +31,11 @@ def network_create(
         None, "-o", "--opt", help="Driver option KEY=VALUE: bridge_name, mtu, masquerade=true|false, icc=true|false."
     ),
     internal: bool = typer.Option(False, "--internal", help="No route to the outside."),
+    label: list[str] = typer.Option(None, "--label", help="Label KEY=VALUE (or KEY) on the network; repeatable."),
 ) -> None:
     """Create a network."""
     validate_name("network", name)  # before the daemon is asked (and started) at all
+    labels = parse_labels(label)
     net = CTX.client().post(
         "/networks",
         {
@@ -35,6 +46,7 @@ def network_create(
             "ip_range": ip_range,
             "options": parse_options(opt),
             "internal": internal,
+            "labels": labels,
         },
     )
     out.print(net["id"])
@@ -68,9 +80,40 @@ def network_disconnect(network: str, container: str) -> None:
 
 
 @network_app.command("prune")
-def network_prune() -> None:
+def network_prune(
+    force: bool = typer.Option(False, "-f", "--force", help="Do not ask for confirmation."),
+    filter_: list[str] = typer.Option(
+        None, "--filter", help="Only networks with label=KEY[=VALUE], or without label!=KEY[=VALUE]; repeatable."
+    ),
+) -> None:
     """Remove every user-defined network with no containers."""
-    for name in CTX.client().post("/networks/prune")["removed"]:
-        out.print(name)
+    filters = parse_filters(filter_, "network prune", PRUNE_FILTERS)
+    if not force and not _confirm(PRUNE_WARNING):
+        return
+    client = CTX.client()
+    if not filters:
+        removed = client.post("/networks/prune")["removed"]  # in one step, under the daemon's lock
+    else:
+        # The API's prune takes no filter: pick here, then remove by name, as Docker's CLI
+        # often does. One that gained a container (or went) in between is left alone.
+        removed = []
+        for net in client.get("/networks"):
+            if prunable(net, filters):
+                try:
+                    client.delete(f"/networks/{q(net['name'])}")
+                    removed.append(net["name"])
+                except (Conflict, NotFound):
+                    pass
+    if removed:
+        sys.stdout.write("Deleted Networks:\n" + "".join(f"{name}\n" for name in removed))
+
+
+def _confirm(question: str) -> bool:
+    """Docker's [y/N] question, asked on the terminal; with no terminal to ask on, refused."""
+    if sys.stdin is None or not sys.stdin.isatty():
+        fail("stdin is not a terminal to confirm on: use -f to remove without confirmation")
+    sys.stdout.write(question)
+    sys.stdout.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
