@@ -282,9 +282,16 @@ class IPAM:
                 )
             # Released between our attempt and our look: try again.
 
-    def release(self, network_id: str, address: str) -> None:
-        """Give a lease back. Releasing an address that is not leased is not an error."""
-        self._store.delete(lease_key(network_id, str(_parse_address("address", address))))
+    def release(self, network_id: str, address: str, owner: str | None = None) -> None:
+        """Give a lease back (only if ``owner`` still holds it, when given). Releasing an
+        address that is not leased is not an error."""
+        key = lease_key(network_id, str(_parse_address("address", address)))
+        if owner is None:
+            self._store.delete(key)
+            return
+        kv = self._store.get(key)
+        if kv is not None and kv.value.get("owner") == owner:
+            self._store.compare_and_swap(key, kv.mod_revision, None)
 
     def release_owner(self, owner: str) -> list[tuple[str, str]]:
         """Release every lease of ``owner`` in every network; returns the (network id,

@@ -112,8 +112,10 @@ class EndpointVerbs(ControllerCore):
             if not kernel_gone:
                 errors += collect(lambda: self.ctx.datapath.detach_veth(endpoint.host_ifname))
             ipam = self.ipam
-        errors += collect(lambda: ipam.release(endpoint.network_id, endpoint.address))
+        # the record goes before its lease: a kill between leaves a lease reconcile frees,
+        # never an endpoint without a lease (whose address could be handed out twice)
         errors += collect(lambda: self.store.delete(ep_key(container.id, endpoint.network_id)))
+        errors += collect(lambda: ipam.release(endpoint.network_id, endpoint.address, owner=container.id))
         errors += collect(lambda: self._set_dns_view(container))
         return errors
 
