@@ -82,9 +82,13 @@ def run_daemon(
     log.info("reconciled with %d correction(s)", len(actions))
     server, plugin = _open_sockets(controller, socket_path, docker_plugin, docker_plugin_required)
     log.info("tether daemon serving on %s (state in %s, netns prefix %r)", socket_path, state_dir, netns_prefix)
+    # every container's exit acted on at once (network released, restart policy); what
+    # exited while no daemon ran is restarted now if its policy says so
+    controller.start_monitor()
     try:
         _serve(server, controller)
     finally:
+        controller.stop_monitor()
         if plugin is not None:
             plugin.shutdown()  # before exiting: dockerd must not find a dead plugin socket
         if agent is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_BRIDGE",
     "PortMapping",
     "parse_port_spec",
+    "check_labels",
 ]
 
 DEFAULT_NETWORK = "bridge"
@@ -58,6 +59,7 @@ class Network:
     internal: bool = False
     options: dict[str, str] = field(default_factory=dict)
     created: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)  # `--label KEY=VALUE`: the user's, never read by tether
 
     @property
     def prefixlen(self) -> int:
@@ -148,8 +150,30 @@ class Container:
     joined: str | None = None  # id of the container whose netns this one shares
     rootfs: str | None = None
     created: float = 0.0
+    # What its process gets (`run -e/--env-file -w -t -i`); Docker's PATH, HOSTNAME, TERM are added at start:
+    env: list[str] = field(default_factory=list)  # KEY=VALUE, the user's, in order
+    workdir: str = "/"
+    tty: bool = False
+    interactive: bool = False
+    # Its /etc files (`run --dns --dns-search --dns-option --add-host`), written at each start:
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    extra_hosts: list[str] = field(default_factory=list)  # NAME:IP, IP may be "host-gateway"
+    mac_address: str | None = None  # of its first endpoint (`run --mac-address`)
+    expose: list[str] = field(default_factory=list)  # PORT/PROTO (`run --expose`)
+    publish_all: bool = False  # `run -P`: every exposed port on a free host port
     ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping.to_dict(), one per port
     external: bool = False  # a namespace another runtime made (CNI): netns is its path
+    labels: dict[str, str] = field(default_factory=dict)  # `--label KEY=VALUE`: the user's, never read by tether
+    # An exited container holds no endpoint and no port; what `start` attaches again:
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # {"network", "ip" (asked for), "aliases"}, in order
+    publish: list[dict[str, Any]] = field(default_factory=list)  # -p as asked (host port 0: one is picked at each start)
+    restart_policy: str = "no"  # no | on-failure[:N] | always | unless-stopped (controller/restarts.py)
+    restart_count: int = 0  # restarts by the policy since the last start by hand
+    manually_stopped: bool = False  # by `stop`: the policy leaves it down until it is started again
+    started_at: float = 0.0
+    finished_at: float = 0.0
 
     @property
     def port_mappings(self) -> list[PortMapping]:
@@ -260,3 +284,14 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
             f"{len(container_ports)}; make them the same length"
         )
     return [PortMapping(protocol, h, c, host_ip) for h, c in zip(host_ports, container_ports)]
+
+
+def check_labels(labels: dict[str, str] | None) -> dict[str, str]:
+    """``--label`` keys and values as stored on a network or container: a key is not empty
+    and has no ``=`` (``label=KEY=VALUE`` filters split at the first one); values are text."""
+    for key, value in (labels or {}).items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise InvalidInput(f"invalid label key {key!r}: give a non-empty key without '=', as in --label tier=web")
+        if not isinstance(value, str):
+            raise InvalidInput(f"invalid value of label {key!r}: a label value is text")
+    return dict(labels or {})

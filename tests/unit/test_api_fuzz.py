@@ -201,10 +201,12 @@ def concrete(method: str, pattern: re.Pattern[str]) -> str:
     """A path for the route. Networks by a real name (``-ghost`` for DELETE). Containers:
     ``started`` only ever marks c2 running (with a generated pid) and nothing but
     ``started`` addresses c2; ``stop`` and ``exited`` address c1, which is never running,
-    so no generated pid is ever signalled; DELETE addresses a name none can have."""
+    so no generated pid is ever signalled; DELETE, ``start`` and ``restart`` (which would
+    start a process) address a name none can have."""
     path = pattern.pattern.strip("^$")
     network = GHOST if method == "DELETE" else "n1"
-    container = GHOST if method == "DELETE" else "c2" if path.endswith("/started") else "c1"
+    starts = path.endswith(("/start", "/restart"))
+    container = GHOST if method == "DELETE" or starts else "c2" if path.endswith("/started") else "c1"
     path = path.replace("/networks/(?P<name>[^/]+)", f"/networks/{network}")
     path = path.replace("/containers/(?P<name>[^/]+)", f"/containers/{container}")
     return path.replace("(?P<id>[0-9a-f]+)", "abc123")

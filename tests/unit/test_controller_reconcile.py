@@ -55,17 +55,33 @@ def test_a_container_left_creating_is_removed_with_everything_it_held(ctl: Contr
     assert snapshot(ctl) == before  # netns, veth, lease, records, port mapping, state dir
 
 
+def test_a_container_killed_while_its_namespace_was_made_leaves_no_namespace(ctl: Controller) -> None:
+    """Killed inside the sandbox step: the record says 'creating' with no namespace yet,
+    but the namespace (marked first) exists (seen in the fault-injection rounds)."""
+    before = snapshot(ctl)
+    ctl.create_container(["true"], name="a", net="none")
+    set_record(ctl, "a", state="creating", netns=None)
+    assert reconcile_until_quiet(ctl) == ["removed container a (creating)", "deleted namespace u-a: no record holds it"]
+    assert snapshot(ctl) == before
+
+
 def test_an_exited_rm_container_is_removed_and_an_exited_one_without_rm_is_kept(ctl: Controller) -> None:
     ctl.create_container(["true"], name="keep", net="appnet")
     before = snapshot(ctl)
     ctl.create_container(["true"], name="gone", net="appnet", auto_remove=True)
     set_record(ctl, "gone", state="exited", exit_code=0)
+    # exited, but the daemon died before it released keep's network: reconcile does
     set_record(ctl, "keep", state="exited", exit_code=0)
-    assert reconcile_until_quiet(ctl) == ["removed container gone (exited)"]
+    assert reconcile_until_quiet(ctl) == [
+        "removed container gone (exited)",
+        "released the network of exited container keep",
+    ]
     after = snapshot(ctl)
-    assert after["store"].pop(CTR_PREFIX + "keep")["state"] == "exited"
-    before["store"].pop(CTR_PREFIX + "keep")
-    assert after == before
+    kept = after["store"].pop(CTR_PREFIX + "keep")
+    assert kept["state"] == "exited" and kept["attachments"] == [{"network": "appnet", "ip": None, "aliases": []}]
+    assert not [key for key in after["store"] if key.startswith(("/endpoints/", "/ipam/"))]
+    assert after["kernel"]["veths"] == {} and after["kernel"]["netns"] == before["kernel"]["netns"]  # the netns stays
+    assert after["firewall"] == before["firewall"] and after["state dir"] == before["state dir"]
 
 
 def test_an_endpoint_whose_host_veth_vanished_is_attached_again(ctl: Controller) -> None:
@@ -135,6 +151,27 @@ def test_a_lease_without_an_owner_is_released(ctl: Controller) -> None:
     assert sorted(actions) == ["released lease 10.77.0.5 of a removed network", f"released orphan lease {ghost}"]
     assert snapshot(ctl) == before
     assert list(ctl.ipam.leases(network.id).values()) == [ctl.inspect_container("a")["id"]]
+
+
+def test_a_live_owners_lease_that_no_endpoint_holds_is_released(ctl: Controller) -> None:
+    """Killed between taking the lease and writing the endpoint record (a `network connect`)."""
+    ctl.create_container(["true"], name="a", net="appnet")
+    network = ctl.get_network("appnet")
+    before = snapshot(ctl)
+    extra = ctl.ipam.allocate(network, ctl.inspect_container("a")["id"])
+    assert reconcile_until_quiet(ctl) == [f"released orphan lease {extra}"]
+    assert snapshot(ctl) == before
+
+
+def test_an_endpoint_that_lost_its_lease_takes_it_back(ctl: Controller) -> None:
+    """Killed between releasing the lease and deleting the endpoint record (an older order)."""
+    ctl.create_container(["true"], name="a", net="appnet")
+    network = ctl.get_network("appnet")
+    address = ctl.inspect_container("a")["networks"]["appnet"]["address"]
+    before = snapshot(ctl)
+    ctl.ipam.release(network.id, address)
+    assert reconcile_until_quiet(ctl) == [f"leased {address} again to a"]
+    assert snapshot(ctl)["store"] == before["store"]
 
 
 def test_a_cni_sandbox_whose_namespace_is_gone_is_dropped(ctl: Controller, tmp_path: Path) -> None:

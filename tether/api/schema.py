@@ -108,6 +108,7 @@ class NetworkCreate(Body):
     ip_range: str | None = None
     options: dict[str, OptionValue] | None = None
     internal: bool | None = None
+    labels: dict[str, str] | None = None
 
 
 class NetworkConnect(Body):
@@ -174,6 +175,19 @@ class ContainerCreate(Body):
     rootfs: str | None = None
     publish: list[str] | None = None
     aliases: list[str] | None = None
+    labels: dict[str, str] | None = None
+    restart: str | None = None  # --restart: no | on-failure[:N] | always | unless-stopped
+    env: list[str] | None = None  # KEY=VALUE, -e and --env-file as the CLI resolved them
+    workdir: str | None = None
+    tty: bool | None = None
+    interactive: bool | None = None
+    dns: list[str] | None = None
+    dns_search: list[str] | None = None
+    dns_options: list[str] | None = None
+    extra_hosts: list[str] | None = None  # --add-host NAME:IP
+    mac_address: str | None = None
+    expose: list[str] | None = None
+    publish_all: bool | None = None
 
 
 class ContainerStarted(Body):
@@ -186,6 +200,8 @@ class ContainerExited(Body):
 
 
 class ContainerStop(Body):
+    """``stop`` and ``restart``: the seconds between SIGTERM and SIGKILL."""
+
     timeout: StopTimeout | None = None
 
 

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 
 from ..controller import Controller
 from ..doors import CniDoor
-from ..errors import Conflict, SystemFailure, TetherError
+from ..errors import Conflict, InvalidInput, SystemFailure, TetherError
 from . import schema
 from .listener import HttpListener, Limits, RequestHandler
 from .schema import Empty, option_text
@@ -54,7 +54,12 @@ def _flag(query: Query, name: str) -> bool:
 
 @route("GET", "/ping")
 def ping(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
-    return {"ok": True, "pid": os.getpid(), "state_dir": c.state_dir, "netns_prefix": c.ctx.netns_prefix}
+    from .. import __version__
+
+    return {
+        "ok": True, "pid": os.getpid(), "version": __version__, "state_dir": c.state_dir,
+        "netns_prefix": c.ctx.netns_prefix,
+    }
 
 
 @route("GET", "/networks")
@@ -72,6 +77,7 @@ def networks_create(c: Controller, p: dict[str, str], body: schema.NetworkCreate
         ip_range=body.ip_range,
         options={k: option_text(v) for k, v in (body.options or {}).items()},
         internal=bool(body.internal),
+        labels=body.labels or {},
     ).to_dict()
 
 
@@ -94,7 +100,8 @@ def networks_remove(c: Controller, p: dict[str, str], body: Empty, q: Query) -> 
 @route("POST", "/networks/(?P<name>[^/]+)/connect", schema.NetworkConnect)
 def networks_connect(c: Controller, p: dict[str, str], body: schema.NetworkConnect, q: Query) -> Any:
     done = c.connect(p["name"], body.container, body.ip, body.aliases or [])
-    return dict(done.value.to_dict(), lagging=done.lagging)
+    # an exited container only records the network: its interface comes with its next start
+    return dict(done.value.to_dict() if done.value is not None else {}, lagging=done.lagging)
 
 
 @route("POST", "/networks/(?P<name>[^/]+)/disconnect", schema.NetworkDisconnect)
@@ -161,6 +168,19 @@ def containers_create(c: Controller, p: dict[str, str], body: schema.ContainerCr
         rootfs=body.rootfs,
         publish=body.publish or [],
         aliases=body.aliases or [],
+        labels=body.labels or {},
+        restart=body.restart,
+        env=body.env or [],
+        workdir=body.workdir,
+        tty=bool(body.tty),
+        interactive=bool(body.interactive),
+        dns=body.dns or [],
+        dns_search=body.dns_search or [],
+        dns_options=body.dns_options or [],
+        extra_hosts=body.extra_hosts or [],
+        mac_address=body.mac_address,
+        expose=body.expose or [],
+        publish_all=bool(body.publish_all),
     )
     container = done.value
     out = c.inspect_container(container.name)
@@ -182,7 +202,18 @@ def containers_inspect(c: Controller, p: dict[str, str], body: Empty, q: Query) 
 
 @route("GET", "/containers/(?P<name>[^/]+)/logs")
 def containers_logs(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
-    return {"log": c.logs(p["name"])}
+    """``?since=OFFSET`` (the last reply's ``offset``), ``?tail=N``, ``?timestamps=1``."""
+    return c.logs(p["name"], since=_count(q, "since"), tail=_count(q, "tail"), timestamps=_flag(q, "timestamps"))
+
+
+def _count(query: Query, name: str) -> int | None:
+    """A whole number >= 0 given in the query string, or None when absent."""
+    text = query.get(name, [None])[0]
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise InvalidInput(f"invalid {name}={text!r}: give a whole number >= 0")
+    return int(text)
 
 
 @route("POST", "/containers/(?P<name>[^/]+)/started", schema.ContainerStarted)
@@ -198,6 +229,18 @@ def containers_exited(c: Controller, p: dict[str, str], body: schema.ContainerEx
 @route("POST", "/containers/(?P<name>[^/]+)/stop", schema.ContainerStop)
 def containers_stop(c: Controller, p: dict[str, str], body: schema.ContainerStop, q: Query) -> Any:
     return c.stop_container(p["name"], 10.0 if body.timeout is None else body.timeout).to_dict()
+
+
+@route("POST", "/containers/(?P<name>[^/]+)/start")
+def containers_start(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
+    done = c.start_container(p["name"])
+    return dict(done.value.to_dict(), lagging=done.lagging)
+
+
+@route("POST", "/containers/(?P<name>[^/]+)/restart", schema.ContainerStop)
+def containers_restart(c: Controller, p: dict[str, str], body: schema.ContainerStop, q: Query) -> Any:
+    done = c.restart_container(p["name"], 10.0 if body.timeout is None else body.timeout)
+    return dict(done.value.to_dict(), lagging=done.lagging)
 
 
 @route("DELETE", "/containers/(?P<name>[^/]+)")

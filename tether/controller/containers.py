@@ -1,43 +1,72 @@
-"""Container verbs: run (create, then start), stop, rm, ps, inspect, connect, disconnect.
+"""Container verbs: run (create, then start), start, stop, restart, rm, ps, inspect,
+connect, disconnect, and what a container's exit releases.
 
 A container is a record, a sandbox (its network namespace, by the sandbox mode its
 ``--net`` names) and its endpoints; its process runs under a shim (``runtime/``). The
 record's state (running, exited) is a cache of what the process says: ``_refresh``
 derives it. ``_teardown`` removes everything a container holds, keeps going past errors
 and is idempotent, so rm, --rm, reconcile and the other runtimes' doors share it.
+
+As in Docker, a container holds its network only while it may run: when its process
+ends (``stop``, an exit of its own, noticed by the daemon's monitor, by any ``_refresh``
+or by reconcile) its endpoints are detached, so its addresses, veths, published ports
+and names are free for others; its namespace stays. The record keeps what ``start``
+needs to attach it again: the networks it joined, in order, each with the address asked
+for (``--ip``) and its aliases (``attachments``), and the ports as asked (``publish``).
+A restart policy (``restarts.py``) may start it again by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from .. import runtime
 from ..drivers import Undo, collect
 from ..errors import Conflict, InvalidInput, NotFound, TetherError
-from ..model import Container, Endpoint, NetMode, Network, PortMapping, parse_net_mode, parse_port_spec
+from ..model import (
+    Container,
+    Endpoint,
+    NetMode,
+    Network,
+    PortMapping,
+    check_labels,
+    parse_net_mode,
+    parse_port_spec,
+)
+from ..runtime.process import PID_FILE
 from ..storekeys import CTR_PREFIX, ID_PREFIX, JOIN_PREFIX, ep_key
 from ..validate import check_hostname, check_ipv4, validate_name
-from .core import Outcome
+from .core import Operation, Outcome
 from .endpoints import EndpointVerbs
+from .names import unused_name
 from .networks import NetworkVerbs
-from .processes import ProcessVerbs
+from .processes import ProcessVerbs, _ifname_order, check_run_options
+from .restarts import RestartPolicy
+
+if TYPE_CHECKING:
+    from .restarts import ProcessMonitor
 
 __all__ = ["ContainerVerbs"]
+
+log = logging.getLogger("tether.controller")
 
 
 @dataclass(frozen=True)
 class _RunRequest:
     """``run``'s input after every check that needs no state."""
 
-    name: str
+    name: str | None  # None: one is picked (names.py)
     mode: NetMode
     mappings: list[PortMapping]
     aliases: list[str]
+    restart: RestartPolicy
 
 
 class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
@@ -54,19 +83,41 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         rootfs: str | None = None,
         publish: list[str] | None = None,
         aliases: list[str] | None = None,
+        labels: dict[str, str] | None = None,
+        restart: str | None = None,
+        env: list[str] | None = None,
+        workdir: str | None = None,
+        tty: bool = False,
+        interactive: bool = False,
+        dns: list[str] | None = None,
+        dns_search: list[str] | None = None,
+        dns_options: list[str] | None = None,
+        extra_hosts: list[str] | None = None,
+        mac_address: str | None = None,
+        expose: list[str] | None = None,
+        publish_all: bool = False,
     ) -> Outcome[Container]:
         """Validate everything, build the sandbox and its endpoint, record it; start it if
         ``detach`` (the CLI starts foreground containers itself and reports the pid)."""
-        req = _check_run(cmd, name, net, ip, hostname, rootfs, publish, aliases)
+        req = _check_run(cmd, name, net, ip, hostname, rootfs, publish, aliases, restart, auto_remove)
+        labels = check_labels(labels)
+        options = check_run_options(
+            req.mode, env, workdir, tty, interactive, dns, dns_search, dns_options, extra_hosts, mac_address,
+            expose, publish_all,
+        )
+        req = replace(req, mappings=options.published(req.mappings))  # -P: the exposed ports too
+        container_id = uuid.uuid4().hex
         with self._operation() as op:
-            if self.store.get(CTR_PREFIX + req.name) is not None:
+            if req.name is not None and self.store.get(CTR_PREFIX + req.name) is not None:
                 raise Conflict(f"container name {req.name!r} is already in use: choose another name or remove it first")
-            network, joined, mappings = self._run_targets(req, ip)
+            name = req.name or unused_name(lambda n: self.store.get(CTR_PREFIX + n) is not None, f"t{container_id[:11]}")
+            network, joined, mappings, net_mode = self._run_targets(req, ip, name)
             container = Container(
-                id=uuid.uuid4().hex,
-                name=req.name,
-                hostname=hostname or req.name,
-                net_mode=str(req.mode),
+                id=container_id,
+                name=name,
+                # an unnamed container's hostname is its short ID, as in Docker (its name has a '_')
+                hostname=hostname or (name if req.name else container_id[:12]),
+                net_mode=net_mode,
                 netns=joined.netns if joined else None,
                 cmd=list(cmd),
                 state="creating",
@@ -76,6 +127,11 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
                 rootfs=rootfs,
                 created=time.time(),
                 ports=[m.to_dict() for m in mappings],
+                labels=labels,
+                attachments=[_attachment(network.name, ip, req.aliases)] if network is not None else [],
+                publish=[m.to_dict() for m in req.mappings],
+                restart_policy=str(req.restart),
+                **options.record(),
             )
             container = self._build(container, network, ip, req.aliases, op)
         if detach:
@@ -87,10 +143,11 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         return Outcome(container, op.lagging)
 
     def _run_targets(
-        self, req: _RunRequest, ip: str | None
-    ) -> tuple[Network | None, Container | None, list[PortMapping]]:
-        """The network (``--net NAME``) or the container (``--net container:NAME``) a
-        new container attaches to, checked against the store; its ports made concrete."""
+        self, req: _RunRequest, ip: str | None, name: str
+    ) -> tuple[Network | None, Container | None, list[PortMapping], str]:
+        """The network (``--net NET``) or the container (``--net container:C``) a new
+        container attaches to, checked against the store; its ports made concrete; and
+        its net mode as recorded (NET and C by name, whatever ID or prefix was typed)."""
         mode, mappings = req.mode, req.mappings
         if mode.kind == "network":
             assert mode.target is not None
@@ -100,18 +157,28 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
             if mappings and network.internal:
                 raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
             mappings = self._check_ports(mappings)
-            self._check_aliases(network, [req.name, *req.aliases], req.name)
-            return network, None, mappings
+            self._check_aliases(network, [name, *req.aliases], name)
+            return network, None, mappings, network.name
         if mode.kind == "container":
             assert mode.target is not None
-            joined = self._refresh(self._container(mode.target))
+            target = self._refresh(self._container(mode.target))
+            # chain to the owner of the namespace, as Docker does
+            joined = self._namespace_owner(target) if target.joined is not None else target
+            if joined is None:
+                raise Conflict(
+                    f"container {target.name!r} shared the network of a container that was removed: "
+                    "there is no network to join"
+                )
             if joined.state == "creating":
                 raise Conflict(f"container {joined.name!r} is still being created: try again")
-            if joined.joined is not None:
-                # chain to the owner of the namespace, as Docker does
-                joined = self._container_by_id(joined.joined) or joined
-            return None, joined, mappings
-        return None, None, mappings
+            if joined.state == "exited":
+                raise Conflict(f"container {joined.name!r} is not running: start it first (`tether start {joined.name}`)")
+            return None, joined, mappings, f"container:{target.name}"
+        return None, None, mappings, str(mode)
+
+    def _namespace_owner(self, container: Container) -> Container | None:
+        """The container whose namespace a ``container:`` joiner shares; None once it is removed."""
+        return self._container_by_id(container.joined) if container.joined else container
 
     def _build(
         self, container: Container, network: Network | None, ip: str | None, aliases: list[str], undo: Undo
@@ -129,7 +196,9 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
             self._mark_netns(self.ctx.netns_name(container.name), undo)
         container = container.with_(netns=sandbox.setup(self.ctx, container, undo))
         if network is not None:
-            endpoint = self._attach(container, network, ip, undo, default_route=True, aliases=aliases)
+            endpoint = self._attach(
+                container, network, ip, undo, default_route=True, aliases=aliases, mac=container.mac_address
+            )
             self._publish_ports(container, endpoint, undo)
         self._serve_dns(container, undo)
         return self._save(container.with_(state="created"))
@@ -184,9 +253,9 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
             return self._describe(self._refresh(self._container(name)))
 
     def _describe(self, container: Container) -> dict[str, Any]:
-        owner = container
-        if container.joined:
-            owner = self._container_by_id(container.joined) or container
+        owner = self._namespace_owner(container)
+        if owner is None:
+            return self._describe_orphan(container)
         networks = {
             ep.network: {
                 "ifname": ep.ifname,
@@ -206,15 +275,54 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
             log_path=os.path.join(self.container_dir(container), "log"),
         )
 
-    # ------------------------------------------------------------------ stop, rm
-    def stop_container(self, name: str, timeout: float = 10.0) -> Container:
-        container = self.inspect_container(name)
-        if container["state"] == "running":
-            runtime.stop_process(container["pid"], container["start_time"], timeout)
-        with self.lock:
-            return self._refresh(self._container(name))
+    def _describe_orphan(self, container: Container) -> dict[str, Any]:
+        """A ``container:NAME`` joiner whose NAME was removed (``rm -f``): NAME's endpoints
+        and its ``ip netns`` name are gone, but a joiner that still runs still holds the
+        namespace (with only ``lo`` left), reachable through its own process."""
+        alive = container.state == "running" and runtime.process_alive(container.pid, container.start_time)
+        return dict(
+            container.to_dict(),
+            net_mode=f"{container.net_mode} (removed)",
+            networks={},
+            netns_path=f"/proc/{container.pid}/ns/net" if alive else None,
+            log_path=os.path.join(self.container_dir(container), "log"),
+        )
 
-    def remove_container(self, name: str, force: bool = False) -> None:
+    # ------------------------------------------------------------------ stop, rm
+    def _find(self, ref: str) -> Container:
+        """The container a user means (name, ID or ID prefix), for a verb that then takes
+        its lock (``_container_lock``) and reads the record again by name under it."""
+        with self.lock:
+            return self._container(ref)
+
+    def stop_container(self, ref: str, timeout: float = 10.0) -> Container:
+        """SIGTERM, then SIGKILL after ``timeout``; its endpoints are released. The restart
+        policy leaves it down until it is started again (also when it was not running:
+        that cancels a restart the policy had scheduled)."""
+        found = self._find(ref)
+        with self._container_lock(found.id):
+            container = self._stop(found.name, timeout)
+            with self.lock:
+                return self._refresh(self._container(container.name))
+
+    def _stop(self, name: str, timeout: float) -> Container:
+        """Mark it stopped by hand, then stop its process (outside the lock). Call with
+        the container's lock held."""
+        with self.lock:
+            container = self._refresh(self._container(name))
+            if container.state in ("running", "exited") and not container.external:
+                container = self._save(container.with_(manually_stopped=True))
+        if container.state == "running":
+            runtime.stop_process(container.pid, container.start_time, timeout)
+        return container
+
+    def remove_container(self, ref: str, force: bool = False) -> None:
+        found = self._find(ref)
+        with self._container_lock(found.id):
+            self._remove(found.name, force)
+        self._forget_lock(found.id)
+
+    def _remove(self, name: str, force: bool) -> None:
         with self.lock:
             container = self._refresh(self._container(name))
             if container.state == "running" and not force:
@@ -305,23 +413,243 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
                 if c.auto_remove and c.state == "exited":
                     self._log_undo(self._teardown(c))
 
+    # ------------------------------------------------------------------ start, restart
+    def start_container(self, ref: str) -> Outcome[Container]:
+        """Start an exited container again: its namespace (made again if it is gone), its
+        endpoints on the networks it joined (a ``--ip`` asked for again), its published
+        ports and names, then its process, detached. One that runs is refused."""
+        found = self._find(ref)
+        with self._container_lock(found.id):
+            return self._start(found.name, by_policy=False)
+
+    def restart_container(self, ref: str, timeout: float = 10.0) -> Outcome[Container]:
+        """``stop`` (SIGTERM, SIGKILL after ``timeout``) if it runs, then ``start``."""
+        found = self._find(ref)
+        with self._container_lock(found.id):
+            self._stop(found.name, timeout)
+            return self._start(found.name, by_policy=False)
+
+    def _start(self, name: str, by_policy: bool) -> Outcome[Container]:
+        """Attach again (one operation: all of it or none), then start the process outside
+        the lock. Call with the container's lock held. The record says ``created`` while
+        the process starts, so a daemon killed meanwhile adopts it (``_refresh``)."""
+        with self._operation() as op:
+            container = self._refresh(self._container(name))
+            self._check_startable(container)
+            container = self._attach_again(container, op)
+            container = self._save(
+                container.with_(
+                    state="created",
+                    pid=0,
+                    start_time=0,
+                    detach=True,  # the daemon runs it now, also one that ran in a CLI's foreground
+                    manually_stopped=False,
+                    restart_count=container.restart_count + 1 if by_policy else 0,
+                )
+            )
+        try:
+            with contextlib.suppress(FileNotFoundError):  # the last run's: never adopt its pid
+                os.unlink(os.path.join(self.container_dir(container), PID_FILE))
+            started = self.start_detached(name)
+        except TetherError:
+            with self.lock:
+                kv = self.store.get(CTR_PREFIX + name)
+                if kv is not None:  # 127, as Docker records a process that could not start
+                    failed = Container.from_dict(kv.value).with_(state="exited", exit_code=127)
+                    self._on_exit(self._save(failed))
+            raise
+        return Outcome(started, op.lagging)
+
+    def _check_startable(self, container: Container) -> None:
+        name = container.name
+        if container.external:
+            raise Conflict(f"container {name!r} is another runtime's (CNI or Docker): start it through that runtime")
+        if container.state == "creating":
+            raise Conflict(f"container {name!r} is still being created: try again")
+        if container.state == "running":
+            raise Conflict(f"container {name!r} is already running: stop it first, or use `tether restart {name}`")
+        if container.mode.kind == "container":
+            owner = self._namespace_owner(container)
+            if owner is None:
+                raise Conflict(
+                    f"container {name!r} shared the network of a container that was removed: "
+                    f"it cannot start again; remove it (`tether rm {name}`)"
+                )
+            owner = self._refresh(owner)
+            if owner.state not in ("running", "created"):
+                raise Conflict(
+                    f"container {name!r} shares the network of {owner.name!r}, which is not running: "
+                    f"start {owner.name} first"
+                )
+
+    def _attach_again(self, container: Container, op: Operation) -> Container:
+        """What an exit released, built again: the namespace if it is gone, an endpoint
+        per network joined, in the order joined (the first one without a default route
+        gets it), the ports published. Each step undoable."""
+        sandbox = self._sandbox(container)
+        netns = container.netns
+        if sandbox.owns_netns() and netns and not self.ctx.datapath.netns_exists(netns):
+            # gone since it exited (a reboot, an `ip netns del`): made again, resolver and all
+            self._mark_netns(netns, op)
+            self.ctx.datapath.create_netns(netns)
+            op.push(f"netns {netns}", lambda: self.ctx.datapath.delete_netns(netns))
+            if self.resolver is not None:
+                self.resolver.unserve(container.id)  # its sockets were in the namespace that went
+            self._serve_dns(container, op)
+        held = {ep.network for ep in self._endpoints(container.id)}
+        for wanted in container.attachments:
+            if wanted["network"] in held:
+                continue  # a created container still holds what run attached
+            network = self._joined_network(container, wanted["network"])
+            ip, aliases = wanted.get("ip"), list(wanted.get("aliases") or [])
+            if ip is not None:
+                self._check_requested_ip(network, ip)
+            self._check_aliases(network, [container.name, *aliases], container.name)
+            first = wanted is container.attachments[0]  # `run --mac-address` is the first network's
+            self._attach(container, network, ip, op, default_route=None, aliases=aliases,
+                         mac=container.mac_address if first else None)
+        if container.publish and not container.ports and container.mode.kind == "network":
+            target = self._endpoint_on(container, container.mode.target)
+            if target is not None:
+                mappings = self._check_ports([PortMapping.from_dict(p) for p in container.publish])
+                before = container
+                container = self._save(container.with_(ports=[m.to_dict() for m in mappings]))
+                op.push("published ports of the record", lambda: self._save(before))
+                self._publish_ports(container, target, op)
+        return container
+
+    def _joined_network(self, container: Container, name: str) -> Network:
+        try:
+            return self._resolve_network(name)
+        except NotFound:
+            raise NotFound(
+                f"network {name!r} of container {container.name!r} no longer exists: disconnect it "
+                f"(`tether network disconnect {name} {container.name}`) or create it again, then start"
+            ) from None
+
+    # ------------------------------------------------------------------ what an exit releases
+    def _on_exit(self, container: Container) -> Container:
+        released, errors = self._release(container.with_(finished_at=time.time()))
+        self._log_undo(errors)
+        return released
+
+    def _release(self, container: Container) -> tuple[Container, list[str]]:
+        """Detach every endpoint of a container whose process ended: its addresses, veths,
+        published ports and names go, its namespace stays. The record, written first,
+        keeps what ``start`` attaches again. Idempotent; returns the errors."""
+        endpoints = self._endpoints(container.id)
+        attachments = container.attachments
+        if not attachments and endpoints:  # a record older than `attachments`
+            attachments = [_attachment(ep.network, None, ep.aliases) for ep in sorted(endpoints, key=_ifname_order)]
+        released = self._save(
+            container.with_(attachments=attachments, publish=container.publish or container.ports, ports=[])
+        )
+        errors: list[str] = []
+        for ep in endpoints:
+            errors += self._detach(container, ep)  # `container` still names the ports to take back
+        return released, errors
+
+    # ------------------------------------------------------------------ restart policies
+    def handle_exit(self, container_id: str) -> float | None:
+        """The monitor saw a container's process end (``restarts.py``): the record says
+        so and the endpoints are released (``_refresh``); a detached ``--rm`` container
+        is removed. Returns how long the run lasted when the policy restarts it."""
+        with self.lock:
+            found = self._container_by_id(container_id)
+        if found is None:
+            return None
+        with self._container_lock(container_id), self.lock:
+            current = self._container_by_id(container_id)
+            if current is None:
+                return None
+            container = self._refresh(current)
+            if container.state != "exited":
+                return None  # a new process runs (started meanwhile), or never ran
+            if container.auto_remove and container.detach:
+                self._log_undo(self._teardown(container))
+                return None
+            policy = RestartPolicy.parse(container.restart_policy)
+            if not policy.should_restart(container.exit_code, container.manually_stopped, container.restart_count):
+                return None
+            return max(0.0, container.finished_at - container.started_at)
+
+    def restart_by_policy(self, container_id: str, at_daemon_start: bool = False) -> None:
+        """Start a container again because its policy says so, if it still does (a
+        ``stop`` or a ``start`` may have come in between). A failure is logged: the
+        container stays exited, as after any failed start."""
+        with self.lock:
+            found = self._container_by_id(container_id)
+        if found is None:
+            return
+        with self._container_lock(container_id):
+            with self.lock:
+                current = self._container_by_id(container_id)
+                if current is None:
+                    return
+                container = self._refresh(current)
+                policy = RestartPolicy.parse(container.restart_policy)
+                if container.state != "exited" or not policy.should_restart(
+                    container.exit_code, container.manually_stopped, container.restart_count, at_daemon_start
+                ):
+                    return
+            try:
+                self._start(container.name, by_policy=True)
+                log.info("restarted container %s (policy %s)", container.name, policy)
+            except TetherError as exc:
+                log.warning("container %s: restart by policy %s failed: %s", container.name, policy, exc)
+
+    def start_monitor(self) -> ProcessMonitor:
+        """The daemon's process monitor: it watches every running container's process and
+        restarts, now, what exited while no daemon ran and whose policy says so."""
+        from .restarts import ProcessMonitor
+
+        monitor = ProcessMonitor(self)
+        with self.lock:
+            self.monitor = monitor
+            for container in self._containers():
+                container = self._refresh(container)
+                if container.state == "running":
+                    monitor.watch(container.id, container.pid, container.start_time)
+                elif container.state == "exited" and not container.external:
+                    policy = RestartPolicy.parse(container.restart_policy)
+                    if policy.should_restart(
+                        container.exit_code, container.manually_stopped, container.restart_count, at_daemon_start=True
+                    ):
+                        monitor.schedule(container.id, 0.0, at_daemon_start=True)
+        monitor.start()
+        return monitor
+
+    def stop_monitor(self) -> None:
+        monitor, self.monitor = self.monitor, None
+        if monitor is not None:
+            monitor.stop()
+
     # ------------------------------------------------------------------ connect, disconnect
     def connect(
-        self, network_name: str, container_name: str, ip: str | None = None, aliases: list[str] | None = None
-    ) -> Outcome[Endpoint]:
+        self, network_ref: str, container_ref: str, ip: str | None = None, aliases: list[str] | None = None
+    ) -> Outcome[Endpoint | None]:
+        """Give a container an interface on one more network. An exited one only records
+        it (None): the interface comes with its next start, as in Docker."""
         aliases = [validate_name("alias", a) for a in aliases or []]
         if ip is not None:
             check_ipv4("--ip", ip)
-        with self._operation() as op:
-            container = self._refresh(self._container(container_name))
-            network = self._resolve_network(network_name)
-            self._check_connectable(container, container_name)
-            if self.store.get(ep_key(container.id, network.id)) is not None:
-                raise Conflict(f"container {container_name!r} is already connected to network {network.name!r}")
+        found = self._find(container_ref)
+        with self._container_lock(found.id), self._operation() as op:
+            container = self._refresh(self._container(found.name))
+            network = self._resolve_network(network_ref)
+            name = container.name
+            self._check_connectable(container, name)
+            joined = {a["network"] for a in container.attachments}
+            if network.name in joined or self.store.get(ep_key(container.id, network.id)) is not None:
+                raise Conflict(f"container {name!r} is already connected to network {network.name!r}")
             if ip is not None:
                 self._check_requested_ip(network, ip)
-            self._check_aliases(network, [container_name, *aliases], container_name)
-            endpoint = self._attach(container, network, ip, op, default_route=None, aliases=aliases)
+            self._check_aliases(network, [name, *aliases], name)
+            self._save(container.with_(attachments=[*container.attachments, _attachment(network.name, ip, aliases)]))
+            op.push(f"attachments of {name}", lambda: self._save(container))
+            endpoint = None
+            if container.state != "exited":
+                endpoint = self._attach(container, network, ip, op, default_route=None, aliases=aliases)
         return Outcome(endpoint, op.lagging)
 
     @staticmethod
@@ -336,18 +664,35 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         if container.state == "creating":
             raise Conflict(f"container {name!r} is still being created: try again")
 
-    def disconnect(self, network_name: str, container_name: str) -> None:
-        with self.lock:
-            container = self._container(container_name)
-            network = self._network(network_name)
+    def disconnect(self, network_ref: str, container_ref: str) -> None:
+        """Remove a container's interface on a network, and the network from those it
+        joins at start. An exited container may leave a network that was removed since."""
+        found = self._find(container_ref)
+        with self._container_lock(found.id), self.lock:
+            container = self._container(found.name)
+            name = container.name
             if container.external:
-                raise Conflict(
-                    f"container {container_name!r} is another runtime's (CNI or Docker): disconnect it through that runtime"
-                )
-            kv = self.store.get(ep_key(container.id, network.id))
-            if kv is None:
-                raise NotFound(f"container {container_name!r} is not connected to network {network_name!r}")
-            self._log_undo(self._detach(container, Endpoint.from_dict(kv.value)))
+                raise Conflict(f"container {name!r} is another runtime's (CNI or Docker): disconnect it through that runtime")
+            joined = {a["network"] for a in container.attachments}
+            try:
+                network: Network | None = self._network(network_ref)
+            except NotFound:
+                if network_ref not in joined:
+                    raise
+                network = None  # removed while the container was down: only the record knows it
+            network_name = network.name if network is not None else network_ref
+            kv = self.store.get(ep_key(container.id, network.id)) if network is not None else None
+            if kv is None and network_name not in joined:
+                raise NotFound(f"container {name!r} is not connected to network {network_name!r}")
+            # the record first: a crash in between must not bring the network back at start
+            self._save(container.with_(attachments=[a for a in container.attachments if a["network"] != network_name]))
+            if kv is not None:
+                self._log_undo(self._detach(container, Endpoint.from_dict(kv.value)))
+
+
+def _attachment(network: str, ip: str | None, aliases: list[str]) -> dict[str, Any]:
+    """One network a container joins at each start (``Container.attachments``)."""
+    return {"network": network, "ip": ip, "aliases": list(aliases)}
 
 
 def _check_run(
@@ -359,11 +704,20 @@ def _check_run(
     rootfs: str | None,
     publish: list[str] | None,
     aliases: list[str] | None,
+    restart: str | None = None,
+    auto_remove: bool = False,
 ) -> _RunRequest:
     """Every check of ``run``'s input that needs no state, before the lock is taken."""
     if not cmd:
         raise InvalidInput("no command given: put the command after `--`, as in `tether run -- sleep 60`")
-    name = validate_name("container", name if name is not None else f"t{uuid.uuid4().hex[:11]}")
+    if name is not None:
+        validate_name("container", name)
+    policy = RestartPolicy.parse(restart)
+    if auto_remove and policy.name != "no":
+        raise InvalidInput(
+            f"--rm and --restart {policy} contradict each other: a container removed when it exits "
+            "cannot be restarted; drop one of them"
+        )
     mode = parse_net_mode(net)
     if ip is not None:
         if mode.kind != "network":
@@ -379,4 +733,4 @@ def _check_run(
     checked = [validate_name("alias", a) for a in aliases or []]
     if checked and mode.kind != "network":
         raise InvalidInput(f"--network-alias needs a network: --net {mode} has none")
-    return _RunRequest(name, mode, mappings, checked)
+    return _RunRequest(name, mode, mappings, checked, policy)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ..control.cluster import Cluster
     from ..dns import Resolver
     from ..firewall import Firewall
+    from .restarts import ProcessMonitor
 
 __all__ = ["ControllerCore", "Operation", "Outcome"]
 
@@ -106,6 +107,8 @@ class ControllerCore:
         self.drivers: dict[str, NetworkDriver] = network_drivers()
         self.state_dir = state_dir
         self.socket_path = socket_path
+        self.monitor: ProcessMonitor | None = None  # the daemon's process monitor (controller/restarts.py)
+        self._container_locks: dict[str, threading.Lock] = {}
         os.makedirs(os.path.join(state_dir, "containers"), exist_ok=True)
 
     # ------------------------------------------------------------------ the operation
@@ -165,14 +168,22 @@ class ControllerCore:
             kv = self.cluster.store.get(ckeys.network_key(name))
         return Network.from_dict(kv.value) if kv else None
 
-    def _network(self, name: str) -> Network:
-        network = self._lookup_network(name)
-        if network is None:
-            raise NotFound(
-                f"network {name!r} not found: create it with `tether network create {name}` "
-                "or list networks with `tether network ls`"
-            )
-        return network
+    def _network(self, ref: str) -> Network:
+        """A network by what a user may type, as Docker takes it: its name, else its full
+        ID, else a unique prefix of its ID. A name costs one get; only a miss scans."""
+        network = self._lookup_network(ref)
+        if network is not None:
+            return network
+        if _could_be_id(ref):
+            found = [n for n in self._all_networks() if n.id.startswith(ref)]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise _ambiguous("network", ref, [(n.id, n.name) for n in found])
+        raise NotFound(
+            f"network {ref!r} not found: create it with `tether network create {ref}` "
+            "or list networks with `tether network ls`"
+        )
 
     def _networks(self) -> list[Network]:
         """This host's own networks."""
@@ -186,24 +197,43 @@ class ControllerCore:
     def _ipam_for(self, network: Network) -> IPAM:
         return self._driver(network).ipam(self.ctx)
 
-    def _container(self, name: str) -> Container:
-        kv = self.store.get(CTR_PREFIX + name)
-        if kv is None:
-            raise NotFound(f"container {name!r} not found: list containers with `tether ps -a`")
-        return Container.from_dict(kv.value)
+    def _container(self, ref: str) -> Container:
+        """A container by what a user may type, as Docker takes it: its name, else its
+        full ID, else a unique prefix of its ID (``ps`` shows the first 12 characters).
+        A name costs one get; only a miss reads the ID index, by prefix (one range read,
+        and a get per match), never every record."""
+        kv = self.store.get(CTR_PREFIX + ref)
+        if kv is not None:
+            return Container.from_dict(kv.value)
+        if _could_be_id(ref):
+            found = self._containers_by_id_prefix(ref)
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise _ambiguous("container", ref, [(c.id, c.name) for c in found])
+        raise NotFound(f"container {ref!r} not found: list containers with `tether ps -a`")
+
+    def _containers_by_id_prefix(self, prefix: str) -> list[Container]:
+        """Every record has its index entry: ``run`` and the doors write it, reconcile
+        restores one a record older than the index lacks."""
+        found = []
+        for entry in self.store.list(ID_PREFIX + prefix):
+            kv = self.store.get(CTR_PREFIX + entry.value["name"])
+            if kv is not None and str(kv.value.get("id", "")).startswith(prefix):
+                found.append(Container.from_dict(kv.value))
+        return found
 
     def _containers(self) -> list[Container]:
         return [Container.from_dict(kv.value) for kv in self.store.list(CTR_PREFIX)]
 
     def _container_by_id(self, container_id: str) -> Container | None:
+        """A container by its full ID, through the index (two gets). Every record has
+        its entry: ``run`` and the doors write it, reconcile restores a missing one."""
         kv = self.store.get(ID_PREFIX + container_id) if container_id else None
         if kv is not None:
             c = self.store.get(CTR_PREFIX + kv.value["name"])
             if c is not None and c.value.get("id") == container_id:
                 return Container.from_dict(c.value)
-        for c in self._containers():  # records written before the index existed
-            if c.id == container_id:
-                return c
         return None
 
     def _endpoints(self, container_id: str | None = None) -> list[Endpoint]:
@@ -226,3 +256,44 @@ class ControllerCore:
 
     def container_dir(self, container: Container) -> str:
         return os.path.join(self.state_dir, "containers", container.id)
+
+    # ------------------------------------------------------------------ one container at a time
+    @contextmanager
+    def _container_lock(self, container_id: str) -> Iterator[None]:
+        """Serialise the lifecycle verbs of one container (start, stop, restart, rm,
+        connect, disconnect, and the restart monitor's) across their slow parts, which run
+        outside ``self.lock`` (a process start, a stop's grace period). Take it before
+        ``self.lock``, never while holding it."""
+        with self.lock:
+            held = self._container_locks.setdefault(container_id, threading.Lock())
+        with held:
+            yield
+
+    def _forget_lock(self, container_id: str) -> None:
+        with self.lock:
+            self._container_locks.pop(container_id, None)
+
+    # ------------------------------------------------------------------ what the rooms above fill in
+    def _on_exit(self, container: Container) -> Container:
+        """A container's process has just been recorded as exited: what it held while it
+        ran is released (its endpoints; the container room's). Returns the record."""
+        return container
+
+    def _watch(self, container: Container) -> None:
+        """A container's process has just been recorded as running: the process monitor
+        (the daemon's, when it runs one) acts on its exit at once."""
+        if self.monitor is not None:
+            self.monitor.watch(container.id, container.pid, container.start_time)
+
+
+def _could_be_id(ref: str) -> bool:
+    """IDs are lower-case hex: anything else is only ever a name (and costs no scan)."""
+    return bool(ref) and len(ref) <= 64 and all(c in "0123456789abcdef" for c in ref)
+
+
+def _ambiguous(kind: str, prefix: str, candidates: list[tuple[str, str]]) -> InvalidInput:
+    named = ", ".join(f"{name} ({cid[:12]})" for cid, name in sorted(candidates, key=lambda c: c[1])[:5])
+    more = f" and {len(candidates) - 5} more" if len(candidates) > 5 else ""
+    return InvalidInput(
+        f"{kind} ID prefix {prefix!r} is ambiguous: it matches {named}{more}: give more of the ID, or the name"
+    )

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import Conflict, InvalidInput
 from ..ipam import DEFAULT_POOLS, choose_subnet, find_overlap, validate_network_cidrs
-from ..model import DEFAULT_BRIDGE, DEFAULT_NETWORK, Network
+from ..model import DEFAULT_BRIDGE, DEFAULT_NETWORK, Network, check_labels
 from ..storekeys import NET_PREFIX
 from ..drivers import NetworkSpec
 from ..validate import RESERVED_NETWORK_NAMES, validate_name
@@ -32,11 +32,13 @@ class NetworkVerbs(ControllerCore):
         ip_range: str | None = None,
         options: dict[str, str] | None = None,
         internal: bool = False,
+        labels: dict[str, str] | None = None,
     ) -> Network:
         validate_name("network", name)
+        labels = check_labels(labels)
         if name in RESERVED_NETWORK_NAMES or name == DEFAULT_NETWORK:
             raise Conflict(f"network name {name!r} is reserved: choose another name")
-        return self._create_network(name, driver, subnet, gateway, ip_range, options or {}, internal)
+        return self._create_network(name, driver, subnet, gateway, ip_range, options or {}, internal, labels=labels)
 
     def _create_network(
         self,
@@ -48,6 +50,7 @@ class NetworkVerbs(ControllerCore):
         options: dict[str, str],
         internal: bool,
         bridge: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Network:
         driver = self._driver_named(driver_name)
         options = driver.validate(self.ctx, options, internal)
@@ -59,7 +62,7 @@ class NetworkVerbs(ControllerCore):
             networks = self._all_networks()
             in_use = {n.subnet: f"network {n.name!r}" for n in networks}
             subnet, gateway, ip_range = self.place_subnet(subnet, gateway, ip_range, in_use, driver.pools)
-            spec = NetworkSpec(uuid.uuid4().hex, name, subnet, gateway, ip_range, options, internal, bridge)
+            spec = NetworkSpec(uuid.uuid4().hex, name, subnet, gateway, ip_range, options, internal, bridge, labels or {})
             return driver.create_network(self.ctx, spec, networks, op)
 
     def place_subnet(
@@ -142,13 +145,13 @@ class NetworkVerbs(ControllerCore):
 
     def remove_network(self, name: str) -> None:
         with self.lock:
-            network = self._network(name)
-            if name == DEFAULT_NETWORK:
+            network = self._network(name)  # a name, an ID or a unique ID prefix
+            if network.name == DEFAULT_NETWORK:
                 raise Conflict("bridge is the predefined default network and cannot be removed")
             users = self._driver(network).users(self.ctx, network, self._local_users(network))
             if users:
                 raise Conflict(
-                    f"network {name!r} has containers attached ({', '.join(users)}): "
+                    f"network {network.name!r} has containers attached ({', '.join(users)}): "
                     f"disconnect or remove them first"
                 )
             errors = self._driver(network).delete_network(self.ctx, network)

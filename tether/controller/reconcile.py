@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..drivers import Undo, collect, enable_uplink_forwarding
 from ..errors import Conflict, TetherError
-from ..model import DEFAULT_NETWORK, Container, Network
+from ..model import DEFAULT_NETWORK, Container, Endpoint, Network
 from ..storekeys import ID_PREFIX, JOIN_PREFIX, ep_key
 from .external import RUNTIMES, ExternalVerbs, external_name, runtime_of
 
@@ -77,23 +77,34 @@ class Reconciler(ExternalVerbs):
     def _reconcile_container(self, c: Container, networks: dict[str, Network], actions: list[str]) -> bool:
         """Finish or remove one container; rebuild what a live one lost. Returns whether
         it lives on."""
-        c = self._refresh(c)
+        c = self._refresh(c)  # a process that ended while no daemon ran: its endpoints are released
         if c.state == "creating" or (c.auto_remove and c.state == "exited"):
             actions.append(f"removed container {c.name} ({c.state})")
             actions += self._teardown(c)
             return False
+        if self.store.get(ID_PREFIX + c.id) is None:  # a record older than the index
+            self.store.put(ID_PREFIX + c.id, {"name": c.name})
+        if self._sandbox(c).owns_netns() and c.netns and not self.ctx.datapath.netns_exists(c.netns):
+            if c.state == "running":
+                actions.append(f"container {c.name}: its namespace binding is gone while it runs")
+                return True
+            self._mark_netns(c.netns, Undo())
+            self.ctx.datapath.create_netns(c.netns)
+            actions.append(f"recreated namespace of {c.name}")
+        if c.state == "exited":
+            # an exited container holds nothing: a daemon killed between the record and
+            # the release (or a record older than that rule) left its endpoints
+            if self._endpoints(c.id):
+                actions.append(f"released the network of exited container {c.name}")
+                _, errors = self._release(c)
+                actions += errors
+            return True
         if c.external and not c.netns:
             return True  # a runtime's endpoint waiting for its sandbox (Docker's Join)
         if c.external and not os.path.exists(c.netns or ""):
             actions.append(f"removed CNI attachment {c.name}: its runtime's namespace is gone")
             actions += self._teardown(c)
             return False
-        if self._sandbox(c).owns_netns() and c.netns and not self.ctx.datapath.netns_exists(c.netns):
-            if c.state == "running":
-                actions.append(f"container {c.name}: its namespace binding is gone while it runs")
-                return True
-            self.ctx.datapath.create_netns(c.netns)
-            actions.append(f"recreated namespace of {c.name}")
         endpoints = self._endpoints(c.id)
         inside = self._addresses_inside(c) if endpoints else None
         for ep in endpoints:
@@ -101,6 +112,8 @@ class Reconciler(ExternalVerbs):
             if network is None:
                 actions.append(f"dropped endpoint of {c.name} on a removed network")
                 actions += self._detach(c, ep)
+                continue
+            if not self._lease_held(c, network, ep, actions):
                 continue
             driver = self._driver(network)
             # both sides: an attach killed half-way leaves the host side with nothing inside
@@ -116,6 +129,24 @@ class Reconciler(ExternalVerbs):
                 except TetherError as exc:
                     actions.append(f"could not re-attach {c.name} to {network.name}: {exc}")
         return True
+
+    def _lease_held(self, c: Container, network: Network, ep: Endpoint, actions: list[str]) -> bool:
+        """An endpoint must hold its address's lease (a kill may have parted them): take it
+        back if free; if someone else holds it now, the endpoint goes."""
+        ipam = self._ipam_for(network)
+        owner = ipam.owner(network.id, ep.address)
+        if owner == c.id:
+            return True
+        if owner is None:
+            try:
+                ipam.allocate(network, c.id, ep.address)
+                actions.append(f"leased {ep.address} again to {c.name}")
+                return True
+            except TetherError:
+                pass  # taken meanwhile: handled below as held by someone else
+        actions.append(f"dropped endpoint {ep.ifname} of {c.name}: its address {ep.address} belongs to another")
+        actions += self._detach(c, ep)  # (its release spares the other owner's lease)
+        return False
 
     def _addresses_inside(self, c: Container) -> dict[str, list[str]] | None:
         """{ifname: addresses} in the container's namespace; None where tether does not
@@ -150,9 +181,11 @@ class Reconciler(ExternalVerbs):
     def _sweep_leases(self, live_ids: set[str], local_networks: dict[str, Network], actions: list[str]) -> None:
         """Leases without an owner, of this host's own networks only (overlay leases belong
         to the whole cluster); leases of removed networks; stale index entries."""
+        held = {(ep.network_id, ep.address, ep.container_id) for ep in self._endpoints()}
         for net_id in local_networks:
             for address, owner in self.ipam.leases(net_id).items():
-                if owner not in live_ids:
+                # a live owner's lease with no endpoint of it: a kill between lease and record
+                if owner not in live_ids or (net_id, address, owner) not in held:
                     self.ipam.release(net_id, address)
                     actions.append(f"released orphan lease {address}")
         for kv in self.store.list(ID_PREFIX) + self.store.list(JOIN_PREFIX):
@@ -189,11 +222,14 @@ class Reconciler(ExternalVerbs):
         for name in os.listdir(marks) if os.path.isdir(marks) else []:
             if name in live:
                 continue
-            if self.ctx.datapath.netns_exists(name):
-                errors = collect(lambda: self.ctx.datapath.delete_netns(name))
-                actions += errors or [f"deleted namespace {name}: no record holds it"]
-                if errors:
-                    continue
+            # (a half-made one too: a file not yet bound, left by a kill inside create_netns)
+            there = self.ctx.datapath.netns_exists(name) or os.path.lexists(self.ctx.datapath.netns_path(name))
+            errors = collect(lambda: self.ctx.datapath.delete_netns(name))
+            if errors:
+                actions += errors
+                continue
+            if there:
+                actions.append(f"deleted namespace {name}: no record holds it")
             os.unlink(os.path.join(marks, name))
 
     def desired_firewall(self) -> tuple[list[NetworkRules], list[PortRule]]:
@@ -226,6 +262,7 @@ class Reconciler(ExternalVerbs):
                 try:
                     self.resolver.serve(c.id, self.ctx.datapath.netns_path(c.netns))
                     self._set_dns_view(c)
+                    self._set_dns_upstreams(c)  # `run --dns` on a user-defined network
                 except TetherError as exc:
                     errors.append(f"resolver for {c.name}: {exc}")
         return errors

@@ -20,8 +20,10 @@ it resolves on the next query after ``add_record`` returns, and nothing ever res
   cached. A known name asked for another type (AAAA above all) gets NOERROR with no
   answer, which ends the asker's search at once instead of a timeout.
 * Everything else goes upstream, from the daemon's namespace (whose loopback resolvers
-  are therefore usable), on a small thread pool so a slow upstream never holds up the
-  serving thread: UDP first, then TCP if the answer was truncated and the asker came over
+  are therefore usable), to the sandbox's own upstreams if it has some (``docker run
+  --dns`` on a user-defined network: the container keeps the embedded resolver, and its
+  --dns servers become the resolver's upstreams for it alone), else the daemon's; on a
+  small thread pool so a slow upstream never holds up the serving thread: UDP first, then TCP if the answer was truncated and the asker came over
   TCP (a UDP asker gets the truncated answer and retries over TCP itself). Each forward
   goes out under a fresh random ID on a fresh socket, and only a reply with that ID and
   the same question is taken. No usable reply within two seconds: SERVFAIL.
@@ -92,15 +94,25 @@ _LOOP_TIMEOUT = 10.0  # for serve/unserve to wait on the serving thread
 _UDP_BATCH = 64  # datagrams read per wake-up, so one busy sandbox cannot starve the rest
 
 
-def resolv_conf_text(search_domains: Sequence[str] = ()) -> str:
-    """The /etc/resolv.conf a sandbox served by the resolver should see.
+def resolv_conf_text(
+    search_domains: Sequence[str] = (), options: Sequence[str] = (), nameservers: Sequence[str] | None = None
+) -> str:
+    """The /etc/resolv.conf of a sandbox: served by the resolver (``nameservers`` None), or
+    asking ``nameservers`` directly, with ``search`` and ``options`` lines (``--dns-search``,
+    ``--dns-option``; a search list of just "." means none, as in Docker).
 
-    ``ndots:0`` (as Docker writes it) sends a bare container name as it is, first.
+    With the resolver, ``ndots:0`` (as Docker writes it) sends a bare container name as it
+    is, first, unless the options set ndots themselves.
     """
-    lines = [f"nameserver {RESOLVER_ADDRESS}"]
-    if search_domains:
-        lines.append("search " + " ".join(search_domains))
-    lines.append("options ndots:0")
+    lines = [f"nameserver {server}" for server in (nameservers if nameservers is not None else [RESOLVER_ADDRESS])]
+    domains = [d for d in search_domains if d != "."]
+    if domains:
+        lines.append("search " + " ".join(domains))
+    chosen = list(options)
+    if nameservers is None and not any(o.startswith("ndots:") for o in chosen):
+        chosen.insert(0, "ndots:0")
+    if chosen:
+        lines.append("options " + " ".join(chosen))
     return "\n".join(lines) + "\n"
 
 
@@ -269,6 +281,7 @@ class Resolver:
         self._names_lock = threading.Lock()
         self._records: dict[str, dict[str, list[str]]] = {}
         self._sandbox_networks: dict[str, list[str]] = {}
+        self._sandbox_upstreams: dict[str, list[_Upstream]] = {}
         # Lifecycle: start, stop, serve and unserve take turns.
         self._lifecycle_lock = threading.Lock()
         self._listeners: dict[str, _Listener] = {}
@@ -336,6 +349,24 @@ class Resolver:
                         self._sandbox_networks[sandbox] = remaining
                     else:
                         del self._sandbox_networks[sandbox]
+
+    def set_upstreams(self, sandbox: str, upstreams: Sequence[str] | None) -> None:
+        """Where ``sandbox``'s other names go ('IP' or 'IP:PORT' each); None or [] gives it
+        the daemon's upstreams again. Forgotten with ``unserve``."""
+        parsed = [_parse_upstream(text) for text in upstreams or []]
+        with self._names_lock:
+            if parsed:
+                self._sandbox_upstreams[sandbox] = parsed
+            else:
+                self._sandbox_upstreams.pop(sandbox, None)
+
+    def upstreams_of(self, sandbox: str) -> list[str]:
+        """The upstreams ``sandbox``'s queries go to."""
+        return [u.text for u in self._upstreams_for(sandbox)]
+
+    def _upstreams_for(self, sandbox: str) -> list[_Upstream]:
+        with self._names_lock:
+            return self._sandbox_upstreams.get(sandbox, self._upstreams)
 
     def resolve(self, sandbox: str, name: str) -> list[str]:
         """The IPv4 addresses ``name`` has for ``sandbox``; [] if it is not a local name.
@@ -448,10 +479,12 @@ class Resolver:
     def unserve(self, sandbox: str) -> None:
         """Close the sandbox's sockets (and its client connections); idempotent.
 
-        Its networks are kept (``set_networks(sandbox, [])`` forgets them).
+        Its networks are kept (``set_networks(sandbox, [])`` forgets them); its own
+        upstreams are forgotten.
         """
         with self._lifecycle_lock:
             self._unserve_locked(sandbox)
+        self.set_upstreams(sandbox, None)
 
     def _unserve_locked(self, sandbox: str) -> None:
         listener = self._listeners.pop(sandbox, None)
@@ -589,7 +622,7 @@ class Resolver:
 
             outcome = self._answer(listener.sandbox, packet, tcp=False)
             if isinstance(outcome, Query):
-                self._forward(outcome, packet, tcp=False, reply=send)
+                self._forward(listener.sandbox, outcome, packet, tcp=False, reply=send)
             elif outcome is not None:
                 send(outcome)
 
@@ -642,7 +675,7 @@ class Resolver:
                     c.forwards -= 1
                     self._send_tcp(c, reply)
 
-                self._forward(outcome, packet, tcp=True, reply=forwarded)
+                self._forward(connection.listener.sandbox, outcome, packet, tcp=True, reply=forwarded)
             elif outcome is not None:
                 self._send_tcp(connection, outcome)
 
@@ -730,20 +763,24 @@ class Resolver:
             if addresses:
                 answers = addresses if question.qtype in (A, ANY) else []
                 return build_response(query, NOERROR, answers, max_size=max_size, authoritative=True)
-        if not self._upstreams or self._forwards >= _MAX_FORWARDS or self._pool is None:
+        if not self._upstreams_for(sandbox) or self._forwards >= _MAX_FORWARDS or self._pool is None:
             return build_response(query, SERVFAIL, max_size=max_size)
         return query
 
-    def _forward(self, query: Query, packet: bytes, *, tcp: bool, reply: Callable[[bytes], None]) -> None:
-        """Ask upstream on a pool thread; ``reply`` runs on the serving thread with the answer."""
+    def _forward(
+        self, sandbox: str, query: Query, packet: bytes, *, tcp: bool, reply: Callable[[bytes], None]
+    ) -> None:
+        """Ask ``sandbox``'s upstreams on a pool thread; ``reply`` runs on the serving thread
+        with the answer."""
         assert self._pool is not None
         deadline = time.monotonic() + UPSTREAM_TIMEOUT
         max_size = TCP_MAX_SIZE if tcp else query.max_udp_size
+        upstreams = self._upstreams_for(sandbox)
         self._forwards += 1
 
         def work() -> None:
             try:
-                answer = self._ask_upstreams(packet, query.question, tcp=tcp, deadline=deadline)
+                answer = self._ask_upstreams(upstreams, packet, query.question, tcp=tcp, deadline=deadline)
             except Exception:
                 log.exception("dns: forwarding failed")
                 answer = None
@@ -759,13 +796,14 @@ class Resolver:
         self._forwards -= 1
         reply(response)
 
-    def _ask_upstreams(self, packet: bytes, question: Question, *, tcp: bool, deadline: float) -> bytes | None:
+    def _ask_upstreams(
+        self, upstreams: list[_Upstream], packet: bytes, question: Question, *, tcp: bool, deadline: float
+    ) -> bytes | None:
         """The first good upstream answer: each upstream in turn, sharing what time is left.
 
         SERVFAIL or REFUSED from one upstream is kept only in case no other answers.
         """
         fallback: bytes | None = None
-        upstreams = self._upstreams
         for index, upstream in enumerate(upstreams):
             remaining = deadline - time.monotonic()
             if remaining <= 0:

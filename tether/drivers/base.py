@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..datapath import Datapath
@@ -111,6 +111,7 @@ class NetworkSpec:
     options: dict[str, str]
     internal: bool
     bridge: str | None = None  # a fixed device name (the default network's tether0)
+    labels: dict[str, str] = field(default_factory=dict)  # the user's `--label`s, kept on the record
 
 
 def enable_uplink_forwarding(ctx: DriverContext) -> None:

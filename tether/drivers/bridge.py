@@ -62,6 +62,7 @@ class BridgeDriver(NetworkDriver):
             internal=spec.internal,
             options=dict(spec.options),
             created=time.time(),
+            labels=dict(spec.labels),
         )
         ctx.store.put(NET_PREFIX + network.name, network.to_dict())
         undo.push(f"record of network {network.name}", lambda: ctx.store.delete(NET_PREFIX + network.name))

@@ -84,6 +84,7 @@ class OverlayDriver(BridgeDriver):
             internal=spec.internal,
             options={**spec.options, "vni": str(vni)},
             created=time.time(),
+            labels=dict(spec.labels),
         )
         if not gstore.compare_and_swap(ckeys.network_key(spec.name), 0, network.to_dict()):
             raise Conflict(f"network {spec.name!r} already exists in the cluster: choose another name")

@@ -18,7 +18,13 @@ the container's PID namespace instead of ``unshare``.
 Foreground containers are forked by the caller (the single-threaded CLI). Detached ones
 are forked by a per-container shim (``tether.runtime.shim``, like conmon) that detaches
 itself from the caller, a multi-threaded daemon that must never fork or reap it; the
-shim stays in the host namespaces, waits, records the exit code and runs ``on_exit``.
+shim stays in the host namespaces, relays the container's output to its log, waits,
+records the exit code and runs ``on_exit``. The spec reaches the shim on a pipe, never
+on a command line: ``ps`` shows every process' arguments to every user, and the spec
+holds the container's environment.
+
+With ``tty`` the container's stdio is a new pty whose slave is its controlling terminal
+(``terminal.py``); the CLI relays it to the user's terminal, the shim to the log.
 
 Python 3.11 has no os.setns/os.unshare, so the few syscalls are called through ctypes;
 they are only used in a single-threaded process (a fresh fork, the shim, or the CLI).
@@ -41,6 +47,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from tether.errors import RuntimeFailure
+from tether.runtime import terminal
 
 __all__ = [
     "ProcessSpec",
@@ -86,12 +93,16 @@ class ProcessSpec:
     state_dir: str  # per-container dir (exists); "exitcode" (and, detached, "pid") are written here
     netns_path: str | None = None  # join this network namespace; None keeps the caller's (host mode)
     hostname: str | None = None  # set in the container's new UTS namespace
-    log_path: str | None = None  # detached only: stdout+stderr appended here (None: discarded)
+    log_path: str | None = None  # detached only: stdout+stderr appended here, times in log.idx (None: discarded)
     workdir: str | None = None  # default: the caller's cwd ("/" with a rootfs)
     env: dict[str, str] | None = None  # default: the caller's environment
     rootfs: str | None = None  # chroot into this dir, with its own /proc mounted
     resolv_conf: str | None = None  # bind-mounted over /etc/resolv.conf in the container
     on_exit: list[str] | None = None  # detached only: argv run by the shim after the exit code is recorded
+    hosts_file: str | None = None  # bind-mounted over /etc/hosts
+    hostname_file: str | None = None  # bind-mounted over /etc/hostname
+    tty: bool = False  # stdio is a new pty, the container's controlling terminal
+    interactive: bool = False  # keep stdin attached: relayed to the pty (tty), or kept open (detached)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -123,8 +134,9 @@ def spawn_detached(spec: ProcessSpec) -> tuple[int, int]:
         shim = subprocess.Popen(
             # -S: the shim needs only the standard library and tether (on PYTHONPATH), so it
             # skips site-packages and their .pth hooks, which can cost tens of milliseconds.
-            [sys.executable, "-S", "-m", "tether.runtime.shim", resolved.to_json()],
-            stdin=subprocess.DEVNULL,
+            # The spec goes on its stdin: a command line is public (ps), the spec's env is not.
+            [sys.executable, "-S", "-m", "tether.runtime.shim"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd="/",
@@ -134,7 +146,7 @@ def spawn_detached(spec: ProcessSpec) -> tuple[int, int]:
     except OSError as exc:
         raise RuntimeFailure(f"cannot start the container shim: {exc.strerror}") from exc
     try:
-        out, err = shim.communicate(timeout=_SHIM_HANDSHAKE_TIMEOUT)
+        out, err = shim.communicate(resolved.to_json().encode(), timeout=_SHIM_HANDSHAKE_TIMEOUT)
     except subprocess.TimeoutExpired as exc:
         shim.kill()
         shim.wait()
@@ -161,21 +173,70 @@ def run_foreground(spec: ProcessSpec, on_started: Callable[[int, int], None] | N
     the container gets its own foreground process group, as a shell's job would (^C goes
     to it alone, and a shell inside can do job control); the caller takes the terminal
     back when it exits. Like Docker, a PID 1 without a handler for a signal ignores it.
+
+    With ``spec.tty`` the container gets a pty of its own instead, relayed to the caller's
+    stdout (and from its stdin with ``spec.interactive``, the user's terminal in raw mode
+    meanwhile), its size following the caller's terminal (SIGWINCH).
     """
     _check_command(spec)
     remove_state_file(spec.state_dir, EXIT_CODE_FILE)
-    with supervised_signals(), _lent_terminal() as lend:
-        pid, start_time = fork_container(spec, stdio=None, take_terminal=lend)
-        if on_started is not None:
-            try:
-                on_started(pid, start_time)
-            except BaseException:
-                # Do not leave a container nobody waits for.
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise
-        status = supervise(pid)
+    if spec.tty:
+        status = _run_on_pty(lambda stdio: fork_container(spec, stdio), spec.interactive, on_started)
+    else:
+        with supervised_signals(), _lent_terminal() as lend:
+            pid, start_time = fork_container(spec, stdio=None, take_terminal=lend)
+            _announce(pid, start_time, on_started)
+            status = supervise(pid)
     write_state_file(spec.state_dir, EXIT_CODE_FILE, str(status))
+    return status
+
+
+def _announce(pid: int, start_time: int, on_started: Callable[[int, int], None] | None) -> None:
+    if on_started is None:
+        return
+    try:
+        on_started(pid, start_time)
+    except BaseException:
+        # Do not leave a container nobody waits for.
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
+
+def _run_on_pty(
+    fork: Callable[[tuple[int, int, int]], tuple[int, int]],
+    interactive: bool,
+    on_started: Callable[[int, int], None] | None = None,
+) -> int:
+    """Fork a child (``fork(stdio)``) on a new pty relayed to our stdio; its exit status.
+
+    Signals the caller gets are all forwarded: the child is in a session of its own, so
+    none that the user's terminal raised has reached it already.
+    """
+    user_terminal = 0 if os.isatty(0) else 1 if os.isatty(1) else None
+    master, slave = terminal.open_pty(terminal.size_of(user_terminal) if user_terminal is not None else None)
+
+    def follow_size() -> None:
+        size = terminal.size_of(user_terminal) if user_terminal is not None else None
+        if size is not None:
+            terminal.set_size(master, size)
+
+    try:
+        raw = 0 if interactive and os.isatty(0) else None
+        with supervised_signals(winch=True), terminal.raw_mode(raw):
+            try:
+                pid, start_time = fork((slave, slave, slave))
+            finally:
+                os.close(slave)
+            relay = terminal.Relay(master, lambda data: terminal.write_all(1, data), 0 if interactive else None)
+            relay.start()
+            try:
+                _announce(pid, start_time, on_started)
+                status = supervise(pid, on_winch=follow_size, forward_terminal_signals=True)
+            finally:
+                relay.close(grace=2.0)  # what the container wrote last, then let go of our stdin
+    finally:
+        os.close(master)
     return status
 
 
@@ -244,13 +305,21 @@ def stop_process(pid: int, start_time: int, timeout: float = 10.0) -> None:
         os.close(pidfd)
 
 
-def exec_in(pid: int, cmd: list[str], env: dict[str, str] | None = None) -> int:
+def exec_in(
+    pid: int,
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    tty: bool = False,
+    interactive: bool = False,
+    workdir: str | None = None,
+) -> int:
     """Run ``cmd`` inside the net, UTS, PID and mount namespaces and the root of container init ``pid``.
 
-    Uses the caller's stdio and returns the exit status (128+N if killed by signal N);
-    ``env`` defaults to the caller's environment, the working directory is the init's.
-    For the single-threaded CLI: it forks. Raises RuntimeFailure if the container is not
-    running or ``cmd`` cannot be executed.
+    Uses the caller's stdio (with ``tty``: a new pty relayed to it, as ``run_foreground``
+    does, stdin too with ``interactive``) and returns the exit status (128+N if killed by
+    signal N); ``env`` defaults to the caller's environment, the working directory to the
+    init's. For the single-threaded CLI: it forks. Raises RuntimeFailure if the container
+    is not running or ``cmd`` cannot be executed.
     """
     if not cmd:
         raise RuntimeFailure("no command given to run in the container")
@@ -268,7 +337,8 @@ def exec_in(pid: int, cmd: list[str], env: dict[str, str] | None = None) -> int:
             raise RuntimeFailure(f"cannot open the namespaces of process {pid}: {exc.strerror}") from exc
         pid_ns, net_ns, uts_ns, mnt_ns, root_fd, cwd_fd = fds
 
-        def enter_and_exec() -> None:
+        def enter_and_exec(stdio: tuple[int, int, int] | None) -> None:
+            _use_stdio(stdio, controlling=tty)
             with _failure(f"cannot enter the namespaces of container process {pid}: {{reason}}"):
                 _setns(net_ns, CLONE_NEWNET)
                 _setns(uts_ns, CLONE_NEWUTS)
@@ -276,15 +346,25 @@ def exec_in(pid: int, cmd: list[str], env: dict[str, str] | None = None) -> int:
                 os.fchdir(root_fd)  # ...so re-enter the container's own root, as nsenter --root does
                 os.chroot(".")
                 os.fchdir(cwd_fd)
+            if workdir:
+                with _failure(f"cannot enter working directory {workdir}: {{reason}} (does it exist in the container?)"):
+                    os.chdir(workdir)
             _exec(cmd, env)
 
-        with supervised_signals(), _lent_terminal() as lend:
+        def fork(stdio: tuple[int, int, int] | None, take_terminal: bool = False) -> tuple[int, int]:
             try:
-                child, _ = fork_into_pid_namespace(lambda: _setns(pid_ns, CLONE_NEWPID), enter_and_exec, lend)
+                return fork_into_pid_namespace(
+                    lambda: _setns(pid_ns, CLONE_NEWPID), lambda: enter_and_exec(stdio), take_terminal
+                )
             except OSError as exc:
                 if exc.errno == errno.ENOMEM:  # the namespace's init has exited: no new pids there
                     raise RuntimeFailure(f"container process {pid} is not running; start the container first") from exc
                 raise RuntimeFailure(f"cannot enter the container of process {pid}: {exc.strerror}") from exc
+
+        if tty:
+            return _run_on_pty(fork, interactive)
+        with supervised_signals(), _lent_terminal() as lend:
+            child, _ = fork(None, lend)
             return supervise(child)
     finally:
         for fd in fds:
@@ -352,8 +432,9 @@ def fork_into_pid_namespace(
 
 
 @contextlib.contextmanager
-def supervised_signals() -> Iterator[None]:
-    """Hold SIGCHLD and the forwarded signals blocked so ``supervise`` can take them in turn.
+def supervised_signals(winch: bool = False) -> Iterator[None]:
+    """Hold SIGCHLD and the forwarded signals blocked so ``supervise`` can take them in turn
+    (and SIGWINCH with ``winch``, for ``supervise(on_winch=...)``).
 
     Block them before forking, so nothing that arrives in between is lost; on leaving,
     forwarded signals still pending are dropped (they were meant for the child).
@@ -361,11 +442,12 @@ def supervised_signals() -> Iterator[None]:
     sigchld_was_ignored = signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
     if sigchld_was_ignored:  # SIG_IGN would auto-reap the child and lose its status
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISED_SIGNALS)
+    extra = {signal.SIGWINCH} if winch else set()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISED_SIGNALS | extra)
     try:
         yield
     finally:
-        while signal.sigtimedwait(FORWARDED_SIGNALS, 0) is not None:
+        while signal.sigtimedwait((*FORWARDED_SIGNALS, *extra), 0) is not None:
             pass
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if sigchld_was_ignored:
@@ -397,18 +479,26 @@ def _lent_terminal() -> Iterator[bool]:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def supervise(pid: int) -> int:
+def supervise(
+    pid: int, on_winch: Callable[[], None] | None = None, forward_terminal_signals: bool = False
+) -> int:
     """Wait for child ``pid``, forwarding SIGINT/SIGTERM/SIGHUP to it; return its exit status.
 
-    Call inside ``supervised_signals``. Signals a terminal raised (si_code SI_KERNEL)
-    reached the child's process group already and are not forwarded a second time.
+    Call inside ``supervised_signals`` (``winch=True`` with ``on_winch``, called on each
+    SIGWINCH). Signals a terminal raised (si_code SI_KERNEL) reached the child's process
+    group already and are not forwarded a second time, unless ``forward_terminal_signals``
+    (the child is not on our terminal).
     """
+    wanted = _SUPERVISED_SIGNALS | ({signal.SIGWINCH} if on_winch else set())
     while True:
         waited, status = os.waitpid(pid, os.WNOHANG)
         if waited == pid:
             return exit_status(status)
-        info = signal.sigwaitinfo(_SUPERVISED_SIGNALS)
-        if info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
+        info = signal.sigwaitinfo(wanted)
+        if info.si_signo == signal.SIGWINCH:
+            assert on_winch is not None
+            on_winch()
+        elif info.si_signo != signal.SIGCHLD and (forward_terminal_signals or info.si_code != SI_KERNEL):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, info.si_signo)
 
@@ -511,9 +601,7 @@ def _failure(message: str) -> Iterator[None]:
 
 def _init_container(spec: ProcessSpec, stdio: tuple[int, int, int] | None) -> None:
     """In the child, PID 1 of its new namespace: finish the namespaces and exec the command."""
-    if stdio is not None:
-        for target, fd in enumerate(stdio):
-            os.dup2(fd, target)
+    _use_stdio(stdio, controlling=spec.tty)
     if spec.netns_path:
         with _failure(f"cannot join network namespace {spec.netns_path}: {{reason}} (was the network set up?)"):
             netns = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -546,9 +634,11 @@ def _init_container(spec: ProcessSpec, stdio: tuple[int, int, int] | None) -> No
     if spec.hostname:
         with _failure(f"cannot set hostname {spec.hostname!r}: {{reason}} (at most 64 characters)"):
             _sethostname(spec.hostname)
-    if spec.resolv_conf:
-        with _failure(f"cannot bind {spec.resolv_conf} over /etc/resolv.conf: {{reason}} (do both files exist?)"):
-            _mount(spec.resolv_conf, os.path.join(root, "etc/resolv.conf"), None, MS_BIND)
+    for source, target in ((spec.resolv_conf, "etc/resolv.conf"), (spec.hosts_file, "etc/hosts"),
+                           (spec.hostname_file, "etc/hostname")):
+        if source:
+            with _failure(f"cannot bind {source} over /{target}: {{reason}} (do both files exist?)"):
+                _bind_file(source, root, target, required=target == "etc/resolv.conf")
     if spec.rootfs:
         with _failure(f"cannot chroot into {spec.rootfs}: {{reason}}"):
             os.chroot(spec.rootfs)
@@ -557,6 +647,32 @@ def _init_container(spec: ProcessSpec, stdio: tuple[int, int, int] | None) -> No
         with _failure(f"cannot enter working directory {spec.workdir}: {{reason}} (does it exist in the container?)"):
             os.chdir(spec.workdir)
     _exec(spec.cmd, spec.env)
+
+
+def _use_stdio(stdio: tuple[int, int, int] | None, controlling: bool) -> None:
+    """Point 0, 1, 2 at ``stdio`` (None: keep the caller's); with ``controlling`` they are a
+    pty's slave, made our controlling terminal in a session of our own."""
+    if stdio is None:
+        return
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    if controlling:
+        with _failure("cannot give the container its terminal: {reason}"):
+            terminal.set_controlling_terminal(0)
+
+
+def _bind_file(source: str, root: str, target: str, required: bool) -> None:
+    """Bind ``source`` over the file ``target`` (relative) under ``root``. In a rootfs a
+    missing mount point is made, as Docker does; on the host's own root a missing one is
+    left alone (and the bind skipped) unless ``required``."""
+    path = os.path.join(root, target)
+    if not os.path.lexists(path):
+        if root == "/" and not required:
+            return
+        if root != "/":
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+    _mount(source, path, None, MS_BIND)
 
 
 def _exec(cmd: list[str], env: dict[str, str] | None) -> None:
