@@ -106,6 +106,24 @@ def test_an_endpoint_attached_half_way_is_attached_again(ctl: Controller) -> Non
     assert dp.veths[host_ifname]["cidr"] == attached["cidr"]
 
 
+def test_an_endpoint_left_down_is_attached_again(ctl: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between the address and the link's "up" inside the namespace (seen in the
+    fault-injection rounds): the address is there, the link is down."""
+    ctl.create_container(["true"], name="a", net="appnet")
+    dp = dp_of(ctl)
+    real = dp.container_interfaces
+    down = {"once": True}
+
+    def first_time_down(netns: str) -> list[dict[str, Any]]:
+        links = real(netns)
+        if down.pop("once", False):
+            return [dict(i, state="down") if i["ifname"] != "lo" else i for i in links]
+        return links
+
+    monkeypatch.setattr(dp, "container_interfaces", first_time_down)
+    assert reconcile_until_quiet(ctl) == ["re-attached a to appnet"]
+
+
 def test_a_namespace_lost_by_a_stopped_container_is_made_again_with_its_endpoints(ctl: Controller) -> None:
     ctl.create_container(["true"], name="a", net="appnet")
     dp = dp_of(ctl)

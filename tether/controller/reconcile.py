@@ -155,7 +155,11 @@ class Reconciler(ExternalVerbs):
         if not c.netns or (runtime is not None and runtime.configures_inside is False):
             return None
         try:
-            return {i["ifname"]: i.get("addresses", []) for i in self.ctx.datapath.container_interfaces(c.netns)}
+            # a link left down (a kill between its address and its "up") counts as unconfigured
+            return {
+                i["ifname"]: i.get("addresses", []) if i.get("state", "up") == "up" else []
+                for i in self.ctx.datapath.container_interfaces(c.netns)
+            }
         except TetherError:
             return None
 
