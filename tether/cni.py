@@ -21,9 +21,15 @@ Configuration (one plugin object; ``type`` must match the installed binary's nam
      "socket": "/run/tether/tether.sock",       # default: $TETHER_SOCKET, else this
      "capabilities": {"portMappings": true, "ips": true, "mac": true, "aliases": true}}
 
-Capabilities read from ``runtimeConfig``: ``portMappings``, ``ips`` (the first IPv4,
-prefix ignored), ``mac``, ``aliases`` (a list, or Podman's ``{network: [names]}``);
-``CNI_ARGS`` ``IP=`` and ``MAC=`` are used when the capability is absent.
+Capabilities read from ``runtimeConfig``: ``portMappings`` (a v6 ``hostIP`` needs a
+dual-stack network), ``ips`` (at most one IPv4 and one IPv6 address, prefixes ignored; a
+v6 one needs a network made with ``--ipv6``), ``mac``, ``aliases`` (a list, or Podman's
+``{network: [names]}``); ``CNI_ARGS`` ``IP=`` (comma-separated, one per family) and
+``MAC=`` are used when the capability is absent.
+
+On a dual-stack network the ADD result lists both addresses on the container's interface
+(each with its gateway) and both default routes, ``0.0.0.0/0`` and ``::/0``; CHECK
+verifies both, DEL frees both.
 
 Error codes (the spec's well-known ones, 999 for the rest):
 
@@ -158,7 +164,7 @@ class NetConf(_Record):
     """What tether uses from the network configuration on stdin."""
 
     __slots__ = (
-        "cni_version", "name", "network", "socket", "prev_result", "port_mappings", "ip", "mac", "aliases",
+        "cni_version", "name", "network", "socket", "prev_result", "port_mappings", "ip", "ip6", "mac", "aliases",
         "valid_attachments",
     )
     cni_version: str
@@ -167,7 +173,8 @@ class NetConf(_Record):
     socket: str | None
     prev_result: dict[str, Any] | None
     port_mappings: list[dict[str, Any]]
-    ip: str | None
+    ip: str | None  # the IPv4 address asked for
+    ip6: str | None  # the IPv6 address asked for
     mac: str | None
     aliases: list[str]
     valid_attachments: list[dict[str, str]] | None  # GC only; None: the runtime gave none
@@ -256,16 +263,22 @@ def _decode(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _first_ipv4(values: Any, source: str) -> str | None:
-    """The first IPv4 address of a list like ``["10.0.0.5/24", "fd00::5"]``, prefix dropped."""
-    if values is None:
-        return None
+def _by_family(values: Any, source: str) -> tuple[str | None, str | None]:
+    """(IPv4, IPv6) of a list like ``["10.0.0.5/24", "fd00::5"]``, prefixes dropped: at
+    most one of each family. Whether each is an address at all, the daemon checks."""
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise CniError(ERR_INVALID_CONFIG, f"{source} must be a list of addresses like [\"10.0.0.5\"]")
+        raise CniError(ERR_INVALID_CONFIG, f"{source} must be a list of addresses like [\"10.0.0.5\", \"fd00::5\"]")
+    found: dict[int, str] = {}
     for value in values:
-        if ":" not in value:
-            return str(value).split("/", 1)[0]
-    return None
+        address = value.strip().split("/", 1)[0]
+        family = 6 if ":" in address else 4
+        if family in found:
+            raise CniError(
+                ERR_INVALID_CONFIG,
+                f"{source} has two IPv{family} addresses ({found[family]}, {address}): give at most one per family",
+            )
+        found[family] = address
+    return found.get(4), found.get(6)
 
 
 def _config_error(msg: str) -> CniError:
@@ -305,7 +318,7 @@ def parse_config(raw: bytes | dict[str, Any], inv: Invocation) -> NetConf:
     runtime = data.get("runtimeConfig") or {}
     if not isinstance(runtime, dict):
         raise _config_error("runtimeConfig must be a JSON object")
-    ip, mac, aliases = _requested(data, runtime, inv, (name, network))
+    (ip, ip6), mac, aliases = _requested(data, runtime, inv, (name, network))
     return NetConf(
         cni_version=version,
         name=name,
@@ -314,6 +327,7 @@ def parse_config(raw: bytes | dict[str, Any], inv: Invocation) -> NetConf:
         prev_result=prev,
         port_mappings=_port_mappings(runtime),
         ip=ip,
+        ip6=ip6,
         mac=mac,
         aliases=aliases,
         valid_attachments=_valid_attachments(data),
@@ -329,19 +343,22 @@ def _port_mappings(runtime: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _requested(
     data: dict[str, Any], runtime: dict[str, Any], inv: Invocation, names: tuple[str, str]
-) -> tuple[str | None, str | None, list[str]]:
-    """The address, MAC and aliases the runtime asks for (``names``: the config's name and
-    the tether network, under which Podman lists aliases)."""
+) -> tuple[tuple[str | None, str | None], str | None, list[str]]:
+    """The addresses (IPv4, IPv6), MAC and aliases the runtime asks for (``names``: the
+    config's name and the tether network, under which Podman lists aliases)."""
     args = data.get("args")
     args = args if isinstance(args, dict) else {}
     cni_args_conf: dict[str, Any] = args["cni"] if isinstance(args.get("cni"), dict) else {}
-    # Precedence: the capability, then the config's "args" (CONVENTIONS.md says a plugin
-    # that understands "args" ignores the CNI_ARGS equivalent), then CNI_ARGS.
-    ip = _first_ipv4(runtime.get("ips"), "runtimeConfig.ips")
-    if ip is None and "ips" in cni_args_conf:
-        ip = _first_ipv4(cni_args_conf.get("ips"), "args.cni.ips")
-    elif ip is None and inv.args.get("IP"):
-        ip = inv.args["IP"].split("/", 1)[0]
+    # Precedence, for both families at once: the capability, then the config's "args"
+    # (CONVENTIONS.md says a plugin that understands "args" ignores the CNI_ARGS
+    # equivalent), then CNI_ARGS.
+    addresses: tuple[str | None, str | None] = (None, None)
+    if runtime.get("ips") is not None and runtime.get("ips") != []:
+        addresses = _by_family(runtime.get("ips"), "runtimeConfig.ips")
+    elif "ips" in cni_args_conf:
+        addresses = _by_family(cni_args_conf.get("ips") or [], "args.cni.ips")
+    elif inv.args.get("IP"):
+        addresses = _by_family(inv.args["IP"].split(","), "CNI_ARGS IP")
     mac = runtime.get("mac") or inv.args.get("MAC") or None
     if mac is not None and not isinstance(mac, str):
         raise _config_error("runtimeConfig.mac must be a string like \"02:42:0a:00:00:05\"")
@@ -350,7 +367,7 @@ def _requested(
         aliases = aliases.get(names[0]) or aliases.get(names[1]) or []
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise _config_error("runtimeConfig.aliases must be a list of names (or {network: [names]})")
-    return ip, mac, aliases
+    return addresses, mac, aliases
 
 
 def _valid_attachments(data: dict[str, Any]) -> list[dict[str, str]] | None:
@@ -438,6 +455,8 @@ def _cmd_add(inv: Invocation, conf: NetConf, client: Client) -> dict[str, Any]:
     }
     if conf.ip:
         body["ip"] = conf.ip
+    if conf.ip6:
+        body["ip6"] = conf.ip6
     if conf.mac:
         body["mac"] = conf.mac
     result = client.post("/cni/add", body)

@@ -50,6 +50,7 @@ def run_daemon(
     docker_plugin: str | None = None,
     docker_plugin_required: bool = True,
     discard_unknown: bool = False,
+    ipv6: bool = False,
 ) -> None:
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
@@ -60,7 +61,7 @@ def run_daemon(
     store = SqliteStore(os.path.join(state_dir, "tether.db"))
     datapath = NetlinkDatapath()
     cluster = _join_cluster(cluster_store, cluster_advertise, node_name, node_grace) if cluster_store else None
-    firewall = Firewall(firewall_table)
+    firewall = Firewall(firewall_table, loopback_proxy=True)  # [::1] ports: kernel NAT cannot serve them
     # the resolver takes kernel-picked ports in each container namespace and a DNAT there
     # points 127.0.0.11:53 at them, so containers keep port 53 for their own servers
     resolver = Resolver(dns_upstreams or None, port=0, on_serve=redirect_dns_here)
@@ -75,6 +76,7 @@ def run_daemon(
         resolver=resolver,
         cluster=cluster,
     )
+    controller.default_ipv6 = ipv6
     agent = _start_agent(cluster, datapath, controller) if cluster is not None else None
     actions = controller.reconcile(discard_unknown=discard_unknown)
     # someone may flush the ruleset or delete our table at any time: put it back within 1 s

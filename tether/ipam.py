@@ -1,5 +1,5 @@
-"""IPv4 address management: which address an endpoint gets, and which subnet a new
-network gets. Pure policy over a Store; no kernel access.
+"""Address management, IPv4 and IPv6: which addresses an endpoint gets, and which subnets
+a new network gets. Pure policy over a Store; no kernel access.
 
 Design note. Policy is kept apart from storage, as in CNI's host-local plugin: a lease is
 one key, ``/ipam/<network id>/<address>`` = ``{"owner": ...}``, created with
@@ -13,12 +13,20 @@ costs the next allocation a few skipped candidates.
 
 Subnet selection follows Docker's default address pools: the first candidate that
 overlaps nothing in use (host routes and addresses, existing networks) wins.
+
+IPv6 (a dual-stack network has one subnet of each family) uses the same lease keys and
+the same compare-and-swap; only the cursor has a key of its own per family. In a v6
+subnet only the Subnet-Router anycast address (the first) and the gateway are reserved:
+v6 has no broadcast. With no v6 subnet given, a random ULA /64 is picked (RFC 4193: a
+random 40-bit global ID under fd00::/8), so two hosts or two networks never pick the same
+one by following the same order, and it is checked against everything in use.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from ipaddress import IPv4Address, IPv4Network
+import secrets
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from socket import inet_aton
 
 from .errors import Conflict, Exhausted, InvalidInput, TetherError
@@ -29,11 +37,13 @@ __all__ = [
     "DEFAULT_POOLS",
     "IPAM",
     "choose_subnet",
+    "choose_subnet6",
     "cursor_key",
     "default_gateway",
     "find_overlap",
     "lease_key",
     "validate_network_cidrs",
+    "validate_network_cidrs6",
 ]
 
 # Docker's default address pools: (pool, prefix length of each network carved from it).
@@ -51,53 +61,68 @@ def _as_int(address: str) -> int:
     return int.from_bytes(inet_aton(address), "big")
 
 
+def _sort_key(address: str) -> tuple[int, int]:
+    """v4 addresses first, each family in numeric order."""
+    return (6, int(IPv6Address(address))) if ":" in address else (4, _as_int(address))
+
+
 def lease_key(network_id: str, address: str) -> str:
     return f"{_LEASES}{network_id}/{address}"
 
 
-def cursor_key(network_id: str) -> str:
-    return f"{_CURSORS}{network_id}"
+def cursor_key(network_id: str, family: int = 4) -> str:
+    return f"{_CURSORS}{network_id}" + ("" if family == 4 else "/6")
 
 
-def _is_ipv4(text: str) -> bool:
+_EXAMPLE = {4: ("an IPv4 CIDR such as 10.88.0.0/16", "10.88.0.1"), 6: ("an IPv6 CIDR such as fd00:88::/64", "fd00:88::1")}
+
+
+def _is_address(text: str) -> bool:
     try:
-        return isinstance(ipaddress.ip_address(text), IPv4Address)
+        ipaddress.ip_address(text)
     except ValueError:
         return False
+    return True
 
 
-def _parse_cidr(what: str, text: str) -> IPv4Network:
-    """A strict IPv4 CIDR, or InvalidInput saying how to write it."""
+def _parse_cidr(what: str, text: str, family: int = 4) -> IPv4Network | IPv6Network:
+    """A strict CIDR of ``family``, or InvalidInput saying how to write it."""
     text = (text or "").strip()
-    if "/" not in text and _is_ipv4(text):
-        raise InvalidInput(f"{what} {text!r} needs a prefix length, as in {text}/24")
+    if "/" not in text and _is_address(text):
+        length = 24 if ":" not in text else 64
+        raise InvalidInput(f"{what} {text!r} needs a prefix length, as in {text}/{length}")
     try:
         loose = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise InvalidInput(f"invalid {what} {text!r}: use an IPv4 CIDR such as 10.88.0.0/16") from None
-    if not isinstance(loose, IPv4Network):
-        raise InvalidInput(f"{what} {text} is IPv6: only IPv4 subnets are supported")
+        raise InvalidInput(f"invalid {what} {text!r}: use {_EXAMPLE[family][0]}") from None
+    if loose.version != family:
+        if family == 4:
+            raise InvalidInput(f"{what} {text} is IPv6: give it with --ipv6 as a second --subnet, beside an IPv4 one")
+        raise InvalidInput(f"{what} {text} is IPv4 where an IPv6 subnet is expected: use {_EXAMPLE[6][0]}")
     if loose.network_address != ipaddress.ip_address(text.split("/", 1)[0]):
         raise InvalidInput(f"{what} {text} has host bits set: did you mean {loose}?")
     return loose
 
 
-def _parse_address(what: str, text: str) -> IPv4Address:
+def _parse_address(what: str, text: str, family: int | None = 4) -> IPv4Address | IPv6Address:
+    """A plain address of ``family`` (None: either)."""
     text = (text or "").strip()
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
-        raise InvalidInput(
-            f"invalid {what} {text!r}: use a plain IPv4 address such as 10.88.0.1 (no prefix)"
-        ) from None
-    if not isinstance(address, IPv4Address):
-        raise InvalidInput(f"{what} {text} is IPv6: only IPv4 addresses are supported")
+        example = _EXAMPLE[family or 4][1]
+        raise InvalidInput(f"invalid {what} {text!r}: use a plain address such as {example} (no prefix)") from None
+    if family is not None and address.version != family:
+        if family == 4:
+            raise InvalidInput(f"{what} {text} is IPv6 where an IPv4 address is expected (use --ip6 for IPv6)")
+        raise InvalidInput(f"{what} {text} is IPv4 where an IPv6 address is expected (use --ip for IPv4)")
     return address
 
 
 def _subnet(text: str) -> IPv4Network:
     """A subnet tether can serve: strict IPv4 CIDR with room for a gateway and a host."""
     subnet = _parse_cidr("subnet", text)
+    assert isinstance(subnet, IPv4Network)
     if subnet.prefixlen > 30:
         raise InvalidInput(
             f"subnet {subnet} is too small: use a prefix length of 30 or less, "
@@ -144,29 +169,60 @@ def validate_network_cidrs(
     return str(net), str(gw), range_text
 
 
-def _ipv4_networks(cidrs: list[str]) -> list[tuple[IPv4Network, int]]:
-    """Parse in-use CIDRs leniently (host addresses carry host bits); skip IPv6, garbage
-    and default routes, which overlap everything and say nothing about a subnet."""
-    parsed: list[tuple[IPv4Network, int]] = []
+MIN_PREFIX6, MAX_PREFIX6 = 48, 126  # a bridge's v6 subnet: at most a /48, room for anycast, gateway and hosts
+
+
+def validate_network_cidrs6(subnet6: str, gateway6: str | None) -> tuple[str, str]:
+    """Check and normalise a network's v6 addressing; returns (subnet6, gateway6). The
+    gateway defaults to the first address after the Subnet-Router anycast one (``::1``)."""
+    net = _parse_cidr("IPv6 subnet", subnet6, 6)
+    if net.prefixlen < MIN_PREFIX6:
+        raise InvalidInput(
+            f"IPv6 subnet {net} is too large for one network: use a prefix length of {MIN_PREFIX6} to "
+            f"{MAX_PREFIX6}, such as {next(net.subnets(new_prefix=64))}"
+        )
+    if net.prefixlen > MAX_PREFIX6:
+        raise InvalidInput(
+            f"IPv6 subnet {net} is too small: use a prefix length of {MAX_PREFIX6} or less, "
+            f"as in {net.supernet(new_prefix=MAX_PREFIX6)}"
+        )
+    if gateway6 is None or not gateway6.strip():
+        return str(net), str(net.network_address + 1)
+    gw = _parse_address("IPv6 gateway", gateway6, 6)
+    if gw not in net:
+        raise InvalidInput(
+            f"IPv6 gateway {gw} is outside the subnet {net}: pick an address inside it, such as {net.network_address + 1}"
+        )
+    if gw == net.network_address:
+        raise InvalidInput(
+            f"IPv6 gateway {gw} is the Subnet-Router anycast address of {net}: pick another, such as {net.network_address + 1}"
+        )
+    return str(net), str(gw)
+
+
+def _networks(cidrs: list[str], version: int = 4) -> list[tuple[IPv4Network | IPv6Network, int]]:
+    """Parse in-use CIDRs of one family leniently (host addresses carry host bits); skip the
+    other family, garbage and default routes, which overlap everything and say nothing."""
+    parsed: list[tuple[IPv4Network | IPv6Network, int]] = []
     for index, text in enumerate(cidrs):
         try:
             network = ipaddress.ip_network(str(text).strip(), strict=False)
         except ValueError:
             continue
-        if isinstance(network, IPv4Network) and network.prefixlen > 0:
+        if network.version == version and network.prefixlen > 0:
             parsed.append((network, index))
     return parsed
 
 
 def find_overlap(subnet: str, in_use: dict[str, str]) -> str | None:
-    """The owner of the first CIDR in ``in_use`` (cidr -> owner description) that
-    overlaps ``subnet``, or None. Default routes and IPv6 entries are ignored."""
+    """The owner of the first CIDR in ``in_use`` (cidr -> owner description) of the same
+    family that overlaps ``subnet``, or None. Default routes are ignored."""
     try:
         candidate = ipaddress.ip_network(subnet.strip(), strict=False)
     except ValueError:
         raise InvalidInput(f"invalid subnet {subnet!r}: use an IPv4 CIDR such as 10.88.0.0/16") from None
     owners = list(in_use.values())
-    for network, index in _ipv4_networks(list(in_use)):
+    for network, index in _networks(list(in_use), candidate.version):
         if candidate.overlaps(network):
             return owners[index]
     return None
@@ -175,7 +231,7 @@ def find_overlap(subnet: str, in_use: dict[str, str]) -> str | None:
 def choose_subnet(in_use: list[str], pools: list[tuple[str, int]] = DEFAULT_POOLS) -> str:
     """The first subnet carved from ``pools`` that overlaps nothing in ``in_use`` (host
     routes and addresses, existing networks' subnets). Exhausted when every one does."""
-    used = [network for network, _ in _ipv4_networks(in_use)]
+    used = [network for network, _ in _networks(in_use)]
     for pool_text, size in pools:
         pool = ipaddress.ip_network(pool_text)
         for candidate in pool.subnets(new_prefix=size):
@@ -188,6 +244,18 @@ def choose_subnet(in_use: list[str], pools: list[tuple[str, int]] = DEFAULT_POOL
     )
 
 
+def choose_subnet6(in_use: list[str], tries: int = 64) -> str:
+    """A random ULA /64 (fdXX:XXXX:XXXX::/64) overlapping nothing in ``in_use`` (host
+    routes and addresses, existing networks' v6 subnets; v4 entries are ignored)."""
+    used = [network for network, _ in _networks(in_use, 6)]
+    for _ in range(tries):
+        global_id = secrets.randbits(40)
+        candidate = IPv6Network(((0xFD << 120) | (global_id << 80), 64))
+        if not any(candidate.overlaps(network) for network in used):
+            return str(candidate)
+    raise Exhausted("no free IPv6 ULA subnet found: create the network with an explicit IPv6 --subnet")
+
+
 class IPAM:
     """Leases IPv4 addresses of networks to owners (endpoint ids), over a Store.
 
@@ -197,72 +265,90 @@ class IPAM:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def allocate(self, network: Network, owner: str, requested: str | None = None) -> str:
-        """Lease an address of ``network`` to ``owner``: ``requested`` when given (it may
-        lie outside ``ip_range``, as with Docker's --ip), else the next free one after the
-        cursor within ``ip_range`` (or the subnet). Returns the address.
+    def allocate(self, network: Network, owner: str, requested: str | None = None, family: int = 4) -> str:
+        """Lease an address of ``network`` (of its v6 subnet when ``family`` is 6) to
+        ``owner``: ``requested`` when given (it may lie outside ``ip_range``, as with
+        Docker's --ip), else the next free one after the cursor within ``ip_range`` (or
+        the subnet). Returns the address.
 
-        Raises InvalidInput (requested address malformed or outside the subnet), Conflict
-        (requested address is the gateway or leased), Exhausted (nothing free)."""
-        subnet = _parse_cidr("subnet", network.subnet)
-        gateway = _parse_address("gateway", network.gateway) if network.gateway else None
+        Raises InvalidInput (requested address malformed, of the other family or outside
+        the subnet; a v6 address on a v4-only network), Conflict (requested address is the
+        gateway or leased), Exhausted (nothing free)."""
+        if family == 6 and network.subnet6 is None:
+            raise InvalidInput(
+                f"network {network.name} has no IPv6 subnet: create it with --ipv6 to give containers IPv6 addresses"
+            )
+        subnet_text, gateway_text = (network.subnet, network.gateway) if family == 4 else (network.subnet6, network.gateway6)
+        subnet = _parse_cidr("subnet", subnet_text or "", family)
+        gateway = _parse_address("gateway", gateway_text, family) if gateway_text else None
         if requested:  # None or "" both mean "let tether choose"
-            return self._allocate_requested(network, subnet, gateway, owner, requested)
-
-        pool = _parse_cidr("ip range", network.ip_range) if network.ip_range else subnet
+            return self._allocate_requested(network, subnet, gateway, owner, requested, family)
+        pool = subnet
+        if family == 4 and network.ip_range:
+            pool = _parse_cidr("ip range", network.ip_range)
         first, last = int(pool.network_address), int(pool.broadcast_address)
-        reserved = {int(subnet.network_address), int(subnet.broadcast_address)}
+        reserved = {int(subnet.network_address)}
+        if family == 4:
+            reserved.add(int(subnet.broadcast_address))
         if gateway is not None:
             reserved.add(int(gateway))
         prefix = f"{_LEASES}{network.id}/"
-        leased = {_as_int(kv.key[len(prefix) :]) for kv in self._store.list(prefix)}
-
-        cursor = self._store.get(cursor_key(network.id))
-        start = first
-        if cursor is not None:
-            try:
-                last_given = int(ipaddress.ip_address(cursor.value.get("last", "")))
-            except ValueError:
-                last_given = -1
-            if first <= last_given <= last:
-                start = last_given + 1 if last_given < last else first
-
+        keys = [kv.key[len(prefix) :] for kv in self._store.list(prefix)]
+        leased = {_as_int(a) for a in keys if ":" not in a} if family == 4 else {int(IPv6Address(a)) for a in keys if ":" in a}
+        start = self._start(network.id, family, first, last)
         size = last - first + 1
+        make = IPv4Address if family == 4 else IPv6Address
         for offset in range(size):
+            if offset > len(leased) + len(reserved):
+                break  # more candidates seen than are taken: every one left is taken too (v6: no 2**64 scan)
             candidate = first + (start - first + offset) % size
             if candidate in reserved or candidate in leased:
                 continue
-            address = str(IPv4Address(candidate))
+            address = str(make(candidate))
             if self._store.compare_and_swap(lease_key(network.id, address), 0, {"owner": owner}):
                 try:
-                    self._store.put(cursor_key(network.id), {"last": address})
+                    self._store.put(cursor_key(network.id, family), {"last": address})
                 except TetherError:
                     # the cursor is a hint; the lease must not outlive a raise nobody can undo
                     self._store.delete(lease_key(network.id, address))
                     raise
                 return address
-            # Lost a race for this address to another allocator: try the next one.
-        where = f"range {pool} of subnet {subnet}" if network.ip_range else f"subnet {subnet}"
+            leased.add(candidate)  # lost a race for it to another allocator: try the next one
+        where = f"range {pool} of subnet {subnet}" if pool != subnet else f"subnet {subnet}"
         raise Exhausted(
             f"no free address left in network {network.name} ({where}): remove unused "
             "containers from it or create a network with a larger subnet"
         )
 
+    def _start(self, network_id: str, family: int, first: int, last: int) -> int:
+        """Where the search starts: just after the last address handed out (the cursor)."""
+        cursor = self._store.get(cursor_key(network_id, family))
+        if cursor is None:
+            return first
+        try:
+            last_given = int(ipaddress.ip_address(cursor.value.get("last", "")))
+        except ValueError:
+            return first
+        if first <= last_given <= last:
+            return last_given + 1 if last_given < last else first
+        return first
+
     def _allocate_requested(
         self,
         network: Network,
-        subnet: IPv4Network,
-        gateway: IPv4Address | None,
+        subnet: IPv4Network | IPv6Network,
+        gateway: IPv4Address | IPv6Address | None,
         owner: str,
         requested: str,
+        family: int = 4,
     ) -> str:
-        address = _parse_address("address", requested)
+        address = _parse_address("address", requested, family)
         if address not in subnet:
             raise InvalidInput(
                 f"address {address} is outside the subnet {subnet} of network "
                 f"{network.name}: pick an address inside {subnet}"
             )
-        if address in (subnet.network_address, subnet.broadcast_address):
+        if address == subnet.network_address or (family == 4 and address == subnet.broadcast_address):
             which = "network" if address == subnet.network_address else "broadcast"
             raise InvalidInput(f"address {address} is the {which} address of {subnet}: pick a host address")
         if address == gateway:
@@ -285,7 +371,7 @@ class IPAM:
     def release(self, network_id: str, address: str, owner: str | None = None) -> None:
         """Give a lease back (only if ``owner`` still holds it, when given). Releasing an
         address that is not leased is not an error."""
-        key = lease_key(network_id, str(_parse_address("address", address)))
+        key = lease_key(network_id, str(_parse_address("address", address, None)))
         if owner is None:
             self._store.delete(key)
             return
@@ -308,24 +394,25 @@ class IPAM:
     def transfer(self, network_id: str, address: str, from_owner: str, to_owner: str) -> bool:
         """Hand a lease held by ``from_owner`` to ``to_owner`` in one compare-and-swap;
         False (and nothing changed) when someone else holds it or it is free."""
-        key = lease_key(network_id, str(_parse_address("address", address)))
+        key = lease_key(network_id, str(_parse_address("address", address, None)))
         kv = self._store.get(key)
         if kv is None or kv.value.get("owner") != from_owner:
             return False
         return self._store.compare_and_swap(key, kv.mod_revision, {"owner": to_owner})
 
     def owner(self, network_id: str, address: str) -> str | None:
-        kv = self._store.get(lease_key(network_id, str(_parse_address("address", address))))
+        kv = self._store.get(lease_key(network_id, str(_parse_address("address", address, None))))
         return None if kv is None else str(kv.value.get("owner", ""))
 
     def leases(self, network_id: str) -> dict[str, str]:
         """address -> owner for every lease of the network, in address order."""
         prefix = f"{_LEASES}{network_id}/"
         found = {kv.key[len(prefix) :]: str(kv.value.get("owner", "")) for kv in self._store.list(prefix)}
-        return dict(sorted(found.items(), key=lambda item: _as_int(item[0])))
+        return dict(sorted(found.items(), key=lambda item: _sort_key(item[0])))
 
     def drop_network(self, network_id: str) -> None:
         """Forget every lease and the cursor of a network (when the network is removed)."""
         for kv in self._store.list(f"{_LEASES}{network_id}/"):
             self._store.delete(kv.key)
         self._store.delete(cursor_key(network_id))
+        self._store.delete(cursor_key(network_id, 6))

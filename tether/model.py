@@ -60,10 +60,26 @@ class Network:
     options: dict[str, str] = field(default_factory=dict)
     created: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)  # `--label KEY=VALUE`: the user's, never read by tether
+    # Dual stack (`--ipv6`): the v6 subnet and its gateway, beside the v4 ones; None: IPv4 only.
+    subnet6: str | None = None
+    gateway6: str | None = None
 
     @property
     def prefixlen(self) -> int:
         return ipaddress.ip_network(self.subnet).prefixlen
+
+    @property
+    def ipv6(self) -> bool:
+        return self.subnet6 is not None
+
+    @property
+    def prefixlen6(self) -> int:
+        return ipaddress.ip_network(self.subnet6).prefixlen if self.subnet6 else 0
+
+    @property
+    def subnets(self) -> list[str]:
+        """Every subnet of the network: the v4 one, then the v6 one if any."""
+        return [self.subnet, *([self.subnet6] if self.subnet6 else [])]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,10 +105,23 @@ class Endpoint:
     mac: str
     default_route: bool = True
     aliases: list[str] = field(default_factory=list)  # extra DNS names on this network
+    # On a dual-stack network: its v6 address, prefix length and gateway; None on IPv4 only.
+    address6: str | None = None
+    prefixlen6: int = 0
+    gateway6: str | None = None
 
     @property
     def cidr(self) -> str:
         return f"{self.address}/{self.prefixlen}"
+
+    @property
+    def cidr6(self) -> str | None:
+        return f"{self.address6}/{self.prefixlen6}" if self.address6 else None
+
+    @property
+    def addresses(self) -> list[str]:
+        """Its addresses: the v4 one, then the v6 one if any."""
+        return [self.address, *([self.address6] if self.address6 else [])]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,7 +196,7 @@ class Container:
     external: bool = False  # a namespace another runtime made (CNI): netns is its path
     labels: dict[str, str] = field(default_factory=dict)  # `--label KEY=VALUE`: the user's, never read by tether
     # An exited container holds no endpoint and no port; what `start` attaches again:
-    attachments: list[dict[str, Any]] = field(default_factory=list)  # {"network", "ip" (asked for), "aliases"}, in order
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # {"network", "ip", "ip6" (asked for), "aliases"}, in order
     publish: list[dict[str, Any]] = field(default_factory=list)  # -p as asked (host port 0: one is picked at each start)
     restart_policy: str = "no"  # no | on-failure[:N] | always | unless-stopped (controller/restarts.py)
     restart_count: int = 0  # restarts by the policy since the last start by hand
@@ -225,7 +254,7 @@ class PortMapping:
     network: str | None = None  # where it points: another runtime's endpoint on this network
 
     def __str__(self) -> str:
-        where = f"{self.host_ip}:" if self.host_ip else ""
+        where = "" if not self.host_ip else f"[{self.host_ip}]:" if ":" in self.host_ip else f"{self.host_ip}:"
         return f"{where}{self.host_port}:{self.container_port}/{self.protocol}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,24 +281,30 @@ def _port_range(text: str, what: str, spec: str) -> list[int]:
 
 def parse_port_spec(spec: str) -> list[PortMapping]:
     """Docker's ``-p [HOSTIP:][HOSTPORT[-END]:]CPORT[-END][/tcp|udp]``, expanded to one
-    mapping per port. A missing host port (``-p 80`` or ``-p 127.0.0.1::80``) is 0: the
-    daemon picks a free one."""
+    mapping per port; an IPv6 HOSTIP is bracketed (``-p [::1]:8080:80``). A missing host
+    port (``-p 80`` or ``-p 127.0.0.1::80``) is 0: the daemon picks a free one."""
     body, _, protocol = spec.partition("/")
     protocol = (protocol or "tcp").lower()
     if protocol not in ("tcp", "udp"):
         raise InvalidInput(f"invalid -p {spec!r}: unknown protocol {protocol!r}, use tcp or udp")
-    parts = body.split(":")
+    host_ip: str | None = None
+    if body.startswith("["):
+        bracketed, sep, body = body[1:].partition("]:")
+        if not sep:
+            raise InvalidInput(f"invalid -p {spec!r}: write an IPv6 host address in brackets, as in [::1]:8080:80")
+        host_ip = _port_host_ip(bracketed, spec, 6)
+        parts = [bracketed, *body.split(":")]
+        if len(parts) != 3:
+            raise InvalidInput(f"invalid -p {spec!r}: use [IPV6]:HOSTPORT:CONTAINERPORT, as in [::1]:8080:80")
+    else:
+        parts = body.split(":")
     if len(parts) > 3 or not parts[-1]:
         raise InvalidInput(f"invalid -p {spec!r}: use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]")
-    host_ip: str | None = None
     host_text = ""
     if len(parts) == 3:
-        host_ip, host_text = parts[0] or None, parts[1]
-        if host_ip is not None:
-            try:
-                ipaddress.IPv4Address(host_ip)
-            except ValueError:
-                raise InvalidInput(f"invalid -p {spec!r}: host address {host_ip!r} is not an IPv4 address") from None
+        host_text = parts[1]
+        if host_ip is None and parts[0]:
+            host_ip = _port_host_ip(parts[0], spec, 4)
     elif len(parts) == 2:
         host_text = parts[0]
     container_ports = _port_range(parts[-1], "container port", spec)
@@ -284,6 +319,19 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
             f"{len(container_ports)}; make them the same length"
         )
     return [PortMapping(protocol, h, c, host_ip) for h, c in zip(host_ports, container_ports)]
+
+
+def _port_host_ip(text: str, spec: str, family: int) -> str:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        hint = "an IPv6 address in brackets such as [::1]" if family == 6 else "an IPv4 address such as 127.0.0.1"
+        raise InvalidInput(f"invalid -p {spec!r}: host address {text!r} is not {hint}") from None
+    if address.version != family:
+        if family == 6:
+            raise InvalidInput(f"invalid -p {spec!r}: {text} is IPv4: write it without brackets, as in {text}:8080:80")
+        raise InvalidInput(f"invalid -p {spec!r}: write an IPv6 host address in brackets, as in [{text}]:8080:80")
+    return str(address)
 
 
 def check_labels(labels: dict[str, str] | None) -> dict[str, str]:

@@ -17,6 +17,8 @@ __all__ = [
     "valid_ifname",
     "check_ifname",
     "check_ipv4",
+    "check_ipv6",
+    "split_families",
     "check_hostname",
     "parse_bool_option",
     "parse_mtu",
@@ -74,6 +76,47 @@ def check_ipv4(what: str, address: str, example: str = "10.0.0.5") -> str:
     except ValueError:
         raise InvalidInput(f"invalid {what} {address!r}: give an IPv4 address such as {example}") from None
     return address
+
+
+def check_ipv6(what: str, address: str, example: str = "fd00:88::5") -> str:
+    """An IPv6 address given by a user (``--ip6``, CNI ``ips``, Docker's AddressIPv6), normalised."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv6Address(address))
+    except ValueError:
+        hint = " (that is IPv4: use --ip for it)" if "." in str(address) and ":" not in str(address) else ""
+        raise InvalidInput(f"invalid {what} {address!r}: give an IPv6 address such as {example}{hint}") from None
+
+
+def split_families(
+    subnets: list[str], gateways: list[str], ipv6: bool
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """Docker's repeated ``--subnet``/``--gateway`` as (subnet, gateway, subnet6, gateway6):
+    at most one subnet per family, each gateway matched to its subnet by family, and a v6
+    subnet only with ``--ipv6``. Nothing is checked beyond the family here."""
+    by_family: dict[int, list[str]] = {4: [], 6: []}
+    for text in subnets:
+        text = (text or "").strip()
+        by_family[6 if ":" in text else 4].append(text)
+    for family, found in by_family.items():
+        if len(found) > 1:
+            name = "IPv4" if family == 4 else "IPv6"
+            raise InvalidInput(f"--subnet: {name} subnet given twice ({', '.join(found)}): give one subnet per family")
+    if by_family[6] and not ipv6:
+        raise InvalidInput(f"--subnet {by_family[6][0]} is IPv6: add --ipv6 to make a dual-stack network")
+    gw: dict[int, str] = {}
+    for text in gateways:
+        text = (text or "").strip()
+        family = 6 if ":" in text else 4
+        if family in gw:
+            raise InvalidInput(f"--gateway: two gateways of one family ({gw[family]}, {text}): give one per subnet")
+        if not by_family[family]:
+            name = "IPv4" if family == 4 else "IPv6"
+            raise InvalidInput(f"--gateway {text} needs an {name} --subnet it belongs to")
+        gw[family] = text
+    first = lambda family: by_family[family][0] if by_family[family] else None  # noqa: E731
+    return first(4), gw.get(4), first(6), gw.get(6)
 
 
 def check_hostname(hostname: str) -> str:

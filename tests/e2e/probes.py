@@ -54,3 +54,32 @@ RESOLVE = (
     "except OSError as e:\n"
     "    print('FAIL', e); sys.exit(1)\n"
 )
+
+# A TCP server on both families (an IPv6 socket with V6ONLY off) that reports the peer's
+# address, v4 clients unmapped from ::ffff:a.b.c.d.
+TCP_WHO6 = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
+    "s.bind(('::', int(sys.argv[-1]))); s.listen(64)\n"
+    "while True:\n"
+    "    c, a = s.accept(); c.sendall(a[0].removeprefix('::ffff:').encode()); c.close()\n"
+)
+
+# Resolve a name to its IPv6 addresses (AAAA), and an address back to its name (PTR).
+RESOLVE6 = (
+    "import socket,sys\n"
+    "try:\n"
+    "    print(' '.join(sorted({i[4][0] for i in socket.getaddrinfo(sys.argv[1], None, socket.AF_INET6)})))\n"
+    "except OSError as e:\n"
+    "    print('FAIL', e); sys.exit(1)\n"
+)
+REVERSE = (
+    "import socket,sys,time\n"
+    "t=time.monotonic()\n"
+    "try:\n"
+    "    name=socket.gethostbyaddr(sys.argv[1])[0]\n"
+    "except OSError as e:\n"
+    "    name='FAIL %s' % e\n"
+    "print(name, round(time.monotonic()-t, 3))\n"
+)

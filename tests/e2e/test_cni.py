@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import NETNS_DIR, Host, busybox_image, sh
-from probes import RESOLVE, TCP_ASK, TCP_WHO
+from probes import RESOLVE, TCP_ASK, TCP_WHO, TCP_WHO6
 
 pytestmark = pytest.mark.e2e
 
@@ -360,6 +360,89 @@ def test_status_and_a_stopped_daemon(host: Host, cni: Cni) -> None:
     assert other.out is not None and "/nonexistent/t.sock" in other.out["msg"]
 
 
+# ---------------------------------------------------------------------------- dual stack
+def ping6(cni: Cni, netns: str, address: str) -> bool:
+    return cni.in_ns(netns, "ping", "-6", "-c1", "-W2", address, check=False).returncode == 0
+
+
+def test_dual_stack_add_check_del_with_real_packets(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--ipv6", "--subnet", "10.241.6.0/24", "--subnet", "fd00:241:6::/64", "dual")
+    ns1, ns2 = cni.netns(), cni.netns()
+    r1 = cni.add(netconf("dual"), "ds-one", ns1)
+    # both addresses on the container's interface, each with its gateway; both default routes
+    assert r1["ips"] == [{"address": "10.241.6.2/24", "gateway": "10.241.6.1", "interface": 1},
+                         {"address": "fd00:241:6::2/64", "gateway": "fd00:241:6::1", "interface": 1}]
+    assert r1["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.241.6.1"}, {"dst": "::/0", "gw": "fd00:241:6::1"}]
+    rc = {"ips": ["fd00:241:6::50/64", "10.241.6.50/24"]}  # the ips capability, one address per family
+    r2 = cni.add(netconf("dual", runtimeConfig=rc), "ds-two", ns2)
+    assert [i["address"] for i in r2["ips"]] == ["10.241.6.50/24", "fd00:241:6::50/64"]
+    inside = cni.in_ns(ns1, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    assert "fd00:241:6::2/64" in inside and "tentative" not in inside
+    assert "via fd00:241:6::1 dev eth0" in cni.in_ns(ns1, "ip", "-6", "route", "show", "default").stdout
+    # real packets over v6: namespace to namespace both ways, and to the host's v6 gateway
+    assert ping6(cni, ns1, "fd00:241:6::50") and ping6(cni, ns2, "fd00:241:6::2")
+    assert ping6(cni, ns1, "fd00:241:6::1")
+    assert ping(cni, ns1, "10.241.6.50")  # and v4 beside it
+    # CHECK verifies both families: it passes, then names the v6 address or route gone
+    assert cni.call("CHECK", netconf("dual", prevResult=r1), "ds-one", ns1).rc == 0
+    cni.in_ns(ns1, "ip", "-6", "route", "del", "default")
+    bad = cni.call("CHECK", netconf("dual", prevResult=r1), "ds-one", ns1)
+    assert bad.rc == 1 and bad.out is not None and "IPv6 default route via fd00:241:6::1" in bad.out["msg"]
+    cni.in_ns(ns1, "ip", "-6", "addr", "del", "fd00:241:6::2/64", "dev", "eth0")
+    bad = cni.call("CHECK", netconf("dual", prevResult=r1), "ds-one", ns1)
+    assert bad.rc == 1 and bad.out is not None and "address fd00:241:6::2/64 is missing on eth0" in bad.out["msg"]
+    # DEL frees both leases: the same addresses can be asked for again at once
+    assert cni.call("DEL", netconf("dual"), "ds-two", ns2).rc == 0
+    assert cni.call("DEL", netconf("dual"), "ds-one", ns1).rc == 0
+    assert endpoints(host, "dual") == {} and host_veths(host) == []
+    again = cni.add(netconf("dual", runtimeConfig=rc), "ds-three", cni.netns())
+    assert [i["address"] for i in again["ips"]] == ["10.241.6.50/24", "fd00:241:6::50/64"]
+    eps = endpoints(host, "dual")
+    assert [(e["address"], e["address6"]) for e in eps.values()] == [("10.241.6.50/24", "fd00:241:6::50/64")]
+
+
+def test_dual_stack_requests_and_bad_input(host: Host, cni: Cni) -> None:
+    host.tether("network", "create", "--subnet", "10.241.7.0/24", "v4only")
+    host.tether("network", "create", "--ipv6", "--subnet", "10.241.8.0/24", "--subnet", "fd00:241:8::/64", "dual")
+    ns = cni.netns()
+    before = host.snapshot()
+    cases = [
+        (cni.call("ADD", netconf("v4only", runtimeConfig={"ips": ["fd00:241:7::5"]}), "b-1", ns), 7,
+         "IPv6 address fd00:241:7::5 asked for on network 'v4only', which has no IPv6 subnet"),
+        (cni.call("ADD", netconf("dual", runtimeConfig={"ips": ["fd00:241:8::5", "fd00:241:8::6"]}), "b-1", ns), 7,
+         "two IPv6 addresses"),
+        (cni.call("ADD", netconf("dual"), "b-1", ns, args="IP=10.241.8.5,10.241.8.6"), 7, "two IPv4 addresses"),
+        (cni.call("ADD", netconf("dual", runtimeConfig={"ips": ["fd00:999::5"]}), "b-1", ns), 7, "outside network"),
+        (cni.call("ADD", netconf("dual", runtimeConfig={"ips": ["fd00:241:8::zz"]}), "b-1", ns), 7, "IPv6 address"),
+        (cni.call("ADD", netconf("v4only", runtimeConfig={"portMappings": [
+            {"hostPort": 18093, "containerPort": 80, "protocol": "tcp", "hostIP": "::1"}]}), "b-1", ns), 7,
+         "has no IPv6 subnet"),
+    ]
+    for call, code, text in cases:
+        assert call.rc == 1 and call.out is not None, call
+        assert call.out["code"] == code and text in call.out["msg"], call.out
+    assert host.snapshot() == before  # nothing half-made
+    # CNI_ARGS may list one address per family
+    r = cni.add(netconf("dual"), "b-2", ns, args="IgnoreUnknown=1;IP=10.241.8.9,fd00:241:8::9")
+    assert [i["address"] for i in r["ips"]] == ["10.241.8.9/24", "fd00:241:8::9/64"]
+
+
+@pytest.mark.parametrize("host_ip", ["::1", "fd00:241:9::1"])  # loopback, and a global v6 address of the host
+def test_dual_stack_port_mapping_on_a_v6_host_address(host: Host, cni: Cni, host_ip: str) -> None:
+    host.tether("network", "create", "--ipv6", "--subnet", "10.241.9.0/24", "--subnet", "fd00:241:9::/64", "pub6")
+    ns = cni.netns()
+    ports = [{"hostPort": 18094, "containerPort": 8000, "protocol": "tcp", "hostIP": host_ip}]
+    r = cni.add(netconf("pub6", runtimeConfig={"portMappings": ports}), "p6-one", ns)
+    assert address_of(r) == "fd00:241:9::2"
+    published = host.inspect("cni-p6-one")["ports"]
+    assert [(p["host_ip"], p["host_port"]) for p in published] == [(host_ip, 18094)]
+    cni.serve(ns, "python3", "-c", TCP_WHO6, "8000")
+    seen = wait_tcp(host, host_ip, 18094)
+    assert seen and not seen.startswith("FAIL"), seen
+    assert cni.call("DEL", netconf("pub6"), "p6-one", ns).rc == 0
+    assert host.in_host("python3", "-c", TCP_ASK, host_ip, "18094", check=False).returncode != 0
+
+
 # ---------------------------------------------------------------------------- a real runtime
 PODMAN_ULIMITS = ["nofile=20000:20000", "nproc=4096:4096"]
 
@@ -470,3 +553,42 @@ def test_podman_cni_backend(host: Host) -> None:
         sh("umount", "-R", str(base / "root"), check=False)
         shutil.rmtree(base, ignore_errors=True)
 
+
+
+def test_podman_cni_backend_dual_stack(host: Host) -> None:
+    if shutil.which("podman") is None or shutil.which("runc") is None or not os.path.exists("/bin/busybox"):
+        pytest.skip("needs podman, runc and busybox-static (apt-get install podman runc busybox-static)")
+    network = f"{host.prefix}pod6"
+    host.tether("network", "create", "--ipv6", "--subnet", "10.250.6.0/24", "--subnet", "fd00:250:6::/64", network)
+    base = Path(tempfile.mkdtemp(prefix=f"{host.prefix}podman-"))
+    podman = build_podman(host, base, network)
+    try:
+        run = ["run", "-d", "--network", network, "--cap-add", "NET_RAW"]
+        podman(*run, "--name", "pa", "localhost/tetherbb", "sleep", "600")
+        # --ip/--ip6 arrive through the ips capability, one address per family
+        podman(*run, "--name", "pb", "--ip", "10.250.6.20", "--ip6", "fd00:250:6::20", "localhost/tetherbb",
+               "sleep", "600")
+        template = f'{{{{(index .NetworkSettings.Networks "{network}").GlobalIPv6Address}}}}'
+        a6 = podman("inspect", "-f", template, "pa").stdout.strip()
+        assert a6.startswith("fd00:250:6::") and podman.ip("pb", network) == "10.250.6.20"
+        assert podman("inspect", "-f", template, "pb").stdout.strip() == "fd00:250:6::20"
+        # ping -6 both ways between Podman's containers, and to the host's v6 gateway
+        for name, peer in (("pa", "fd00:250:6::20"), ("pb", a6), ("pa", "fd00:250:6::1")):
+            r = podman("exec", name, "ping", "-6", "-c1", "-W2", peer, check=False)
+            assert r.returncode == 0, (name, peer, r.stdout + r.stderr)
+        # a `tether run` container on the same network reaches them over v6 too
+        r = host.tether("run", "--rm", "--net", network, "--", "ping", "-6", "-c1", "-W2", a6, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        eps = endpoints(host, network)
+        assert sorted(e["address6"] for e in eps.values()) == sorted([f"{a6}/64", "fd00:250:6::20/64"])
+        # podman rm frees both leases of each
+        podman("rm", "-f", "-t", "0", "pa", "pb")
+        assert endpoints(host, network) == {} and host_veths(host) == []
+        podman(*run, "--name", "pc", "--ip", "10.250.6.20", "--ip6", "fd00:250:6::20", "localhost/tetherbb",
+               "sleep", "600")
+        assert podman("inspect", "-f", template, "pc").stdout.strip() == "fd00:250:6::20"
+    finally:
+        podman("rm", "-a", "-f", "-t", "0", check=False)
+        podman("rmi", "-a", "-f", check=False)
+        sh("umount", "-R", str(base / "root"), check=False)
+        shutil.rmtree(base, ignore_errors=True)

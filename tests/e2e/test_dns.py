@@ -47,7 +47,7 @@ pytestmark = pytest.mark.e2e
 
 NETNS_DIR = "/var/run/netns"
 ETC_NETNS = "/etc/netns"
-A, AAAA, NOERROR, FORMERR, SERVFAIL, NXDOMAIN = 1, 28, 0, 1, 2, 3
+A, PTR, AAAA, ANY, NOERROR, FORMERR, SERVFAIL, NXDOMAIN = 1, 12, 28, 255, 0, 1, 2, 3
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -72,6 +72,16 @@ def build(name, qtype, edns):
         packet += b"\0" + struct.pack("!HHIH", 41, edns, 0, 0)
     return ident, packet
 
+def read_name(p, o):
+    labels = []
+    while p[o]:
+        if p[o] >= 0xC0:
+            o = ((p[o] & 0x3F) << 8) | p[o + 1]
+            continue
+        labels.append(p[o + 1:o + 1 + p[o]].decode())
+        o += 1 + p[o]
+    return ".".join(labels)
+
 def skip_name(p, o):
     while True:
         n = p[o]
@@ -93,6 +103,10 @@ def parse(p):
         o += 10
         if rtype == 1:
             answers.append(socket.inet_ntoa(p[o:o + rdlen]))
+        elif rtype == 28:
+            answers.append(socket.inet_ntop(socket.AF_INET6, p[o:o + rdlen]))
+        elif rtype == 12:
+            answers.append(read_name(p, o))
         o += rdlen
     return {"id": ident, "rcode": flags & 15, "tc": bool(flags & 0x200), "aa": bool(flags & 0x400),
             "answers": answers, "size": len(p)}
@@ -219,6 +233,17 @@ for line in sys.stdin:
                 result = {"address": socket.gethostbyname(request["name"])}
             except OSError as exc:
                 result = {"error": str(exc)}
+        elif op == "getaddrinfo":  # glibc, one family or both, without AI_ADDRCONFIG
+            family = {0: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}[request["family"]]
+            try:
+                infos = socket.getaddrinfo(request["name"], None, family, socket.SOCK_STREAM)
+                result = {"addresses": list(dict.fromkeys(info[4][0] for info in infos))}
+            except OSError as exc:
+                result = {"error": str(exc)}
+        elif op == "getfqdn":  # glibc's gethostbyaddr: a PTR query, timed
+            start = time.monotonic()
+            result = {"name": socket.getfqdn(request["address"])}
+            result["ms"] = (time.monotonic() - start) * 1000
         elif op == "tcp_pipeline":
             result = tcp_pipeline(**request)
         elif op == "raw":
@@ -368,6 +393,21 @@ class FakeUpstream:
         self.tcp.close()
 
 
+def drain_questions(sock: socket.socket) -> list[str]:
+    """The question names of every datagram waiting on ``sock`` (non-blocking), in order."""
+    names = []
+    while True:
+        try:
+            packet = sock.recv(65535)
+        except BlockingIOError:
+            return names
+        offset, labels = 12, []
+        while packet[offset]:
+            labels.append(packet[offset + 1 : offset + 1 + packet[offset]].decode())
+            offset += 1 + packet[offset]
+        names.append(".".join(labels).lower())
+
+
 def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -452,6 +492,18 @@ def env() -> Iterator[Env]:
 
 
 APPNET = {"db": ["10.210.0.2"], "database": ["10.210.0.2"], "web": ["10.210.0.3"]}
+# Dual stack, as the controller writes it: a container's v6 address under the same names.
+APPNET6 = {
+    "db": ["10.210.0.2", "fd00:210::2"],
+    "database": ["10.210.0.2", "fd00:210::2"],
+    "web": ["10.210.0.3", "fd00:210::3"],
+    "legacy": ["10.210.0.4"],
+}
+APPNET_SUBNETS = ["10.210.0.0/24", "fd00:210::/64"]
+
+
+def reverse_name(address: str) -> str:
+    return ipaddress.ip_address(address).reverse_pointer
 
 
 # ---- lookup rules (no namespaces) -------------------------------------------------------
@@ -488,7 +540,12 @@ def test_resolve_rules() -> None:
     with pytest.raises(InvalidInput):
         resolver.add_record("appnet", "x", "not-an-ip")
     with pytest.raises(InvalidInput):
-        resolver.set_records("appnet", {"x": ["fe80::1"]})
+        resolver.set_records("appnet", {"x": ["fe80::1%eth0"]})  # IPv6 is welcome, a scope is not
+    resolver.add_record("appnet", "db", "FD00:210:0::5")
+    resolver.add_record("appnet", "db", "10.210.0.5")
+    assert resolver.resolve("s1", "db") == ["10.210.0.5", "fd00:210::5"]
+    assert resolver.resolve("s1", "db", 6) == ["fd00:210::5"]
+    assert resolver.reverse("s1", "fd00:210::5") == "db.appnet"
 
 
 def test_upstream_configuration(tmp_path: Any) -> None:
@@ -628,6 +685,82 @@ def test_tcp_queries(env: Env) -> None:
     expected = {"db": ["10.210.0.2"], "web": ["10.210.0.3"], "database": ["10.210.0.2"],
                 "www.example.test": ["192.0.2.10"], "nosuch": []}
     assert replies == [expected[n] for n in names]
+
+
+def test_dual_stack_names(env: Env) -> None:
+    env.resolver.set_subnets("appnet", APPNET_SUBNETS)
+    env.resolver.set_records("appnet", APPNET6)
+    agent = env.sandbox("c1", ["appnet"])
+    for tcp in (False, True):
+        reply = agent.query("db", A, tcp=tcp)
+        assert (reply["rcode"], reply["answers"], reply["aa"]) == (NOERROR, ["10.210.0.2"], True), reply
+        reply = agent.query("Database.AppNet", AAAA, tcp=tcp)
+        assert (reply["rcode"], reply["answers"], reply["aa"]) == (NOERROR, ["fd00:210::2"], True), reply
+        assert agent.query("web", ANY, tcp=tcp)["answers"] == ["10.210.0.3", "fd00:210::3"]
+        # a known name without a v6 address: NOERROR, no answer, at once (not NXDOMAIN)
+        reply = agent.query("legacy", AAAA, tcp=tcp)
+        assert (reply["rcode"], reply["answers"]) == (NOERROR, []) and reply["ms"] < 500, reply
+    # glibc, each family alone and both together
+    assert agent.call("getaddrinfo", name="web", family=6) == {"addresses": ["fd00:210::3"]}
+    assert agent.call("getaddrinfo", name="web.appnet", family=4) == {"addresses": ["10.210.0.3"]}
+    both = agent.call("getaddrinfo", name="db", family=0)["addresses"]
+    assert sorted(both) == ["10.210.0.2", "fd00:210::2"]
+    assert agent.call("getaddrinfo", name="legacy", family=0) == {"addresses": ["10.210.0.4"]}
+    # a container's v6 address comes and goes under its names, as the controller does it
+    env.resolver.add_record("appnet", "legacy", "fd00:210::4")
+    assert agent.query("legacy", AAAA)["answers"] == ["fd00:210::4"]
+    assert agent.query(reverse_name("fd00:210::4"), PTR)["answers"] == ["legacy.appnet"]
+    env.resolver.remove_record("appnet", "legacy", "fd00:210::4")
+    assert agent.query("legacy", AAAA)["answers"] == []
+    assert agent.query("legacy")["answers"] == ["10.210.0.4"]
+    assert agent.query(reverse_name("fd00:210::4"), PTR)["rcode"] == NXDOMAIN
+    assert env.upstream.seen == []  # nothing local went upstream
+    # a reverse name outside every tether subnet still goes upstream
+    reply = agent.query(reverse_name("192.0.2.10"), PTR)
+    assert (reply["rcode"], reply["aa"]) == (NXDOMAIN, False)
+    assert env.upstream.seen == [("udp", "10.2.0.192.in-addr.arpa")]
+
+
+def test_ptr_is_local_and_quick_when_the_upstream_never_answers(env: Env) -> None:
+    """``getfqdn`` of a container used to wait for an upstream that was not there."""
+    blackhole_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blackhole_sock.bind(("127.0.0.1", 0))  # bound, never answered: queries vanish
+    blackhole_sock.setblocking(False)
+    try:
+        resolver = env.new_resolver([f"127.0.0.1:{blackhole_sock.getsockname()[1]}"])
+        resolver.set_subnets("appnet", APPNET_SUBNETS)
+        resolver.set_records("appnet", APPNET6)
+        resolver.set_subnets("other", ["10.211.0.0/24", "fd00:211::/64"])
+        resolver.set_records("other", {"cache": ["10.211.0.2", "fd00:211::2"]})
+        agent = env.sandbox("c1", ["appnet"], resolver)
+        slowest: dict[str, float] = {}
+        for address in ("10.210.0.2", "fd00:210::2", "10.210.0.3", "fd00:210::3"):
+            expected = "db.appnet" if address.endswith("2") else "web.appnet"  # never the alias
+            for tcp in (False, True):
+                reply = agent.query(reverse_name(address), PTR, tcp=tcp)
+                assert (reply["rcode"], reply["answers"], reply["aa"]) == (NOERROR, [expected], True), reply
+                assert reply["ms"] < 250, reply
+            fqdn = agent.call("getfqdn", address=address)
+            assert fqdn["name"] == expected and fqdn["ms"] < 500, fqdn
+            family = "v6" if ":" in address else "v4"
+            slowest[family] = max(slowest.get(family, 0.0), fqdn["ms"])
+        # in a tether subnet with no container there, or one on a network c1 is not on
+        for address in ("10.210.0.77", "fd00:210::77", "10.211.0.2", "fd00:211::2"):
+            reply = agent.query(reverse_name(address), PTR)
+            assert (reply["rcode"], reply["answers"]) == (NXDOMAIN, []) and reply["ms"] < 250, reply
+            fqdn = agent.call("getfqdn", address=address)
+            assert fqdn["name"] == address and fqdn["ms"] < 500, fqdn
+        assert drain_questions(blackhole_sock) == []  # none of it went upstream
+        # the control: a reverse name outside every tether subnet does go, and does stall
+        reply = agent.query(reverse_name("192.0.2.10"), PTR)
+        assert reply["rcode"] == SERVFAIL and reply["ms"] > 1500, reply
+        assert drain_questions(blackhole_sock) == ["10.2.0.192.in-addr.arpa"]
+        print(
+            f"\nptr with a silent upstream: getfqdn of a container {slowest['v4']:.1f} ms (v4), "
+            f"{slowest['v6']:.1f} ms (v6); a forwarded reverse name {reply['ms']:.0f} ms (SERVFAIL)"
+        )
+    finally:
+        blackhole_sock.close()
 
 
 def test_servfail_without_a_usable_upstream(env: Env) -> None:

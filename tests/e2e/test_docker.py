@@ -62,6 +62,14 @@ def fetch(host: Host, port: int) -> str:
     return got
 
 
+def fails(d: Docker, *args: str, says: str) -> None:
+    """A docker command refused in one line (besides the CLI's hints) that says ``says``."""
+    r = d(*args, check=False)
+    assert r.returncode != 0
+    line = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("Run '", "See '", "WARNING:"))]
+    assert len(line) == 1 and says in line[0] and "Traceback" not in r.stderr, r.stderr
+
+
 def test_docker_containers_on_a_tether_network(bare_host: Host, docker: Docker) -> None:
     host, d = bare_host, docker
     net = f"{host.prefix}dn"
@@ -184,29 +192,22 @@ def test_docker_errors_are_one_line_and_change_nothing(bare_host: Host, docker: 
     d("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.0.0/30",
       "-o", f"tether.network={net}", net)
     before = host.snapshot()
-
-    def fails(*args: str, says: str) -> None:
-        r = d(*args, check=False)
-        assert r.returncode != 0
-        line = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("Run '", "See '", "WARNING:"))]
-        assert len(line) == 1 and says in line[0] and "Traceback" not in r.stderr, r.stderr
-
-    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.0.0/24", "x1",
+    fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.0.0/24", "x1",
           says="overlaps network")
-    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "colour=blue", "x2",
+    fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "colour=blue", "x2",
           says="unknown option -o colour")
-    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--ipv6", "--subnet", "fd00::/64", "x3",
-          says="IPv4 only")
-    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "tether.driver=magic", "x4",
+    fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--ipv6", "--subnet", "fd00::/40", "x3",
+          says="is too large for one network")
+    fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "tether.driver=magic", "x4",
           says="use bridge or overlay")
-    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "tether.mtu=big", "x6",
+    fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "tether.mtu=big", "x6",
           says="invalid mtu")
-    fails("network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.1.0/33", "x7",
+    fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.1.0/33", "x7",
           says="invalid")
     assert host.snapshot() == before
     # a /30 holds one container: the second gets tether's "no free address" line
     d("run", "-d", "--name", "one", "--net", net, "tbb", "sleep", "600")
-    fails("run", "-d", "--name", "two", "--net", net, "tbb", "sleep", "600", says="no free address left")
+    fails(d, "run", "-d", "--name", "two", "--net", net, "tbb", "sleep", "600", says="no free address left")
     d("rm", "-f", "one")
     d("rm", "-f", "two", check=False)
     assert host.snapshot() == before
@@ -218,7 +219,7 @@ def test_docker_errors_are_one_line_and_change_nothing(bare_host: Host, docker: 
     host.tether("network", "rm", gone)
     # (-d: an attached `docker run` whose start fails may add the CLI's own "context
     # canceled" line, a race inside the docker client)
-    fails("run", "-d", "--name", "g1", "--net", gone, "tbb", "true", says="no tether network has subnet 10.254.2.0/24")
+    fails(d, "run", "-d", "--name", "g1", "--net", gone, "tbb", "true", says="no tether network has subnet 10.254.2.0/24")
     d("rm", "-f", "g1", check=False)
     d("network", "rm", gone)
 
@@ -288,3 +289,69 @@ def test_docker_flags_a_user_reaches_for(bare_host: Host, docker: Docker) -> Non
     d("rm", "-f", "auto", "fixed", "peer")
     d("network", "rm", net, other)
     assert host.tether("network", "ls", "--format", "json").stdout.count(host.prefix) == 0
+
+
+def test_docker_dual_stack_network(bare_host: Host, docker: Docker) -> None:
+    """docker network create --ipv6 with tether's driver and IPAM: both families, real packets."""
+    host, d = bare_host, docker
+    net = f"{host.prefix}d6"
+    d("network", "create", "--ipv6", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.252.6.0/24",
+      "--subnet", "fd00:252:6::/64", "-o", f"tether.network={net}", net)
+    tnet = host.json("network", "inspect", net)[0]
+    assert (tnet["subnet"], tnet["subnet6"], tnet["gateway6"]) == ("10.252.6.0/24", "fd00:252:6::/64", "fd00:252:6::1")
+    ipam = d("network", "inspect", "-f", "{{.EnableIPv6}} {{range .IPAM.Config}}{{.Subnet}} {{end}}", net).stdout.split()
+    assert ipam == ["true", "10.252.6.0/24", "fd00:252:6::/64"]
+
+    d("run", "-d", "--name", "da", "--net", net, "tbb", "sleep", "600")
+    d("run", "-d", "--name", "db", "--net", net, "--ip6", "fd00:252:6::30", "tbb", "sleep", "600")
+    v6 = "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}/{{.GlobalIPv6PrefixLen}} {{.IPv6Gateway}}{{end}}"
+    a6, gw6 = d("inspect", "-f", v6, "da").stdout.split()
+    assert a6.startswith("fd00:252:6::") and a6.endswith("/64") and gw6 == "fd00:252:6::1"
+    assert d("inspect", "-f", v6, "db").stdout.split()[0] == "fd00:252:6::30/64"
+    a6 = a6.split("/")[0]
+    # inside: the v6 address on eth0 and the v6 default route via tether's bridge
+    assert f"{a6}/64" in d("exec", "da", "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    assert "default via fd00:252:6::1 dev eth0" in d("exec", "da", "ip", "-6", "route").stdout
+    # ping -6 between Docker's containers both ways, to the host's v6 gateway, from a tether container
+    for name, peer in (("da", "fd00:252:6::30"), ("db", a6), ("da", "fd00:252:6::1")):
+        r = d("exec", name, "ping", "-6", "-c1", "-W2", peer, check=False)
+        assert r.returncode == 0, (name, peer, r.stdout + r.stderr)
+    r = host.tether("run", "--rm", "--net", net, "--", "ping", "-6", "-c1", "-W2", a6, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    eps = host.json("network", "inspect", net)[0]["containers"]
+    assert sorted(e["address6"] for e in eps.values()) == sorted([f"{a6}/64", "fd00:252:6::30/64"])
+
+    # bad v6 input: one line each, nothing changed
+    before = host.snapshot()
+    fails(d, "run", "-d", "--name", "dx", "--net", net, "--ip6", "fd00:252:6::30", "tbb", "sleep", "600",
+          says="already in use")
+    d("rm", "-f", "dx", check=False)
+    fails(d, "network", "create", "--ipv6", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.252.7.0/24",
+          "--subnet", "fd00:252:6::/80", "x1", says="overlaps network")
+    fails(d, "network", "create", "--ipv6", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.252.7.0/24",
+          "--subnet", "fd00:252:7::/130", "x2", says="invalid")
+    assert host.snapshot() == before
+
+    # docker rm frees both leases: the same --ip6 can be had again at once
+    d("rm", "-f", "da", "db")
+    assert endpoints(host, net) == [] and host_veths(host) == []
+    d("run", "-d", "--name", "dc", "--net", net, "--ip6", "fd00:252:6::30", "tbb", "sleep", "600")
+    assert d("inspect", "-f", v6, "dc").stdout.split()[0] == "fd00:252:6::30/64"
+    d("rm", "-f", "dc")
+    d("network", "rm", net)
+    assert host.tether("network", "inspect", net, check=False).returncode != 0
+
+    # --ipv6 without an IPv6 subnet: tether's IPAM picks a free ULA /64
+    d("network", "create", "--ipv6", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.252.8.0/24", "dauto6")
+    nid = d("network", "inspect", "-f", "{{.Id}}", "dauto6").stdout.strip()
+    subnet6 = host.json("network", "inspect", f"docker-{nid[:12]}")[0]["subnet6"]
+    assert ipaddress.ip_network(subnet6).prefixlen == 64 and subnet6.startswith("fd")
+    assert subnet6 in d("network", "inspect", "-f", "{{json .IPAM.Config}}", "dauto6").stdout
+    d("run", "-d", "--name", "dd", "--net", "dauto6", "tbb", "sleep", "600")
+    d("run", "-d", "--name", "de", "--net", "dauto6", "tbb", "sleep", "600")
+    e6 = d("inspect", "-f", v6, "de").stdout.split()[0].split("/")[0]
+    assert ipaddress.ip_address(e6) in ipaddress.ip_network(subnet6)
+    r = d("exec", "dd", "ping", "-6", "-c1", "-W2", e6, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d("rm", "-f", "dd", "de")
+    d("network", "rm", "dauto6")

@@ -8,7 +8,7 @@ published and removed while the healer is busy stay as they were asked to be.
 
 Then the Firewall alone in a scratch namespace, with short timings: what tether did to an
 element lately wins over a lagging desired state, and then the desired state decides;
-without change notifications the healer polls.
+without change notifications the healer polls; the ip6 table heals like the ip table.
 
 Packets only go to 127.0.0.1 of the host's namespace and between the test's own
 container namespaces.
@@ -31,6 +31,7 @@ from conftest import Host, sh
 from tether.datapath import nsutil
 from tether.firewall import Firewall, NetworkRules, PortRule
 from tether.firewall import nft as nft_module
+from tether.firewall.chains import SETS
 from tether.firewall.rules import elements_from_json
 
 pytestmark = pytest.mark.e2e
@@ -72,13 +73,13 @@ def nft(host: Host, command: str) -> str:
 def parse_elements(name: str, listing: str) -> set[str]:
     """The elements of tether's set or map ``name`` in ``nft -j list``'s output, canonical
     as tether renders them."""
-    kind = nft_module.SETS[name][0]
+    kind = SETS[name][0]
     return next(elements_from_json(name, item[kind]) for item in json.loads(listing)["nftables"] if kind in item)
 
 
 def elements(host: Host, name: str) -> set[str]:
-    kind = nft_module.SETS[name][0]
-    return parse_elements(name, host.in_host("nft", "-j", "list", kind, "ip", "tether", name).stdout)
+    spec = SETS[name]
+    return parse_elements(name, host.in_host("nft", "-j", "list", spec.kind, spec.family, "tether", spec.name).stdout)
 
 
 def web(host: Host, name: str, net: str, *publish: str) -> None:
@@ -212,6 +213,11 @@ WEB = PortRule("tcp", None, 8080, "10.241.0.2", 80)
 EXTRA = PortRule("tcp", None, 8081, "10.241.0.3", 80)
 WEB_TEXT = "tcp . 8080 : 10.241.0.2 . 80"
 EXTRA_TEXT = "tcp . 8081 : 10.241.0.3 . 80"
+NET6 = NetworkRules("tfh0", "10.241.0.0/24", True, False, True, subnet6="fd00:241::/64")
+WEB6 = PortRule("tcp", None, 8080, "fd00:241::2", 80)
+LOOP6 = PortRule("tcp", "::1", 8082, "fd00:241::2", 80)
+WEB6_TEXT = "tcp . 8080 : fd00:241::2 . 80"
+LOOP6_TEXT = "::1 . tcp . 8082 : fd00:241::2 . 80"
 
 
 @pytest.fixture
@@ -268,17 +274,25 @@ def test_without_notifications_the_healer_polls(
         raise PermissionError("no notifications here")
 
     monkeypatch.setattr(nft_module, "_ChangeWatch", refused)
-    firewall.sync([NET], [WEB])
-    firewall.start_healer(lambda: ([NET], [WEB]))
+    firewall.sync([NET6], [WEB, WEB6])
+    firewall.start_healer(lambda: ([NET6], [WEB, WEB6]))
     time.sleep(0.3)
-    for command in ("flush map ip tether ports", "flush set ip tether bridges"):
+
+    def whole() -> bool:
+        return all(
+            parse_elements(key, cli(f"list {spec.kind} {spec.family} tether {spec.name}")) == want
+            for key, want in (("ports", {WEB_TEXT}), ("bridges", {'"tfh0"'}),
+                              ("ip6 ports", {WEB6_TEXT}), ("ip6 bridges", {'"tfh0"'}))
+            for spec in [SETS[key]]
+        )
+
+    for command in ("flush map ip tether ports", "flush set ip tether bridges",
+                    "flush map ip6 tether ports", "flush set ip6 tether bridges"):
         start = time.monotonic()
         cli(command)
-        healed = seconds_until(lambda: parse_elements("ports", cli("list map ip tether ports")) == {WEB_TEXT}
-                               and parse_elements("bridges", cli("list set ip tether bridges")) == {'"tfh0"'},
-                               3, since=start)
+        healed = seconds_until(whole, 3, since=start)
         assert healed is not None and healed < HEAL_WITHIN, (command, healed)
-    assert firewall.repairs >= 2
+    assert firewall.repairs >= 4
 
 
 def test_one_element_check_costs(scratch: tuple[Firewall, Callable[[str], str]]) -> None:
@@ -287,7 +301,7 @@ def test_one_element_check_costs(scratch: tuple[Firewall, Callable[[str], str]])
     firewall, _ = scratch
     ports = [PortRule("tcp", None if i % 2 else "127.0.0.1", 20000 + i, "10.241.0.2", 80) for i in range(1000)]
     firewall.sync([NET], ports)
-    every = set(nft_module.SETS)
+    every = set(SETS)
     firewall._heal(lambda: ([NET], ports), every, structural=False, ask=True)  # warm: renders the desired state
     start = time.perf_counter()
     for _ in range(5):
@@ -296,3 +310,34 @@ def test_one_element_check_costs(scratch: tuple[Firewall, Callable[[str], str]])
     assert per_check < 0.15, per_check
     assert firewall.repairs == 0
 
+
+
+def test_the_ip6_table_heals_like_the_ip_table(scratch: tuple[Firewall, Callable[[str], str]]) -> None:
+    firewall, cli = scratch
+
+    def ip6(name: str) -> set[str]:
+        spec = SETS[f"ip6 {name}"]
+        return parse_elements(f"ip6 {name}", cli(f"list {spec.kind} ip6 tether {name}"))
+
+    firewall.sync([NET6], [WEB, WEB6, LOOP6])
+    firewall.start_healer(lambda: ([NET6], [WEB, WEB6, LOOP6]), interval=0.2)
+    time.sleep(0.3)
+    damages = [
+        ("flush map ip6 tether ports_ip", lambda: ip6("ports_ip") == {LOOP6_TEXT}),
+        ("flush map ip6 tether ports", lambda: ip6("ports") == {WEB6_TEXT}),
+        ("flush set ip6 tether masq_subnets", lambda: ip6("masq_subnets") == {"fd00:241::/64"}),
+        ("add element ip6 tether ports { udp . 9 : fd00:241::77 . 9 }; "
+         "add element ip6 tether bridge_subnets { \"stray0\" . 2001:db8::/64 }",
+         lambda: ip6("ports") == {WEB6_TEXT} and ip6("bridge_subnets") == {'"tfh0" . fd00:241::/64'}),
+        ("delete table ip6 tether", lambda: firewall.present() and ip6("ports") == {WEB6_TEXT}),
+        ("flush ruleset", lambda: firewall.present() and ip6("ports_ip") == {LOOP6_TEXT}
+         and parse_elements("ports", cli("list map ip tether ports")) == {WEB_TEXT}),
+        ("flush chain ip6 tether forward", lambda: firewall._problem() is None),
+    ]
+    for command, healthy in damages:
+        start = time.monotonic()
+        cli(command)
+        healed = seconds_until(healthy, 3, since=start)
+        assert healed is not None and healed < HEAL_WITHIN, (command, healed)
+        print(f"{command}: healed after {healed:.3f} s")
+    assert firewall.rule_count() == 35

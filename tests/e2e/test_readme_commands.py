@@ -1,7 +1,7 @@
 """Every command of the README's walk-throughs runs as written and exits 0.
 
-The shell blocks under "Using it", "Bridge networks and the outside world" and "Overlay
-networks across hosts" are read from README.md itself, so an edit there is tested here.
+The shell blocks under "Using it", "Bridge networks and the outside world", "Dual stack
+(IPv6)" and "Overlay networks across hosts" are read from README.md itself, so an edit there is tested here.
 Each line runs as ``bash -e -o pipefail -c LINE`` (so in ``a ; b`` a failing ``a`` counts),
 in the order of the README, one test per line; a block's lines share one setup:
 
@@ -54,9 +54,10 @@ REPO = Path(__file__).resolve().parents[2]
 BLOCKS = {
     "using": "## Using it",
     "bridge": "### Bridge networks and the outside world",
+    "dual": "### Dual stack (IPv6)",
     "overlay": "### Overlay networks across hosts",
 }
-SINGLE_HOST = ("using", "bridge")
+SINGLE_HOST = ("using", "bridge", "dual")
 
 # README line (exactly as written) -> why it cannot pass yet. Keep it empty when all pass.
 KNOWN_FAILING: dict[str, str] = {}
@@ -163,12 +164,12 @@ def _lab(base: str, bindir: str, cleanups: list[Any]) -> Place:
 
 
 def _wait_for_server(place: Place, line: str) -> None:
-    """After ``run -d --name N ... http.server PORT``: wait until N listens on PORT."""
+    """After ``run -d --name N ... http.server [--bind ADDR] PORT``: wait until N listens on PORT."""
     words = shlex.split(line, comments=True)
     if "-d" not in words or "http.server" not in words or "--name" not in words:
         return
     name = words[words.index("--name") + 1]
-    port = words[words.index("http.server") + 1]
+    port = next(w for w in words[words.index("http.server") + 1 :] if w.isdigit())  # after any --bind ADDR
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         listening = subprocess.run(

@@ -187,10 +187,24 @@ def test_requested_address_precedence() -> None:
     c = parse_config(conf(args={"cni": {"ips": ["fd00::5", "10.0.0.6/24"]}}), inv(args=args))
     assert c.ip == "10.0.0.6"  # "args" wins over CNI_ARGS and IPv6 is skipped
     c = parse_config(conf(args={"cni": {"ips": ["fd00::5"]}}), inv(args=args))
-    assert c.ip is None  # "args" given: CNI_ARGS IP is ignored (CONVENTIONS.md)
-    rc = {"ips": ["fd00::9/64", "10.0.0.9/24", "10.0.0.10"], "mac": "02:00:00:00:00:09"}
+    assert (c.ip, c.ip6) == (None, "fd00::5")  # "args" given: CNI_ARGS IP is ignored (CONVENTIONS.md)
+    rc = {"ips": ["fd00::9/64", "10.0.0.9/24"], "mac": "02:00:00:00:00:09"}
     c = parse_config(conf(runtimeConfig=rc, args={"cni": {"ips": ["10.0.0.6"]}}), inv(args=args))
-    assert (c.ip, c.mac) == ("10.0.0.9", "02:00:00:00:00:09")  # the capability wins
+    assert (c.ip, c.ip6, c.mac) == ("10.0.0.9", "fd00::9", "02:00:00:00:00:09")  # the capability wins
+    c = parse_config(conf(runtimeConfig={"ips": []}), inv(args={"IP": "10.0.0.7,fd00::7/64"}))
+    assert (c.ip, c.ip6) == ("10.0.0.7", "fd00::7")  # an empty capability is none; CNI_ARGS lists both
+
+
+@pytest.mark.parametrize(
+    ("ips", "family"),
+    [(["10.0.0.9", "10.0.0.10"], "IPv4"), (["fd00::9/64", "10.0.0.9", "fd00::a"], "IPv6")],
+)
+def test_at_most_one_requested_address_per_family(ips: list[str], family: str) -> None:
+    for config, args in ((conf(runtimeConfig={"ips": ips}), {}), (conf(args={"cni": {"ips": ips}}), {}),
+                         (conf(), {"IP": ",".join(ips)})):
+        with pytest.raises(CniError) as info:
+            parse_config(config, inv(args=args))
+        assert info.value.code == 7 and f"two {family} addresses" in info.value.msg and "\n" not in info.value.msg
 
 
 def test_port_mappings_and_aliases() -> None:
@@ -255,6 +269,29 @@ def test_result_for_legacy_versions_carries_ip_version() -> None:
         assert out["ips"] == [{"version": "4", "address": "10.210.0.2/24", "gateway": "10.210.0.1", "interface": 1}]
 
 
+DUAL_RESULT = {
+    "interfaces": DAEMON_RESULT["interfaces"],
+    "ips": [
+        {"address": "10.210.0.2/24", "gateway": "10.210.0.1", "interface": 1},
+        {"address": "fd00:210::2/64", "gateway": "fd00:210::1", "interface": 1},
+    ],
+    "routes": [{"dst": "0.0.0.0/0", "gw": "10.210.0.1"}, {"dst": "::/0", "gw": "fd00:210::1"}],
+    "dns": {},
+}
+
+
+def test_dual_stack_result_in_every_version() -> None:
+    assert merge_result(DUAL_RESULT, "1.0.0") == {"cniVersion": "1.0.0", **DUAL_RESULT}
+    legacy = merge_result(DUAL_RESULT, "0.4.0")
+    assert [(i["version"], i["address"], i["interface"]) for i in legacy["ips"]] == [
+        ("4", "10.210.0.2/24", 1), ("6", "fd00:210::2/64", 1),
+    ]
+    prev = {"interfaces": [{"name": "lo", "sandbox": "/ns"}], "ips": [{"address": "::1/128", "interface": 0}]}
+    chained = merge_result(DUAL_RESULT, "1.0.0", prev)
+    assert [i["interface"] for i in chained["ips"]] == [0, 2, 2]
+    assert chained["routes"] == DUAL_RESULT["routes"]
+
+
 def test_result_chained_after_a_previous_plugin() -> None:
     prev = {
         "cniVersion": "1.0.0",
@@ -312,6 +349,21 @@ def test_run_add(fake: type[FakeClient], tmp_path: Path) -> None:
         {"container_id": "c0ffee", "netns": str(netns), "ifname": "eth0", "network": "appnet",
          "port_mappings": rc["portMappings"], "aliases": ["web"], "ip": "10.210.0.9", "mac": "02:00:00:00:00:aa"},
     )]
+
+
+def test_run_add_asks_for_both_families(fake: type[FakeClient], tmp_path: Path) -> None:
+    netns = tmp_path / "ns"
+    netns.touch()
+    fake.replies["/cni/add"] = DUAL_RESULT
+    rc = {"ips": ["fd00:210::9/64", "10.210.0.9/24"], "portMappings": [{"hostPort": 8080, "containerPort": 80,
+                                                                         "protocol": "tcp", "hostIP": "::1"}]}
+    status, out = run(env(CNI_NETNS=str(netns)), conf(runtimeConfig=rc), fake)
+    assert (status, out) == (0, {"cniVersion": "1.0.0", **DUAL_RESULT})
+    body = fake.calls[0][2]
+    assert (body["ip"], body["ip6"], body["port_mappings"]) == ("10.210.0.9", "fd00:210::9", rc["portMappings"])
+    fake.calls.clear()
+    status, out = run(env(CNI_NETNS=str(netns)), conf(runtimeConfig={"ips": ["fd00::1", "fd00::2"]}), fake)
+    assert status == 1 and out["code"] == 7 and fake.calls == []  # refused before any request
 
 
 def test_run_add_checks_the_namespace_and_the_chain(fake: type[FakeClient], tmp_path: Path) -> None:

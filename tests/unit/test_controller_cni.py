@@ -11,7 +11,7 @@ from controllerkit import make_controller, runtime_netns, snapshot
 
 from tether.controller import Controller
 from tether.doors import CniDoor
-from tether.errors import Conflict, NotFound
+from tether.errors import Conflict, InvalidInput, NotFound
 from tether.testing.datapath import RecordingDatapath
 from tether.testing.firewall import RecordingFirewall
 
@@ -202,3 +202,83 @@ def test_gc_removes_only_cni_attachments_missing_from_the_valid_list(
     assert set(leases.values()) <= owners  # the removed ones' addresses were released
     assert cni.gc("appnet", [("keep", "eth0"), ("elsewhere", "eth0")]) == []  # nothing more to do
     assert cni.gc("no-such-network", []) == []
+
+
+# ---------------------------------------------------------------------------- dual stack
+@pytest.fixture
+def dual(ctl: Controller) -> Controller:
+    ctl.create_network("dual", subnet="10.6.0.0/24", ipv6=True, subnet6="fd00:6::/64")
+    return ctl
+
+
+def test_dual_stack_add_gives_both_addresses_and_routes_and_del_frees_both(
+    dual: Controller, cni: CniDoor, tmp_path: Path
+) -> None:
+    ns = runtime_netns(dual, tmp_path / "pod1")
+    before = snapshot(dual)
+    result = cni.add("pod1", ns, "eth0", "dual")
+    assert result["ips"] == [
+        {"address": "10.6.0.2/24", "gateway": "10.6.0.1", "interface": 1},
+        {"address": "fd00:6::2/64", "gateway": "fd00:6::1", "interface": 1},
+    ]
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.6.0.1"}, {"dst": "::/0", "gw": "fd00:6::1"}]
+    assert set(dual.ipam.leases(dual.get_network("dual").id)) == {"10.6.0.2", "fd00:6::2"}
+    assert cni.add("pod1", ns, "eth0", "dual") == result  # ADD again: the same answer
+    cni.check("pod1", "eth0", "dual")
+    cni.delete("pod1", "eth0", "dual")
+    assert snapshot(dual) == before  # both leases, the veth, the records: all gone
+
+
+def test_dual_stack_requested_addresses_and_v6_host_ports(dual: Controller, cni: CniDoor, tmp_path: Path) -> None:
+    dp_of(dual).addresses["uplink0"] = {"2001:db8::5/64"}  # a v6 address of the host
+    ns = runtime_netns(dual, tmp_path / "pod1")
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "2001:db8:0::5"}]
+    result = cni.add("pod1", ns, "eth0", "dual", ip="10.6.0.50", ip6="fd00:6:0::50", publish=ports)
+    assert [i["address"] for i in result["ips"]] == ["10.6.0.50/24", "fd00:6::50/64"]
+    assert fw_of(dual).elements["ip6 ports_ip"] == {"2001:db8::5 . tcp . 8080 : fd00:6::50 . 80"}
+    assert dual.inspect_container("cni-pod1")["ports"][0]["host_ip"] == "2001:db8::5"  # normalised
+
+
+@pytest.mark.parametrize(
+    ("network", "kwargs", "error", "message"),
+    [
+        ("appnet", {"ip6": "fd00:6::50"}, InvalidInput, "IPv6 address fd00:6::50 asked for on network 'appnet', which has no IPv6 subnet"),
+        ("dual", {"ip6": "fd00:7::50"}, InvalidInput, "outside network 'dual'"),
+        ("dual", {"ip6": "fd00:6::1"}, Conflict, "gateway of network 'dual'"),
+        ("dual", {"ip6": "10.6.0.9"}, InvalidInput, "give an IPv6 address"),
+        ("appnet", {"publish": [{"hostPort": 8080, "containerPort": 80, "hostIP": "::1"}]}, InvalidInput,
+         "has no IPv6 subnet"),
+        ("dual", {"publish": [{"hostPort": 8080, "containerPort": 80, "hostIP": "nowhere"}]}, InvalidInput,
+         "invalid portMappings hostIP 'nowhere'"),
+    ],
+)
+def test_dual_stack_bad_input_is_one_line_and_changes_nothing(
+    dual: Controller, cni: CniDoor, tmp_path: Path, network: str, kwargs: dict[str, Any], error: type[Exception],
+    message: str,
+) -> None:
+    ns = runtime_netns(dual, tmp_path / "pod1")
+    before = snapshot(dual)
+    with pytest.raises(error, match=message) as info:
+        cni.add("pod1", ns, "eth0", network, **kwargs)
+    assert "\n" not in str(info.value)
+    assert snapshot(dual) == before
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("address6", r"address fd00:6::2/64 is missing on eth0"),
+        ("route6", r"the IPv6 default route via fd00:6::1 is missing in "),
+    ],
+)
+def test_dual_stack_check_names_the_missing_v6_part(
+    dual: Controller, cni: CniDoor, tmp_path: Path, damage: str, message: str
+) -> None:
+    ns = runtime_netns(dual, tmp_path / "pod1")
+    veth = dp_of(dual).veths[host_side(cni.add("pod1", ns, "eth0", "dual"))]
+    if damage == "address6":
+        veth["cidr6"] = None
+    else:
+        veth["gateway6"] = None
+    with pytest.raises(NotFound, match=message):
+        cni.check("pod1", "eth0", "dual")

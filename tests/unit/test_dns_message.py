@@ -1,8 +1,8 @@
 """The DNS wire format of the embedded resolver: parse, build, truncate, and survive garbage.
 
-Packets are assembled by hand here (``query_bytes``) and responses are read back with a
-small decoder of the test's own (``decode``), so the module is never checked only against
-itself.
+Packets are assembled by hand (``dnskit.query_bytes``) and responses are read back with a
+small decoder of the tests' own (``dnskit.decode``), so the module is never checked only
+against itself.
 """
 
 from __future__ import annotations
@@ -10,9 +10,17 @@ from __future__ import annotations
 import ipaddress
 import random
 import struct
-from typing import Any
 
 import pytest
+from dnskit import (
+    addresses,
+    addresses6,
+    decode,
+    opt_record,
+    pointers,
+    query_bytes,
+    wire_name,
+)
 
 from tether.dns import message
 from tether.dns.message import (
@@ -23,6 +31,7 @@ from tether.dns.message import (
     NOERROR,
     NXDOMAIN,
     OPT,
+    PTR,
     SERVFAIL,
     A,
     MalformedMessage,
@@ -32,93 +41,12 @@ from tether.dns.message import (
     is_response,
     is_truncated,
     message_id,
+    name_labels,
     parse_query,
     rcode_of,
     truncate,
     with_id,
 )
-
-
-def wire_name(name: str) -> bytes:
-    out = b""
-    for label in name.rstrip(".").split(".") if name.strip(".") else []:
-        out += bytes([len(label)]) + label.encode()
-    return out + b"\x00"
-
-
-def opt_record(size: int, version: int = 0, do: bool = False) -> bytes:
-    ttl = (version << 16) | (0x8000 if do else 0)
-    return b"\x00" + struct.pack("!HHIH", OPT, size, ttl, 0)
-
-
-def query_bytes(
-    name: str,
-    qtype: int = A,
-    *,
-    ident: int = 0x1234,
-    flags: int = 0x0100,  # RD
-    edns: int | None = None,
-    version: int = 0,
-    do: bool = False,
-) -> bytes:
-    additional = opt_record(edns, version, do) if edns is not None else b""
-    header = struct.pack("!HHHHHH", ident, flags, 1, 0, 0, 1 if additional else 0)
-    return header + wire_name(name) + struct.pack("!HH", qtype, CLASS_IN) + additional
-
-
-def read_name(packet: bytes, offset: int) -> tuple[str, int]:
-    labels: list[str] = []
-    end = None
-    for _ in range(64):
-        length = packet[offset]
-        if length == 0:
-            return ".".join(labels), (offset + 1 if end is None else end)
-        if length >= 0xC0:
-            if end is None:
-                end = offset + 2
-            offset = ((length & 0x3F) << 8) | packet[offset + 1]
-            continue
-        labels.append(packet[offset + 1 : offset + 1 + length].decode("latin-1"))
-        offset += 1 + length
-    raise AssertionError("pointer loop in a response")
-
-
-def decode(packet: bytes) -> dict[str, Any]:
-    """An independent reader for what the resolver sends."""
-    ident, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", packet)
-    offset = 12
-    questions = []
-    for _ in range(qd):
-        name, offset = read_name(packet, offset)
-        qtype, qclass = struct.unpack_from("!HH", packet, offset)
-        offset += 4
-        questions.append((name, qtype, qclass))
-    records = []
-    for _ in range(an + ns + ar):
-        name, offset = read_name(packet, offset)
-        rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", packet, offset)
-        offset += 10
-        records.append((name, rtype, rclass, ttl, packet[offset : offset + rdlen]))
-        offset += rdlen
-    assert offset == len(packet), "trailing bytes"
-    return {
-        "id": ident,
-        "qr": bool(flags & 0x8000),
-        "opcode": (flags >> 11) & 0xF,
-        "aa": bool(flags & 0x0400),
-        "tc": bool(flags & 0x0200),
-        "rd": bool(flags & 0x0100),
-        "ra": bool(flags & 0x0080),
-        "rcode": flags & 0xF,
-        "questions": questions,
-        "answers": records[:an],
-        "additional": records[an + ns :],
-    }
-
-
-def addresses(decoded: dict[str, Any]) -> list[str]:
-    return [str(ipaddress.IPv4Address(r[4])) for r in decoded["answers"] if r[1] == A]
-
 
 # ---- parsing ----------------------------------------------------------------------------
 
@@ -201,6 +129,64 @@ def test_a_answer_round_trip() -> None:
     for owner, rtype, rclass, ttl, _ in decoded["answers"]:
         assert (owner, rtype, rclass, ttl) == ("Db.AppNet", A, CLASS_IN, 0)
     assert decoded["additional"] == []
+
+
+def test_aaaa_answer_round_trip() -> None:
+    query = parse_query(query_bytes("Db.AppNet", AAAA, ident=0x4343))
+    packet = build_response(query, NOERROR, ["fd00:210::2", "FD00:210:0::3"], authoritative=True)
+    decoded = decode(packet)
+    assert decoded["aa"] and decoded["rcode"] == NOERROR and not decoded["tc"]
+    assert decoded["questions"] == [("Db.AppNet", AAAA, CLASS_IN)]
+    assert addresses6(decoded) == ["fd00:210::2", "fd00:210::3"]
+    for owner, rtype, rclass, ttl, rdata in decoded["answers"]:
+        assert (owner, rtype, rclass, ttl, len(rdata)) == ("Db.AppNet", AAAA, CLASS_IN, 0, 16)
+
+
+def test_any_answer_carries_both_families_in_the_order_given() -> None:
+    query = parse_query(query_bytes("db", message.ANY))
+    decoded = decode(build_response(query, NOERROR, ["10.0.0.2", "fd00::2", "10.0.0.3"]))
+    assert [r[1] for r in decoded["answers"]] == [A, AAAA, A]
+    assert addresses(decoded) == ["10.0.0.2", "10.0.0.3"] and addresses6(decoded) == ["fd00::2"]
+
+
+@pytest.mark.parametrize(
+    ("address", "target"),
+    [("10.210.0.2", "web.appnet"), ("fd00:210::2", "Web.AppNet"), ("10.210.0.2", "a.b.c.appnet.")],
+)
+def test_ptr_answer_round_trip(address: str, target: str) -> None:
+    reverse = ipaddress.ip_address(address).reverse_pointer
+    query = parse_query(query_bytes(reverse.upper(), PTR, edns=1232))
+    assert message.first_question(query_bytes(reverse, PTR)).key() == query.question.key()
+    packet = build_response(query, NOERROR, pointers=[target], authoritative=True)
+    decoded = decode(packet)
+    assert decoded["questions"] == [(reverse.upper(), PTR, CLASS_IN)]  # echoed as asked
+    assert pointers(decoded) == [target.rstrip(".")]
+    owner, rtype, rclass, ttl, _ = decoded["answers"][0]
+    assert (owner, rtype, rclass, ttl) == (reverse.upper(), PTR, CLASS_IN, 0)
+    assert decoded["additional"][0][1] == OPT
+
+
+def test_addresses_and_pointers_together_and_bad_ones() -> None:
+    query = parse_query(query_bytes("x", message.ANY))
+    decoded = decode(build_response(query, NOERROR, ["fd00::1"], pointers=["x.net"]))
+    assert [r[1] for r in decoded["answers"]] == [AAAA, PTR]
+    for bad in ("a..b", "é.net", "x" * 64 + ".net"):
+        with pytest.raises(MalformedMessage):
+            build_response(query, NOERROR, pointers=[bad])
+        with pytest.raises(MalformedMessage):
+            name_labels(bad)
+    with pytest.raises(ValueError):
+        build_response(query, NOERROR, ["not-an-address"])
+    assert name_labels("web.appnet.") == (b"web", b"appnet")
+
+
+def test_aaaa_truncation_keeps_whole_records() -> None:
+    many6 = [str(ipaddress.IPv6Address("fd00::") + i) for i in range(40)]
+    query = parse_query(query_bytes("big", AAAA))
+    packet = build_response(query, NOERROR, many6, max_size=query.max_udp_size)
+    decoded = decode(packet)
+    assert len(packet) <= 512 and decoded["tc"]
+    assert addresses6(decoded) == many6[: len(decoded["answers"])] and decoded["answers"]
 
 
 @pytest.mark.parametrize("rcode", [NXDOMAIN, SERVFAIL, FORMERR])

@@ -3,9 +3,11 @@ order dockerd calls them in, shared leases, idempotence and undo."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
+from controllerkit import snapshot
 
 from tether.controller import Controller
 from tether.doors import CniDoor, DockerDoor
@@ -64,12 +66,12 @@ def test_pool_without_subnet_avoids_host_routes_and_other_pools(ctl: Controller)
     assert "192.168.1" not in first + second
 
 
-def test_overlapping_pool_and_ipv6_are_refused(ctl: Controller) -> None:
+def test_overlapping_pool_and_v6_without_ipv6_are_refused(ctl: Controller) -> None:
     create(ctl)
     with pytest.raises(Conflict, match="overlaps"):
         docker(ctl).request_pool("10.1.0.128/25", "", {}, False)
-    with pytest.raises(InvalidInput, match="IPv4 only"):
-        docker(ctl).request_pool("", "", {}, True)
+    with pytest.raises(InvalidInput, match="is IPv6: add --ipv6"):
+        docker(ctl).request_pool("fd00::/64", "", {}, False)
     with pytest.raises(InvalidInput, match="unknown option -o colour"):
         docker(ctl).create_network("m" * 64, {"com.docker.network.generic": {"colour": "blue"}}, [], [])
 
@@ -259,3 +261,113 @@ def test_docker_bad_mac_and_malformed_port_map_are_one_line_refusals(ctl: Contro
     docker(ctl).join(NID, "e2", "/run/docker/netns/x")
     with pytest.raises(InvalidInput, match="malformed port map"):
         docker(ctl).program_external(NID, "e2", {"com.docker.network.portmap": [{"Proto": "tcp?", "Port": 80}]})
+
+
+# ---------------------------------------------------------------------------- dual stack
+def create_dual(ctl: Controller, subnet6: str = "", subnet: str = "10.1.0.0/24", **generic: str) -> tuple[str, str]:
+    """`docker network create --ipv6 -d tether --ipam-driver tether --subnet 10.1.0.0/24 [--subnet V6]`,
+    in dockerd's order: both pools and gateways, then CreateNetwork. Returns the pool ids."""
+    d = docker(ctl)
+    pool = d.request_pool(subnet, "", {}, False)
+    gateway = d.request_address(pool["PoolID"], "", GW_REQUEST)
+    pool6 = d.request_pool(subnet6, "", {}, True)
+    gateway6 = d.request_address(pool6["PoolID"], "", GW_REQUEST)
+    d.create_network(
+        NID,
+        {"com.docker.network.generic": generic},
+        [{"AddressSpace": "tether", "Pool": pool["Pool"], "Gateway": gateway}],
+        [{"AddressSpace": "tether", "Pool": pool6["Pool"], "Gateway": gateway6}],
+    )
+    return str(pool["PoolID"]), str(pool6["PoolID"])
+
+
+def test_dual_stack_network_endpoint_and_join(ctl: Controller) -> None:
+    before = snapshot(ctl)
+    pool, pool6 = create_dual(ctl, "fd00:1::/64", **{"tether.network": "dual"})
+    net = ctl.inspect_network("dual")
+    assert (net["subnet"], net["subnet6"], net["gateway6"]) == ("10.1.0.0/24", "fd00:1::/64", "fd00:1::1")
+    # RequestAddress of each family, then CreateEndpoint with both: the leases pass to the endpoint
+    d = docker(ctl)
+    cidr, cidr6 = d.request_address(pool, "", {}), d.request_address(pool6, "", {})
+    assert (cidr, cidr6) == ("10.1.0.2/24", "fd00:1::2/64")
+    assert d.create_endpoint(NID, "e1", {"Address": cidr, "AddressIPv6": cidr6, "MacAddress": ""}, {}) == {
+        "Interface": {"MacAddress": ctl.external("docker", "e1").endpoint.mac}  # type: ignore[union-attr]
+    }
+    leases = ctl.ipam.leases(net["id"])
+    assert set(leases) == {"10.1.0.2", "fd00:1::2"} and RESERVED_OWNER not in leases.values()
+    reply = d.join(NID, "e1", "/run/docker/netns/abc")
+    assert (reply["Gateway"], reply["GatewayIPv6"]) == ("10.1.0.1", "fd00:1::1")
+    # --ip6: a requested v6 address; no AddressIPv6 given: tether's IPAM picks one and says so
+    assert d.request_address(pool6, "fd00:1::77", {}) == "fd00:1::77/64"
+    d.create_endpoint(NID, "e2", {"Address": d.request_address(pool, "", {}), "AddressIPv6": "fd00:1::77/64"}, {})
+    given = d.create_endpoint(NID, "e3", {"Address": "", "MacAddress": "02:00:00:00:00:03"}, {})
+    assert given == {"Interface": {"Address": "10.1.0.4/24", "AddressIPv6": "fd00:1::3/64"}}
+    # tear down as dockerd does: every lease and pool goes
+    for eid in ("e1", "e2", "e3"):
+        d.leave(NID, eid)
+        d.delete_endpoint(NID, eid)
+    for address in (cidr, cidr6, "fd00:1::77"):
+        d.release_address(pool6 if ":" in address else pool, address.split("/")[0])
+    assert ctl.ipam.leases(net["id"]) == {}
+    d.delete_network(NID)
+    for pool_id, gateway in ((pool, "10.1.0.1"), (pool6, "fd00:1::1")):
+        d.release_address(pool_id, gateway)
+        d.release_pool(pool_id)
+    assert snapshot(ctl) == before
+
+
+def test_dual_stack_pool_without_subnet_is_a_free_ula_64(ctl: Controller) -> None:
+    ctl.create_network("mine", subnet="10.9.0.0/24", ipv6=True, subnet6="fd00:9::/64")
+    create_dual(ctl)
+    net = ctl.inspect_network(f"docker-{NID[:12]}")
+    subnet6 = ipaddress.ip_network(net["subnet6"])
+    assert subnet6.prefixlen == 64 and subnet6.subnet_of(ipaddress.ip_network("fd00::/8"))
+    assert subnet6 != ipaddress.ip_network("fd00:9::/64")
+    again = docker(ctl).request_pool("", "", {}, True)["Pool"]
+    assert again != net["subnet6"]  # never the pool of another network
+    # the same subnet asked for again (dockerd after a restart): the same pool
+    assert docker(ctl).request_pool(net["subnet6"], "", {}, True)["PoolID"] == f"tether-{net['subnet6'].replace('/', '-')}"
+
+
+@pytest.mark.parametrize(
+    ("pool", "sub_pool", "error", "message"),
+    [
+        ("fd00::/40", "", InvalidInput, "too large"),
+        ("fd00:1::/129", "", InvalidInput, "invalid IPv6 subnet"),
+        ("10.5.0.0/24", "", InvalidInput, "is IPv4 where dockerd asked for the IPv6 pool"),
+        ("fd00:1::/64", "fd00:1::/80", InvalidInput, "--ip-range for the IPv4 subnet only"),
+        ("fd00:9::/80", "", Conflict, "overlaps network 'mine'"),
+    ],
+)
+def test_bad_v6_pools_are_one_line_and_change_nothing(
+    ctl: Controller, pool: str, sub_pool: str, error: type[Exception], message: str
+) -> None:
+    ctl.create_network("mine", subnet="10.9.0.0/24", ipv6=True, subnet6="fd00:9::/64")
+    before = snapshot(ctl)
+    with pytest.raises(error, match=message) as info:
+        docker(ctl).request_pool(pool, sub_pool, {}, True)
+    assert "\n" not in str(info.value) and snapshot(ctl) == before
+
+
+def test_v6_on_a_v4_only_network_is_refused(ctl: Controller) -> None:
+    pool = create(ctl, **{"tether.network": "appnet"})
+    before = snapshot(ctl)
+    with pytest.raises(InvalidInput, match="has no IPv6 subnet"):
+        docker(ctl).create_endpoint(NID, "e1", {"Address": "", "AddressIPv6": "fd00::5/64"}, {})
+    assert snapshot(ctl) == before
+    # adopting it from an --ipv6 Docker network: refused, naming why
+    pool6 = docker(ctl).request_pool("fd00:5::/64", "", {}, True)["Pool"]
+    with pytest.raises(Conflict, match="has no IPv6 subnet: leave out --ipv6"):
+        docker(ctl).create_network("m" * 64, {"com.docker.network.generic": {"tether.network": "appnet"}},
+                                  [{"Pool": "10.1.0.0/24"}], [{"Pool": pool6, "Gateway": "fd00:5::1/64"}])
+    assert pool
+
+
+def test_adopting_a_dual_stack_network_needs_its_v6_subnet(ctl: Controller) -> None:
+    ctl.create_network("dual", subnet="10.8.0.0/24", ipv6=True, subnet6="fd00:8::/64")
+    create_dual(ctl, "fd00:8::/64", "10.8.0.0/24", **{"tether.network": "dual"})  # its subnets: adopted, not overlaps
+    docker(ctl).delete_network(NID)
+    assert ctl.inspect_network("dual")["subnet6"] == "fd00:8::/64"
+    with pytest.raises(Conflict, match="has IPv6 subnet fd00:8::/64: use --subnet fd00:8::/64"):
+        docker(ctl).create_network("m" * 64, {"com.docker.network.generic": {"tether.network": "dual"}},
+                                  [{"Pool": "10.8.0.0/24"}], [{"Pool": "fd00:7::/64"}])

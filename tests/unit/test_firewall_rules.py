@@ -1,4 +1,6 @@
-"""Golden tests of the firewall's pure rendering: inputs -> nft text, no kernel."""
+"""Golden tests of the firewall's pure rendering: inputs -> nft text, no kernel. The v4
+table's text is exactly what it was before dual stack; the ip6 table follows it in every
+transaction."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from tether.firewall.rules import (
     validate_table,
 )
 
-INSTALL = """\
+INSTALL_V4 = """\
 add table ip tether
 add set ip tether bridges { type ifname; }
 add set ip tether masq_subnets { type ipv4_addr; flags interval; }
@@ -64,6 +66,46 @@ add rule ip tether forward ip daddr @routed_subnets accept
 add rule ip tether forward ip daddr @masq_subnets drop
 """
 
+INSTALL_V6 = """\
+add table ip6 tether
+add set ip6 tether bridges { type ifname; }
+add set ip6 tether masq_subnets { type ipv6_addr; flags interval; }
+add set ip6 tether icc_pairs { type ifname . ifname; }
+add set ip6 tether internal_bridges { type ifname; }
+add set ip6 tether bridge_subnets { type ifname . ipv6_addr; flags interval; }
+add set ip6 tether routed_subnets { type ipv6_addr; flags interval; }
+add map ip6 tether ports { type inet_proto . inet_service : ipv6_addr . inet_service; }
+add map ip6 tether ports_ip { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }
+add chain ip6 tether user
+add chain ip6 tether guard { type filter hook prerouting priority -300; policy accept; }
+add chain ip6 tether prerouting { type nat hook prerouting priority -100; policy accept; }
+add chain ip6 tether output { type nat hook output priority -100; policy accept; }
+add chain ip6 tether postrouting { type nat hook postrouting priority 100; policy accept; }
+add chain ip6 tether forward { type filter hook forward priority 0; policy accept; }
+flush chain ip6 tether guard
+flush chain ip6 tether prerouting
+flush chain ip6 tether output
+flush chain ip6 tether postrouting
+flush chain ip6 tether forward
+add rule ip6 tether guard iifname @bridges ip6 saddr ::1 drop
+add rule ip6 tether guard iifname @bridges ip6 daddr ::1 drop
+add rule ip6 tether prerouting fib daddr type local dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_ip
+add rule ip6 tether prerouting fib daddr type local dnat ip6 to meta l4proto . th dport map @ports
+add rule ip6 tether output ip6 daddr != ::1 fib daddr type local dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_ip
+add rule ip6 tether output ip6 daddr != ::1 fib daddr type local dnat ip6 to meta l4proto . th dport map @ports
+add rule ip6 tether postrouting ip6 saddr @masq_subnets oifname != @bridges masquerade
+add rule ip6 tether postrouting ct status dnat oifname . ip6 saddr @bridge_subnets masquerade
+add rule ip6 tether forward jump user
+add rule ip6 tether forward ct state established,related accept
+add rule ip6 tether forward iifname . oifname @icc_pairs accept
+add rule ip6 tether forward iifname @internal_bridges drop
+add rule ip6 tether forward oifname @internal_bridges drop
+add rule ip6 tether forward ct status dnat accept
+add rule ip6 tether forward iifname @bridges oifname @bridges drop
+add rule ip6 tether forward ip6 daddr @routed_subnets accept
+add rule ip6 tether forward ip6 daddr @masq_subnets drop
+"""
+
 FLUSH_ALL = """\
 flush set ip tether bridges
 flush set ip tether masq_subnets
@@ -73,6 +115,14 @@ flush set ip tether bridge_subnets
 flush set ip tether routed_subnets
 flush map ip tether ports
 flush map ip tether ports_ip
+flush set ip6 tether bridges
+flush set ip6 tether masq_subnets
+flush set ip6 tether icc_pairs
+flush set ip6 tether internal_bridges
+flush set ip6 tether bridge_subnets
+flush set ip6 tether routed_subnets
+flush map ip6 tether ports
+flush map ip6 tether ports_ip
 """
 
 NAT_NET = NetworkRules("tbr-a", "10.210.0.0/24", masquerade=True, internal=False, icc=True)
@@ -83,19 +133,21 @@ DNS_LOCAL = PortRule("udp", "127.0.0.1", 53, "10.210.0.2", 5353)
 
 
 def test_install_golden() -> None:
-    assert render_install("tether") == INSTALL
+    assert render_install("tether") == INSTALL_V4 + INSTALL_V6
 
 
 def test_install_never_touches_the_user_chain_or_elements() -> None:
     text = render_install("t1")
-    assert "flush chain ip t1 user" not in text
-    assert "add rule ip t1 user" not in text
+    for family in ("ip", "ip6"):
+        assert f"flush chain {family} t1 user" not in text
+        assert f"add rule {family} t1 user" not in text
     assert "element" not in text and "flush set" not in text and "flush map" not in text
     assert "delete" not in text  # never delete-and-recreate
 
 
 def test_rule_count_is_constant() -> None:
-    assert sum(len(spec.rules) for spec in CHAINS.values()) == 18
+    assert sum(len(spec.rules) for key, spec in CHAINS.items() if " " not in key) == 18  # ip
+    assert sum(len(spec.rules) for key, spec in CHAINS.items() if key.startswith("ip6 ")) == 17  # no ::1 rule
     many = [PortRule("tcp", None, 1000 + i, "10.210.0.2", 80) for i in range(1000)]
     assert render_sync("tether", [NAT_NET], many).count("add rule") == 0
 
@@ -114,6 +166,9 @@ add element ip tether internal_bridges { "tbr-b" }
 add element ip tether bridge_subnets { "tbr-a" . 10.210.0.0/24, "tbr-b" . 10.211.0.0/24, "tbr-c" . 10.212.0.0/16 }
 add element ip tether ports { tcp . 8080 : 10.210.0.2 . 80 }
 add element ip tether ports_ip { 127.0.0.1 . udp . 53 : 10.210.0.2 . 5353 }
+add element ip6 tether bridges { "tbr-a", "tbr-b", "tbr-c" }
+add element ip6 tether icc_pairs { "tbr-a" . "tbr-a" }
+add element ip6 tether internal_bridges { "tbr-b" }
 """
 
 
@@ -127,6 +182,15 @@ def test_network_elements_by_flags() -> None:
         "routed_subnets": [],
         "ports": [],
         "ports_ip": [],
+        # a v4-only network's bridge is in the ip6 table's interface sets all the same
+        "ip6 bridges": ['"tbr-a"'],
+        "ip6 masq_subnets": [],
+        "ip6 icc_pairs": ['"tbr-a" . "tbr-a"'],
+        "ip6 internal_bridges": [],
+        "ip6 bridge_subnets": [],
+        "ip6 routed_subnets": [],
+        "ip6 ports": [],
+        "ip6 ports_ip": [],
     }
     internal = network_elements(INTERNAL_NET)
     assert internal["masq_subnets"] == []  # internal: never masqueraded, whatever the flag
@@ -146,6 +210,8 @@ add element ip tether bridges { "tbr-a" }
 add element ip tether masq_subnets { 10.210.0.0/24 }
 add element ip tether icc_pairs { "tbr-a" . "tbr-a" }
 add element ip tether bridge_subnets { "tbr-a" . 10.210.0.0/24 }
+add element ip6 tether bridges { "tbr-a" }
+add element ip6 tether icc_pairs { "tbr-a" . "tbr-a" }
 """
 
 
@@ -158,12 +224,18 @@ add element ip tether icc_pairs { "tbr-c" . "tbr-c" }
 add element ip tether internal_bridges { "tbr-c" }
 add element ip tether bridge_subnets { "tbr-c" . 10.212.0.0/16 }
 add element ip tether routed_subnets { 10.212.0.0/16 }
+add element ip6 tether bridges { "tbr-c" }
+add element ip6 tether icc_pairs { "tbr-c" . "tbr-c" }
+add element ip6 tether internal_bridges { "tbr-c" }
 delete element ip tether bridges { "tbr-c" }
 delete element ip tether masq_subnets { 10.212.0.0/16 }
 delete element ip tether icc_pairs { "tbr-c" . "tbr-c" }
 delete element ip tether internal_bridges { "tbr-c" }
 delete element ip tether bridge_subnets { "tbr-c" . 10.212.0.0/16 }
 delete element ip tether routed_subnets { 10.212.0.0/16 }
+delete element ip6 tether bridges { "tbr-c" }
+delete element ip6 tether icc_pairs { "tbr-c" . "tbr-c" }
+delete element ip6 tether internal_bridges { "tbr-c" }
 """
 
 

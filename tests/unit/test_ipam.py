@@ -329,7 +329,7 @@ def test_validate_normalises_and_defaults_the_gateway() -> None:
         ("10.0.0.0", None, None, r"needs a prefix length, as in 10\.0\.0\.0/24"),
         ("banana", None, None, "invalid subnet 'banana'"),
         ("10.0.0.0/33", None, None, "invalid subnet"),
-        ("fd00::/64", None, None, "only IPv4"),
+        ("fd00::/64", None, None, "is IPv6: give it with --ipv6"),
         ("10.0.0.0/31", None, None, "prefix length of 30 or less"),
         ("10.0.0.0/32", None, None, "prefix length of 30 or less"),
         ("10.0.0.0/24", "10.0.1.1", None, r"gateway 10\.0\.1\.1 is outside the subnet 10\.0\.0\.0/24"),

@@ -109,11 +109,15 @@ class NetworkCreate(Body):
     options: dict[str, OptionValue] | None = None
     internal: bool | None = None
     labels: dict[str, str] | None = None
+    ipv6: bool | None = None
+    subnet6: str | None = None
+    gateway6: str | None = None
 
 
 class NetworkConnect(Body):
     container: Required
     ip: str | None = None
+    ip6: str | None = None
     aliases: list[str] | None = None
 
 
@@ -142,6 +146,7 @@ class CniAdd(Body):
     ifname: Required
     network: Required
     ip: str | None = None
+    ip6: str | None = None
     mac: str | None = None
     port_mappings: list[CniPortMapping] | None = None
     aliases: list[str] | None = None
@@ -169,6 +174,7 @@ class ContainerCreate(Body):
     name: str | None = None
     net: str | None = None
     ip: str | None = None
+    ip6: str | None = None
     hostname: str | None = None
     detach: bool | None = None
     auto_remove: bool | None = None

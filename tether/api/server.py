@@ -78,6 +78,9 @@ def networks_create(c: Controller, p: dict[str, str], body: schema.NetworkCreate
         options={k: option_text(v) for k, v in (body.options or {}).items()},
         internal=bool(body.internal),
         labels=body.labels or {},
+        ipv6=bool(body.ipv6),
+        subnet6=body.subnet6,
+        gateway6=body.gateway6,
     ).to_dict()
 
 
@@ -99,7 +102,7 @@ def networks_remove(c: Controller, p: dict[str, str], body: Empty, q: Query) -> 
 
 @route("POST", "/networks/(?P<name>[^/]+)/connect", schema.NetworkConnect)
 def networks_connect(c: Controller, p: dict[str, str], body: schema.NetworkConnect, q: Query) -> Any:
-    done = c.connect(p["name"], body.container, body.ip, body.aliases or [])
+    done = c.connect(p["name"], body.container, body.ip, body.aliases or [], ip6=body.ip6)
     # an exited container only records the network: its interface comes with its next start
     return dict(done.value.to_dict() if done.value is not None else {}, lagging=done.lagging)
 
@@ -123,6 +126,7 @@ def cni_add(c: Controller, p: dict[str, str], body: schema.CniAdd, q: Query) -> 
         ifname=body.ifname,
         network_name=body.network,
         ip=body.ip,
+        ip6=body.ip6,
         mac=body.mac,
         publish=[
             {"hostPort": m.hostPort, "containerPort": m.containerPort, "protocol": m.protocol, "hostIP": m.hostIP}
@@ -162,6 +166,7 @@ def containers_create(c: Controller, p: dict[str, str], body: schema.ContainerCr
         name=body.name,
         net=body.net,
         ip=body.ip,
+        ip6=body.ip6,
         hostname=body.hostname,
         detach=bool(body.detach),
         auto_remove=bool(body.auto_remove),

@@ -61,6 +61,9 @@ def daemon(
     discard_unknown: bool = typer.Option(
         False, "--discard-unknown", help="With an empty store, remove tether's links it finds instead of refusing."
     ),
+    ipv6: bool = typer.Option(
+        False, "--ipv6", help="Make the default network 'bridge' dual stack (a ULA /64) when it is first created."
+    ),
 ) -> None:
     """Run the per-host daemon in the foreground."""
     from ..daemon import docker_plugin_choice, run_daemon
@@ -78,6 +81,7 @@ def daemon(
         node_name=node_name,
         node_grace=node_grace,
         docker_plugin=plugin,
+        ipv6=ipv6,
         docker_plugin_required=required,
         discard_unknown=discard_unknown,
     )

@@ -105,9 +105,12 @@ def _container_rows(no_trunc: bool) -> Rows:
         table = [["CONTAINER ID", "NAME", "STATUS", "NET", "ADDRESSES", "PORTS", "COMMAND"]]
         for c in containers:
             status = c["state"] if c["state"] != "exited" else f"exited ({c['exit_code']})"
-            addrs = ", ".join(f"{n}={v['address']}" for n, v in sorted(c["networks"].items()))
+            addrs = ", ".join(
+                f"{n}={v['address']}" + (f",{v['address6']}" if v.get("address6") else "")
+                for n, v in sorted(c["networks"].items())
+            )
             ports = ", ".join(
-                f"{p['host_ip'] or '0.0.0.0'}:{p['host_port']}->{p['container_port']}/{p['protocol']}"
+                f"{_host_address(p['host_ip'])}:{p['host_port']}->{p['container_port']}/{p['protocol']}"
                 for p in c.get("ports", [])
             )
             command = json.dumps(_short(" ".join(c["cmd"]), 20, no_trunc), ensure_ascii=False)
@@ -118,12 +121,20 @@ def _container_rows(no_trunc: bool) -> Rows:
     return rows
 
 
+def _host_address(host_ip: str | None) -> str:
+    """A published port's host address as Docker prints it: ``0.0.0.0``, or ``[::1]``."""
+    if not host_ip:
+        return "0.0.0.0"
+    return f"[{host_ip}]" if ":" in host_ip else host_ip
+
+
 def _network_rows(no_trunc: bool) -> Rows:
     def rows(nets: list[dict[str, Any]]) -> list[list[str]]:
         table = [["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "BRIDGE", "CONTAINERS"]]
         for n in nets:
             table.append(
-                [_short(n["id"], 12, no_trunc, ""), n["name"], n["driver"], n.get("scope", "local"), n["subnet"],
+                [_short(n["id"], 12, no_trunc, ""), n["name"], n["driver"], n.get("scope", "local"),
+                 n["subnet"] + (f",{n['subnet6']}" if n.get("subnet6") else ""),
                  n["bridge"], str(n["containers"])]
             )
         return table

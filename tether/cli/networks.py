@@ -8,7 +8,7 @@ import typer
 
 from ..api.client import q
 from ..errors import Conflict, NotFound
-from ..validate import validate_name
+from ..validate import split_families, validate_name
 from .common import CTX, each, fail, network_app, out, parse_options, warn_lagging
 from .filters import PRUNE_FILTERS, parse_filters, parse_labels, prunable
 
@@ -24,8 +24,11 @@ PRUNE_WARNING = (
 def network_create(
     name: str,
     driver: str = typer.Option("bridge", "-d", "--driver", help="Network driver."),
-    subnet: str = typer.Option(None, "--subnet", help="Subnet in CIDR form, e.g. 10.210.0.0/24."),
-    gateway: str = typer.Option(None, "--gateway", help="Gateway address (default: first in subnet)."),
+    subnet: list[str] = typer.Option(
+        None, "--subnet", help="Subnet in CIDR form, e.g. 10.210.0.0/24; with --ipv6 once more for IPv6, e.g. fd00:210::/64."
+    ),
+    gateway: list[str] = typer.Option(None, "--gateway", help="Gateway address (default: first in subnet); one per subnet."),
+    ipv6: bool = typer.Option(False, "--ipv6", help="Dual stack: an IPv6 subnet too (a free ULA /64 unless --subnet gives one)."),
     ip_range: str = typer.Option(None, "--ip-range", help="Allocate container addresses from this sub-range."),
     opt: list[str] = typer.Option(
         None, "-o", "--opt", help="Driver option KEY=VALUE: bridge_name, mtu, masquerade=true|false, icc=true|false."
@@ -36,14 +39,18 @@ def network_create(
     """Create a network."""
     validate_name("network", name)  # before the daemon is asked (and started) at all
     labels = parse_labels(label)
+    subnet4, gateway4, subnet6, gateway6 = split_families(subnet or [], gateway or [], ipv6)
     net = CTX.client().post(
         "/networks",
         {
             "name": name,
             "driver": driver,
-            "subnet": subnet,
-            "gateway": gateway,
+            "subnet": subnet4,
+            "gateway": gateway4,
             "ip_range": ip_range,
+            "ipv6": ipv6,
+            "subnet6": subnet6,
+            "gateway6": gateway6,
             "options": parse_options(opt),
             "internal": internal,
             "labels": labels,
@@ -63,12 +70,13 @@ def network_rm(names: list[str]) -> None:
 def network_connect(
     network: str,
     container: str,
-    ip: str = typer.Option(None, "--ip", help="Address on the network."),
+    ip: str = typer.Option(None, "--ip", help="IPv4 address on the network."),
+    ip6: str = typer.Option(None, "--ip6", help="IPv6 address on a dual-stack network."),
     alias: list[str] = typer.Option(None, "--alias", help="Extra DNS name on the network."),
 ) -> None:
     """Connect a container to a network."""
     reply = CTX.client().post(
-        f"/networks/{q(network)}/connect", {"container": container, "ip": ip, "aliases": alias or []}
+        f"/networks/{q(network)}/connect", {"container": container, "ip": ip, "ip6": ip6, "aliases": alias or []}
     )
     warn_lagging(reply.get("lagging"))
 

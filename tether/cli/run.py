@@ -33,7 +33,8 @@ def run(
     rm: bool = typer.Option(False, "--rm", help="Remove the container when it exits."),
     name: str = typer.Option(None, "--name", help="Container name."),
     net: str = typer.Option("bridge", "--net", "--network", help="none, host, bridge, container:NAME or a network."),
-    ip: str = typer.Option(None, "--ip", help="Address on the network."),
+    ip: str = typer.Option(None, "--ip", help="IPv4 address on the network."),
+    ip6: str = typer.Option(None, "--ip6", help="IPv6 address on a dual-stack network."),
     hostname: str = typer.Option(None, "--hostname", help="Hostname (default: the name)."),
     rootfs: str = typer.Option(None, "--rootfs", help="Directory to use as the root filesystem."),
     publish: list[str] = typer.Option(
@@ -75,6 +76,7 @@ def run(
             "name": name,
             "net": net,
             "ip": ip,
+            "ip6": ip6,
             "hostname": hostname,
             "detach": detach,
             "auto_remove": rm,
@@ -165,9 +167,11 @@ def port(
     """List a container's published ports, as `docker port` does: 80/tcp -> 0.0.0.0:32768."""
     info = CTX.client().get(f"/containers/{q(name)}")
     mappings = sorted(info.get("ports") or [], key=lambda p: (p["container_port"], p["protocol"], p["host_port"]))
+    dual = any(n.get("address6") for n in (info.get("networks") or {}).values())
     if which is None:
         for p in mappings:
-            out.print(f"{p['container_port']}/{p['protocol']} -> {p['host_ip'] or '0.0.0.0'}:{p['host_port']}")
+            for where in _port_addresses(p, dual):
+                out.print(f"{p['container_port']}/{p['protocol']} -> {where}")
         return
     port_text, _, protocol = which.partition("/")
     protocol = (protocol or "tcp").lower()
@@ -177,7 +181,17 @@ def port(
     if not found:
         fail(f"no public port {int(port_text)}/{protocol} published for container {name!r}")
     for p in found:
-        out.print(f"{p['host_ip'] or '0.0.0.0'}:{p['host_port']}")
+        for where in _port_addresses(p, dual):
+            out.print(where)
+
+
+def _port_addresses(p: dict[str, Any], dual: bool) -> list[str]:
+    """Where a published port listens, as Docker prints it: ``0.0.0.0:8080``, and
+    ``[::]:8080`` too on a dual-stack container; ``[::1]:8080`` for a v6 host address."""
+    host_ip, port = p["host_ip"], p["host_port"]
+    if host_ip:
+        return [f"[{host_ip}]:{port}" if ":" in host_ip else f"{host_ip}:{port}"]
+    return [f"0.0.0.0:{port}", *([f"[::]:{port}"] if dual else [])]
 
 
 # ---------------------------------------------------------------------- the environment

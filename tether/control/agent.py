@@ -3,7 +3,9 @@
 It lists ``/cluster/`` once (a snapshot), programs everything, then follows a watch from
 the snapshot's revision. Each change is applied as a diff of the peer table (remove, then
 add; neighbour before FDB inside ``add_peer``), and the revision it reached is recorded
-in ``/applied/<node>`` for the barrier. When the store goes away the agent touches nothing
+in ``/applied/<node>`` for the barrier, only once every entry of that change is in: both
+peers of a dual-stack endpoint (v4 and v6 address, one MAC) are programmed in the same
+step, so the barrier covers IPv6 too. When the store goes away the agent touches nothing
 in the kernel — the data plane never depends on etcd or on this daemon — and when it comes
 back the agent watches on from where it stopped, or, if that history was compacted, takes
 a fresh snapshot and converges by diff.

@@ -2,7 +2,9 @@
 
 From the cluster's records (overlay networks, endpoints, hosts) it derives, per network,
 the set of remote peers (address, MAC, VTEP: one static neighbour and one FDB entry each)
-and the set of remote VTEPs (one all-zeros flood entry each). Because the desired state is
+and the set of remote VTEPs (one all-zeros flood entry each). A dual-stack endpoint (a
+record with ``address6``) is two peers with one MAC and one VTEP: an AF_INET and an
+AF_INET6 neighbour entry over the same FDB entry. Because the desired state is
 recomputed from the records, events may arrive in any order — an endpoint before its
 network, a host before its endpoints — and replay (as libnetwork's peerdb does by hand)
 comes for free: ``diff`` against what is programmed gives exactly the changes to make.
@@ -10,6 +12,7 @@ comes for free: ``diff`` against what is programmed gives exactly the changes to
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +64,8 @@ class PeerTable:
         for ep in self.endpoints.values():
             if ep.get("network_id") == network_id and ep.get("node") != self.node:
                 out.peers.add(Peer(ep["address"], ep["mac"], ep["vtep"]))
+                if ep.get("address6"):  # in the kernel's spelling, as list_peers reports it
+                    out.peers.add(Peer(str(ipaddress.IPv6Address(ep["address6"])), ep["mac"], ep["vtep"]))
         for name, host in self.hosts.items():
             if name != self.node and host.get("address"):
                 out.floods.add(host["address"])
@@ -70,9 +75,15 @@ class PeerTable:
     def diff(programmed: NetworkPeers, desired: NetworkPeers) -> Changes:
         # A MAC that moved to another VTEP shows up as remove(old) + add(new): the remove
         # comes first so the FDB entry ends up pointing at the new VTEP.
+        removed = programmed.peers - desired.peers
+        # One FDB entry serves every address at a MAC (a dual-stack endpoint's two), and
+        # removing one of them takes that entry: the others at the same MAC and VTEP that
+        # stay are programmed again after the removals (add_peer is idempotent).
+        shared = {(p.mac, p.vtep) for p in removed}
+        again = {p for p in desired.peers & programmed.peers if (p.mac, p.vtep) in shared}
         return Changes(
-            add_peers=sorted(desired.peers - programmed.peers),
-            remove_peers=sorted(programmed.peers - desired.peers),
+            add_peers=sorted((desired.peers - programmed.peers) | again),
+            remove_peers=sorted(removed),
             add_floods=sorted(desired.floods - programmed.floods),
             remove_floods=sorted(programmed.floods - desired.floods),
         )

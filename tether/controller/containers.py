@@ -42,9 +42,9 @@ from ..model import (
 )
 from ..runtime.process import PID_FILE
 from ..storekeys import CTR_PREFIX, ID_PREFIX, JOIN_PREFIX, ep_key
-from ..validate import check_hostname, check_ipv4, validate_name
+from ..validate import check_hostname, check_ipv4, check_ipv6, validate_name
 from .core import Operation, Outcome
-from .endpoints import EndpointVerbs
+from .endpoints import EndpointVerbs, check_port_families
 from .names import unused_name
 from .networks import NetworkVerbs
 from .processes import ProcessVerbs, _ifname_order, check_run_options
@@ -67,6 +67,7 @@ class _RunRequest:
     mappings: list[PortMapping]
     aliases: list[str]
     restart: RestartPolicy
+    ip6: str | None = None  # --ip6, checked to be IPv6
 
 
 class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
@@ -96,10 +97,11 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         mac_address: str | None = None,
         expose: list[str] | None = None,
         publish_all: bool = False,
+        ip6: str | None = None,
     ) -> Outcome[Container]:
         """Validate everything, build the sandbox and its endpoint, record it; start it if
         ``detach`` (the CLI starts foreground containers itself and reports the pid)."""
-        req = _check_run(cmd, name, net, ip, hostname, rootfs, publish, aliases, restart, auto_remove)
+        req = _check_run(cmd, name, net, ip, hostname, rootfs, publish, aliases, restart, auto_remove, ip6)
         labels = check_labels(labels)
         options = check_run_options(
             req.mode, env, workdir, tty, interactive, dns, dns_search, dns_options, extra_hosts, mac_address,
@@ -128,12 +130,12 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
                 created=time.time(),
                 ports=[m.to_dict() for m in mappings],
                 labels=labels,
-                attachments=[_attachment(network.name, ip, req.aliases)] if network is not None else [],
+                attachments=[_attachment(network.name, ip, req.aliases, req.ip6)] if network is not None else [],
                 publish=[m.to_dict() for m in req.mappings],
                 restart_policy=str(req.restart),
                 **options.record(),
             )
-            container = self._build(container, network, ip, req.aliases, op)
+            container = self._build(container, network, (ip, req.ip6), req.aliases, op)
         if detach:
             try:
                 container = self.start_detached(container.name)
@@ -152,10 +154,10 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         if mode.kind == "network":
             assert mode.target is not None
             network = self._resolve_network(mode.target)
-            if ip is not None:
-                self._check_requested_ip(network, ip)
+            self._check_requested(network, ip, req.ip6)
             if mappings and network.internal:
                 raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
+            check_port_families(mappings, network)
             mappings = self._check_ports(mappings)
             self._check_aliases(network, [name, *req.aliases], name)
             return network, None, mappings, network.name
@@ -181,7 +183,12 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         return self._container_by_id(container.joined) if container.joined else container
 
     def _build(
-        self, container: Container, network: Network | None, ip: str | None, aliases: list[str], undo: Undo
+        self,
+        container: Container,
+        network: Network | None,
+        ips: tuple[str | None, str | None],
+        aliases: list[str],
+        undo: Undo,
     ) -> Container:
         """Record, sandbox, endpoint, ports, resolver: each undoable; the record last says
         ``created``."""
@@ -197,7 +204,8 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         container = container.with_(netns=sandbox.setup(self.ctx, container, undo))
         if network is not None:
             endpoint = self._attach(
-                container, network, ip, undo, default_route=True, aliases=aliases, mac=container.mac_address
+                container, network, ips[0], undo, default_route=True, aliases=aliases, mac=container.mac_address,
+                ip6=ips[1],
             )
             self._publish_ports(container, endpoint, undo)
         self._serve_dns(container, undo)
@@ -265,6 +273,9 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
                 "mac": ep.mac,
                 "host_ifname": ep.host_ifname,
                 "network_id": ep.network_id,
+                "address6": ep.address6,
+                "prefixlen6": ep.prefixlen6,
+                "gateway6": ep.gateway6,
             }
             for ep in self._endpoints(owner.id)
         }
@@ -501,13 +512,12 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
             if wanted["network"] in held:
                 continue  # a created container still holds what run attached
             network = self._joined_network(container, wanted["network"])
-            ip, aliases = wanted.get("ip"), list(wanted.get("aliases") or [])
-            if ip is not None:
-                self._check_requested_ip(network, ip)
+            ip, ip6, aliases = wanted.get("ip"), wanted.get("ip6"), list(wanted.get("aliases") or [])
+            self._check_requested(network, ip, ip6)
             self._check_aliases(network, [container.name, *aliases], container.name)
             first = wanted is container.attachments[0]  # `run --mac-address` is the first network's
             self._attach(container, network, ip, op, default_route=None, aliases=aliases,
-                         mac=container.mac_address if first else None)
+                         mac=container.mac_address if first else None, ip6=ip6)
         if container.publish and not container.ports and container.mode.kind == "network":
             target = self._endpoint_on(container, container.mode.target)
             if target is not None:
@@ -626,13 +636,20 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
 
     # ------------------------------------------------------------------ connect, disconnect
     def connect(
-        self, network_ref: str, container_ref: str, ip: str | None = None, aliases: list[str] | None = None
+        self,
+        network_ref: str,
+        container_ref: str,
+        ip: str | None = None,
+        aliases: list[str] | None = None,
+        ip6: str | None = None,
     ) -> Outcome[Endpoint | None]:
         """Give a container an interface on one more network. An exited one only records
         it (None): the interface comes with its next start, as in Docker."""
         aliases = [validate_name("alias", a) for a in aliases or []]
         if ip is not None:
             check_ipv4("--ip", ip)
+        if ip6 is not None:
+            ip6 = check_ipv6("--ip6", ip6)
         found = self._find(container_ref)
         with self._container_lock(found.id), self._operation() as op:
             container = self._refresh(self._container(found.name))
@@ -642,14 +659,14 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
             joined = {a["network"] for a in container.attachments}
             if network.name in joined or self.store.get(ep_key(container.id, network.id)) is not None:
                 raise Conflict(f"container {name!r} is already connected to network {network.name!r}")
-            if ip is not None:
-                self._check_requested_ip(network, ip)
+            self._check_requested(network, ip, ip6)
             self._check_aliases(network, [name, *aliases], name)
-            self._save(container.with_(attachments=[*container.attachments, _attachment(network.name, ip, aliases)]))
+            attachment = _attachment(network.name, ip, aliases, ip6)
+            self._save(container.with_(attachments=[*container.attachments, attachment]))
             op.push(f"attachments of {name}", lambda: self._save(container))
             endpoint = None
             if container.state != "exited":
-                endpoint = self._attach(container, network, ip, op, default_route=None, aliases=aliases)
+                endpoint = self._attach(container, network, ip, op, default_route=None, aliases=aliases, ip6=ip6)
         return Outcome(endpoint, op.lagging)
 
     @staticmethod
@@ -690,9 +707,9 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
                 self._log_undo(self._detach(container, Endpoint.from_dict(kv.value)))
 
 
-def _attachment(network: str, ip: str | None, aliases: list[str]) -> dict[str, Any]:
+def _attachment(network: str, ip: str | None, aliases: list[str], ip6: str | None = None) -> dict[str, Any]:
     """One network a container joins at each start (``Container.attachments``)."""
-    return {"network": network, "ip": ip, "aliases": list(aliases)}
+    return {"network": network, "ip": ip, **({"ip6": ip6} if ip6 else {}), "aliases": list(aliases)}
 
 
 def _check_run(
@@ -706,6 +723,7 @@ def _check_run(
     aliases: list[str] | None,
     restart: str | None = None,
     auto_remove: bool = False,
+    ip6: str | None = None,
 ) -> _RunRequest:
     """Every check of ``run``'s input that needs no state, before the lock is taken."""
     if not cmd:
@@ -723,6 +741,10 @@ def _check_run(
         if mode.kind != "network":
             raise InvalidInput(f"--ip needs a network to attach to, not --net {mode}")
         check_ipv4("--ip", ip)
+    if ip6 is not None:
+        if mode.kind != "network":
+            raise InvalidInput(f"--ip6 needs a network to attach to, not --net {mode}")
+        ip6 = check_ipv6("--ip6", ip6)
     if hostname is not None:
         check_hostname(hostname)
     if rootfs is not None and not os.path.isdir(rootfs):
@@ -733,4 +755,4 @@ def _check_run(
     checked = [validate_name("alias", a) for a in aliases or []]
     if checked and mode.kind != "network":
         raise InvalidInput(f"--network-alias needs a network: --net {mode} has none")
-    return _RunRequest(name, mode, mappings, checked, policy)
+    return _RunRequest(name, mode, mappings, checked, policy, ip6)

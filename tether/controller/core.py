@@ -91,6 +91,7 @@ class ControllerCore:
         self.resolver = resolver
         self.cluster = cluster
         self.barrier_timeout = barrier_timeout
+        self.default_ipv6 = False  # `tether daemon --ipv6`: the default network is made dual stack
         self.ipam = IPAM(store)
         self.lock = threading.RLock()
         self.ctx = DriverContext(

@@ -22,7 +22,7 @@ from .core import ControllerCore
 if TYPE_CHECKING:
     from ..firewall import PortRule
 
-__all__ = ["EndpointVerbs", "EPHEMERAL_PORTS"]
+__all__ = ["EndpointVerbs", "EPHEMERAL_PORTS", "check_port_families"]
 
 EPHEMERAL_PORTS = range(32768, 61000)
 
@@ -39,9 +39,11 @@ class EndpointVerbs(ControllerCore):
         aliases: list[str] | None = None,
         ifname: str | None = None,
         mac: str | None = None,
+        ip6: str | None = None,
     ) -> Endpoint:
         """``default_route`` None: the route only if the namespace has none yet (a later
-        network, or a runtime's namespace), found out in the same trip into it."""
+        network, or a runtime's namespace), found out in the same trip into it. ``ip6``:
+        the v6 address asked for on a dual-stack network (None: one is leased)."""
         assert container.netns is not None
         if ifname is None:
             used = {ep.ifname for ep in self._endpoints(container.id)}
@@ -49,7 +51,9 @@ class EndpointVerbs(ControllerCore):
             while f"eth{index}" in used:
                 index += 1
             ifname = f"eth{index}"
-        endpoint = self._new_endpoint(container, network, ip, undo, default_route is not False, ifname, mac, aliases)
+        endpoint = self._new_endpoint(
+            container, network, ip, undo, default_route is not False, ifname, mac, aliases, ip6=ip6
+        )
         routed = self._driver(network).attach_endpoint(
             self.ctx, network, container, endpoint, undo, keep_existing_default=default_route is None
         )
@@ -70,12 +74,21 @@ class EndpointVerbs(ControllerCore):
         mac: str | None = None,
         aliases: list[str] | None = None,
         leased: bool = False,
+        ip6: str | None = None,
     ) -> Endpoint:
-        """Lease the address (``ip`` is already ``container``'s when ``leased``) and write
-        the endpoint's record, both undoable; no kernel work yet."""
+        """Lease the addresses, one per family of the network (``ip``/``ip6`` are already
+        ``container``'s when ``leased``) and write the endpoint's record, all undoable; no
+        kernel work yet."""
         ipam = self._ipam_for(network)
         address = ip if leased and ip else ipam.allocate(network, container.id, ip)
         undo.push(f"lease {address}", lambda: ipam.release(network.id, address))
+        address6: str | None = None
+        if network.ipv6:
+            address6 = ip6 if leased and ip6 else ipam.allocate(network, container.id, ip6, family=6)
+            undo.push(f"lease {address6}", lambda: ipam.release(network.id, address6))
+        elif ip6:
+            raise InvalidInput(f"--ip6 {ip6}: network {network.name!r} has no IPv6 subnet (create it with --ipv6)")
+        driver = self._driver(network)
         endpoint = Endpoint(
             id=uuid.uuid4().hex,
             network_id=network.id,
@@ -85,10 +98,13 @@ class EndpointVerbs(ControllerCore):
             host_ifname=host_ifname_for(container.id, network.id),
             address=address,
             prefixlen=network.prefixlen,
-            gateway=self._driver(network).gateway(self.ctx, network),
+            gateway=driver.gateway(self.ctx, network),
             mac=mac or mac_for(address),
             default_route=default_route and not network.internal,  # internal: no way out at all
             aliases=list(aliases or []),
+            address6=address6,
+            prefixlen6=network.prefixlen6,
+            gateway6=driver.gateway6(self.ctx, network) if address6 else None,
         )
         key = ep_key(container.id, network.id)
         self.store.put(key, endpoint.to_dict())
@@ -115,22 +131,43 @@ class EndpointVerbs(ControllerCore):
         # the record goes before its lease: a kill between leaves a lease reconcile frees,
         # never an endpoint without a lease (whose address could be handed out twice)
         errors += collect(lambda: self.store.delete(ep_key(container.id, endpoint.network_id)))
-        errors += collect(lambda: ipam.release(endpoint.network_id, endpoint.address, owner=container.id))
+        for address in endpoint.addresses:
+            errors += collect(lambda a=address: ipam.release(endpoint.network_id, a, owner=container.id))  # type: ignore[misc]
         errors += collect(lambda: self._set_dns_view(container))
         return errors
 
-    def _check_requested_ip(self, network: Network, ip: str) -> None:
-        if ipaddress.IPv4Address(ip) not in ipaddress.ip_network(network.subnet):
-            raise InvalidInput(f"--ip {ip} is outside network {network.name!r} ({network.subnet}): pick an address inside it")
-        if ip == network.gateway:
-            raise Conflict(f"--ip {ip} is the gateway of network {network.name!r}: pick another address")
-        holder = self._ipam_for(network).owner(network.id, ip)
+    def _check_requested_ip(self, network: Network, ip: str, family: int = 4) -> None:
+        """``--ip`` (or ``--ip6``, ``family`` 6) on ``network``: of its family, inside its
+        subnet, not its gateway, not leased."""
+        flag, subnet, gateway = ("--ip", network.subnet, network.gateway) if family == 4 else (
+            "--ip6", network.subnet6, network.gateway6)
+        if subnet is None:
+            raise InvalidInput(f"--ip6 {ip}: network {network.name!r} has no IPv6 subnet (create it with --ipv6)")
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            raise InvalidInput(f"{flag} {ip!r} is not an IP address: give one inside {subnet}") from None
+        if address.version != family:
+            other = "--ip6" if family == 4 else "--ip"
+            raise InvalidInput(f"{flag} {ip} is IPv{address.version}: use {other} for it, or an address inside {subnet}")
+        if address not in ipaddress.ip_network(subnet):
+            raise InvalidInput(f"{flag} {ip} is outside network {network.name!r} ({subnet}): pick an address inside it")
+        if str(address) == gateway:
+            raise Conflict(f"{flag} {ip} is the gateway of network {network.name!r}: pick another address")
+        holder = self._ipam_for(network).owner(network.id, str(address))
         if holder is not None:
             owner = self._container_by_id(holder)
             raise Conflict(
                 f"address {ip} on network {network.name!r} is in use by "
                 f"{'container ' + repr(owner.name) if owner else holder}: pick another address"
             )
+
+    def _check_requested(self, network: Network, ip: str | None, ip6: str | None) -> None:
+        """Both requested addresses of an attach, checked before anything changes."""
+        if ip:
+            self._check_requested_ip(network, ip)
+        if ip6:
+            self._check_requested_ip(network, ip6, 6)
 
     def _check_aliases(self, network: Network, names: list[str], own_name: str) -> None:
         """A name or alias may not shadow another container's name on the same network."""
@@ -153,12 +190,12 @@ class EndpointVerbs(ControllerCore):
         ports for ``-p CPORT``. Returns the mappings with every host port concrete."""
         if not mappings:
             return mappings
-        host_addrs = set(self.ctx.datapath.host_addresses())
+        host_addrs = set(self.ctx.datapath.host_addresses()) | {"::1"}  # (served by the firewall's proxy)
         host_ports = self.ctx.datapath.host_ports()
         taken = [(p, c.name) for c in self._containers() for p in c.port_mappings]
         chosen: list[PortMapping] = []
         for m in mappings:
-            if m.host_ip is not None and m.host_ip not in host_addrs:
+            if m.host_ip is not None and m.host_ip not in host_addrs and m.host_ip not in _WILDCARDS:
                 raise InvalidInput(
                     f"-p {m}: {m.host_ip} is not an address of this host: use one of {', '.join(sorted(host_addrs))}"
                 )
@@ -209,7 +246,8 @@ class EndpointVerbs(ControllerCore):
                     targets[network] = self._endpoint_on(container, network)
                 target = targets[network]
             if target is not None:
-                rules.append(PortRule(p.protocol, p.host_ip, p.host_port, target.address, p.container_port))
+                for host_ip, address in _port_targets(p.host_ip, target):
+                    rules.append(PortRule(p.protocol, host_ip, p.host_port, address, p.container_port))
         return rules
 
     @staticmethod
@@ -258,16 +296,19 @@ class EndpointVerbs(ControllerCore):
         if self.resolver is None or network.name == DEFAULT_NETWORK:
             return  # the default network has no names, as in Docker
         resolver = self.resolver
+        resolver.set_subnets(network.name, network.subnets)  # its reverse names are answered, never forwarded
         for name in self._dns_names(container, endpoint):
-            resolver.add_record(network.name, name, endpoint.address)
-            undo.push(f"name {name}", lambda n=name: resolver.remove_record(network.name, n, endpoint.address))  # type: ignore[misc]
+            for address in endpoint.addresses:
+                resolver.add_record(network.name, name, address)
+                undo.push(f"name {name}", lambda n=name, a=address: resolver.remove_record(network.name, n, a))  # type: ignore[misc]
         self._set_dns_view(container)
 
     def _remove_dns_records(self, container: Container, endpoint: Endpoint) -> None:
         if self.resolver is None:
             return
         for name in self._dns_names(container, endpoint):
-            self.resolver.remove_record(endpoint.network, name, endpoint.address)
+            for address in endpoint.addresses:
+                self.resolver.remove_record(endpoint.network, name, address)
 
     def _set_dns_view(self, container: Container) -> None:
         """Which networks' names a sandbox sees: the networks of its namespace's owner."""
@@ -287,6 +328,37 @@ class EndpointVerbs(ControllerCore):
         self._set_dns_view(container)
 
 
+def check_port_families(mappings: list[PortMapping], network: Network) -> None:
+    """A port published on a v6 host address needs a v6 address to point at."""
+    for m in mappings:
+        if m.host_ip is not None and ":" in m.host_ip and not network.ipv6:
+            raise InvalidInput(
+                f"-p {m}: network {network.name!r} has no IPv6 subnet, so nothing answers on {m.host_ip}: "
+                "publish on an IPv4 address or create the network with --ipv6"
+            )
+
+
+_WILDCARDS = {"0.0.0.0": 4, "::": 6}
+
+
+def _port_targets(host_ip: str | None, target: Endpoint) -> list[tuple[str | None, str]]:
+    """(host address, container address) per family a published port covers: ``-p 8080:80``
+    both families the endpoint has; ``0.0.0.0``/``::`` every address of one family; an
+    address its own family (a v6 one needs the endpoint's v6 address)."""
+    if host_ip is None:
+        return [(None, a) for a in target.addresses]
+    family = _WILDCARDS.get(host_ip) or (6 if ":" in host_ip else 4)
+    address = target.address if family == 4 else target.address6
+    if address is None:
+        return []
+    return [(None if host_ip in _WILDCARDS else host_ip, address)]
+
+
 def _clash(p: PortMapping, q: PortMapping) -> bool:
-    same_ip = p.host_ip is None or q.host_ip is None or p.host_ip == q.host_ip
-    return p.protocol == q.protocol and p.host_port == q.host_port and same_ip
+    """Whether two published ports want the same host port on some address."""
+    if p.protocol != q.protocol or p.host_port != q.host_port:
+        return False
+    if p.host_ip is None or q.host_ip is None or p.host_ip == q.host_ip:
+        return True
+    fp, fq = (_WILDCARDS.get(ip) or (6 if ":" in ip else 4) for ip in (p.host_ip, q.host_ip))
+    return fp == fq and (p.host_ip in _WILDCARDS or q.host_ip in _WILDCARDS)

@@ -10,6 +10,9 @@ Two attachment shapes: ``attach_external`` builds the interface inside the runti
 namespace at once (CNI ADD). Docker splits the same into steps: ``create_external``
 leases and records (CreateEndpoint), ``join_external`` builds a veth whose container end
 stays on the host for dockerd to move (Join), ``leave_external`` removes it (Leave).
+
+On a dual-stack network every attachment gets an address of each family, as ``tether
+run`` does: asked for (CNI's ``ips``, Docker's AddressIPv6) or leased here.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..errors import Conflict, InvalidInput, NotFound
 from ..model import Container, Endpoint, Network, PortMapping, host_ifname_for
 from ..storekeys import CTR_PREFIX, ep_key
 from .containers import ContainerVerbs
+from .endpoints import check_port_families
 from .core import Operation, Outcome
 
 __all__ = ["ExternalVerbs", "RUNTIMES", "Runtime", "external_name"]
@@ -48,6 +52,15 @@ def external_name(runtime: str, ref: str) -> str:
     """The record name of a runtime's sandbox: ``<runtime>-<ref>``, a valid container name."""
     clean = "".join(c if c.isalnum() or c in "_.-" else "-" for c in ref)
     return f"{runtime}-{clean}"[:63]
+
+
+def _check_v6_wanted(network: Network, ip6: str | None) -> None:
+    """A v6 address asked for by another runtime needs a dual-stack network."""
+    if ip6 is not None and not network.ipv6:
+        raise InvalidInput(
+            f"IPv6 address {ip6} asked for on network {network.name!r}, which has no IPv6 subnet: "
+            "leave it out, or use a network created with --ipv6"
+        )
 
 
 def runtime_of(container: Container) -> Runtime | None:
@@ -76,9 +89,11 @@ class ExternalVerbs(ContainerVerbs):
         mac: str | None = None,
         ports: list[PortMapping] | None = None,
         aliases: list[str] | None = None,
+        ip6: str | None = None,
     ) -> Outcome[Attachment]:
-        """Give the runtime's namespace an interface on a network (CNI ADD). Idempotent:
-        the same sandbox, interface and network give the same attachment again."""
+        """Give the runtime's namespace an interface on a network (CNI ADD), with ``ip``
+        and ``ip6`` if asked for. Idempotent: the same sandbox, interface and network give
+        the same attachment again."""
         if not netns.startswith("/") or not os.path.exists(netns):
             raise NotFound(f"network namespace {netns!r} does not exist: the runtime must create it first")
         name = external_name(runtime, ref)
@@ -96,11 +111,12 @@ class ExternalVerbs(ContainerVerbs):
                     if ep.ifname == ifname:
                         return Outcome(Attachment(container, ep, network))
                     raise Conflict(f"container {ref} is already on network {network.name!r} as {ep.ifname}")
-            if ip is not None:
-                self._check_requested_ip(network, ip)
+            _check_v6_wanted(network, ip6)
+            self._check_requested(network, ip, ip6)
             self._check_aliases(network, [name, *aliases], name)
             if ports and network.internal:
                 raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
+            check_port_families(ports or [], network)
             mappings = [replace(m, network=network.name) for m in self._check_ports(ports or [])]
             if container is None:
                 container = self._new_external(runtime, name, netns, op)
@@ -108,7 +124,9 @@ class ExternalVerbs(ContainerVerbs):
                 before = container
                 container = self._save(container.with_(ports=container.ports + [m.to_dict() for m in mappings]))
                 op.push("published ports of the record", lambda: self._save(before))
-            endpoint = self._attach(container, network, ip, op, default_route=None, aliases=aliases, ifname=ifname, mac=mac)
+            endpoint = self._attach(
+                container, network, ip, op, default_route=None, aliases=aliases, ifname=ifname, mac=mac, ip6=ip6
+            )
             if mappings:
                 self._publish_ports(container.with_(ports=[m.to_dict() for m in mappings]), endpoint, op)
         return Outcome(Attachment(container, endpoint, network), op.lagging)
@@ -153,8 +171,8 @@ class ExternalVerbs(ContainerVerbs):
                 self._log_undo(self._teardown(container))
 
     def check_external(self, runtime: str, ref: str, network_name: str, ifname: str) -> None:
-        """The interface, its address, its default route and its host side are still there
-        (CNI CHECK); raises ``NotFound`` naming the first thing missing."""
+        """The interface, its addresses, its default routes and its host side are still
+        there (CNI CHECK); raises ``NotFound`` naming the first thing missing."""
         with self.lock:
             kv = self.store.get(CTR_PREFIX + external_name(runtime, ref))
             network = self._network(network_name)
@@ -171,12 +189,22 @@ class ExternalVerbs(ContainerVerbs):
         found = interfaces.get(ep.ifname)
         if found is None:
             raise NotFound(f"interface {ep.ifname} is missing in {container.netns}")
-        if ep.cidr not in found.get("addresses", []):
-            raise NotFound(f"address {ep.cidr} is missing on {ep.ifname}")
-        if ep.default_route and not self.ctx.datapath.has_default_route(container.netns):
-            raise NotFound(f"the default route via {ep.gateway} is missing in {container.netns}")
+        present = {*found.get("addresses", []), *found.get("addresses6", [])}
+        for cidr in (ep.cidr, ep.cidr6):
+            if cidr is not None and cidr not in present:
+                raise NotFound(f"address {cidr} is missing on {ep.ifname}")
+        if ep.default_route:
+            self._check_default_routes(container.netns, ep)
         if not self._driver(network).endpoint_present(self.ctx, network, ep):
             raise NotFound(f"the host side {ep.host_ifname} of {ep.ifname} is missing or off its bridge")
+
+    def _check_default_routes(self, netns: str, ep: Endpoint) -> None:
+        """Both default routes of an endpoint that holds them: v4 via its gateway, and v6
+        via its v6 gateway on a dual-stack network."""
+        if not self.ctx.datapath.has_default_route(netns):
+            raise NotFound(f"the default route via {ep.gateway} is missing in {netns}")
+        if ep.gateway6 is not None and not self.ctx.datapath.has_default_route(netns, family=6):
+            raise NotFound(f"the IPv6 default route via {ep.gateway6} is missing in {netns}")
 
     def gc_external(self, runtime: str, network_name: str, keep: list[tuple[str, str]]) -> list[str]:
         """Remove every attachment of ``runtime`` on the network not in ``keep`` (ref,
@@ -202,10 +230,11 @@ class ExternalVerbs(ContainerVerbs):
         return removed
 
     # ------------------------------------------------------------------ in steps (Docker)
-    def reserve_address(self, network: Network, owner: str, address: str | None = None) -> str:
-        """Lease an address to a placeholder ``owner`` until ``create_external`` takes it."""
+    def reserve_address(self, network: Network, owner: str, address: str | None = None, family: int = 4) -> str:
+        """Lease an address (of ``family``) to a placeholder ``owner`` until
+        ``create_external`` takes it."""
         with self.lock:
-            return self._ipam_for(network).allocate(network, owner, address)
+            return self._ipam_for(network).allocate(network, owner, address, family=family)
 
     def release_reservation(self, network: Network, address: str, owner: str) -> None:
         """Free a placeholder lease; an address some endpoint took over stays leased."""
@@ -234,10 +263,12 @@ class ExternalVerbs(ContainerVerbs):
         ip: str | None = None,
         mac: str | None = None,
         reserved_by: str | None = None,
+        ip6: str | None = None,
     ) -> Attachment:
-        """Record a sandbox-to-be with its endpoint and lease, no kernel work yet. ``ip``
-        leased to ``reserved_by`` (``reserve_address``) passes to the endpoint in one
-        compare-and-swap; any other address is leased now. Idempotent."""
+        """Record a sandbox-to-be with its endpoint and leases, no kernel work yet. ``ip``
+        (and ``ip6``) leased to ``reserved_by`` (``reserve_address``) passes to the
+        endpoint in one compare-and-swap; any other address is leased now, one of each
+        family the network has. Idempotent."""
         with self._operation() as op:
             found = self.external(runtime, ref)
             if found is not None:  # asked again: the same answer
@@ -245,12 +276,26 @@ class ExternalVerbs(ContainerVerbs):
             name = external_name(runtime, ref)
             if self.store.get(CTR_PREFIX + name) is not None:
                 raise Conflict(f"endpoint {ref} exists already")
+            _check_v6_wanted(network, ip6)
             container = self._new_external(runtime, name, None, op)
-            ipam = self._ipam_for(network)
-            leased = ip is not None and reserved_by is not None and ipam.transfer(network.id, ip, reserved_by, container.id)
+            address = self._take_lease(network, container.id, ip, 4, reserved_by, op)
+            address6 = self._take_lease(network, container.id, ip6, 6, reserved_by, op) if network.ipv6 else None
             ifname = "vd" + host_ifname_for(container.id, network.id)[2:]  # until the runtime renames it
-            endpoint = self._new_endpoint(container, network, ip, op, True, ifname, mac, leased=leased)
+            endpoint = self._new_endpoint(container, network, address, op, True, ifname, mac, leased=True, ip6=address6)
         return Attachment(container, endpoint, network)
+
+    def _take_lease(
+        self, network: Network, owner: str, address: str | None, family: int, reserved_by: str | None, op: Operation
+    ) -> str:
+        """``owner``'s lease of one family: ``address`` handed over from ``reserved_by`` in
+        one compare-and-swap, else leased now (``address``, or the next free one)."""
+        ipam = self._ipam_for(network)
+        if address is not None and reserved_by is not None and ipam.transfer(network.id, address, reserved_by, owner):
+            taken = address
+        else:
+            taken = ipam.allocate(network, owner, address, family=family)
+        op.push(f"lease {taken}", lambda: ipam.release(network.id, taken, owner=owner))
+        return taken
 
     def join_external(self, runtime: str, ref: str, sandbox: str) -> Outcome[Attachment]:
         """Build the endpoint's veth with its container end on the host (named as the

@@ -12,7 +12,14 @@ import uuid
 from typing import Any
 
 from ..errors import Conflict, InvalidInput
-from ..ipam import DEFAULT_POOLS, choose_subnet, find_overlap, validate_network_cidrs
+from ..ipam import (
+    DEFAULT_POOLS,
+    choose_subnet,
+    choose_subnet6,
+    find_overlap,
+    validate_network_cidrs,
+    validate_network_cidrs6,
+)
 from ..model import DEFAULT_BRIDGE, DEFAULT_NETWORK, Network, check_labels
 from ..storekeys import NET_PREFIX
 from ..drivers import NetworkSpec
@@ -33,12 +40,21 @@ class NetworkVerbs(ControllerCore):
         options: dict[str, str] | None = None,
         internal: bool = False,
         labels: dict[str, str] | None = None,
+        ipv6: bool = False,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> Network:
+        """``ipv6``: dual stack, with ``subnet6`` (None: a free ULA /64) and ``gateway6``."""
         validate_name("network", name)
         labels = check_labels(labels)
         if name in RESERVED_NETWORK_NAMES or name == DEFAULT_NETWORK:
             raise Conflict(f"network name {name!r} is reserved: choose another name")
-        return self._create_network(name, driver, subnet, gateway, ip_range, options or {}, internal, labels=labels)
+        if (subnet6 or gateway6) and not ipv6:
+            raise InvalidInput("an IPv6 --subnet or --gateway needs --ipv6: add --ipv6 to make a dual-stack network")
+        if gateway6 and not subnet6:
+            raise InvalidInput("an IPv6 --gateway needs the IPv6 --subnet it belongs to")
+        v6 = (subnet6, gateway6) if ipv6 else None
+        return self._create_network(name, driver, subnet, gateway, ip_range, options or {}, internal, labels=labels, v6=v6)
 
     def _create_network(
         self,
@@ -51,19 +67,44 @@ class NetworkVerbs(ControllerCore):
         internal: bool,
         bridge: str | None = None,
         labels: dict[str, str] | None = None,
+        v6: tuple[str | None, str | None] | None = None,
     ) -> Network:
+        """``v6``: (subnet6, gateway6) of a dual-stack network, either None to pick; None: IPv4 only."""
         driver = self._driver_named(driver_name)
         options = driver.validate(self.ctx, options, internal)
         if subnet is None and (gateway or ip_range):
             raise InvalidInput("--gateway and --ip-range need --subnet: give the subnet they belong to")
+        if v6 is not None and v6[0] is not None:
+            validate_network_cidrs6(v6[0], v6[1])  # bad input is refused before the lock
         with self._operation() as op:
             if self._lookup_network(name) is not None:
                 raise Conflict(f"network {name!r} already exists: choose another name or remove it first")
             networks = self._all_networks()
             in_use = {n.subnet: f"network {n.name!r}" for n in networks}
             subnet, gateway, ip_range = self.place_subnet(subnet, gateway, ip_range, in_use, driver.pools)
-            spec = NetworkSpec(uuid.uuid4().hex, name, subnet, gateway, ip_range, options, internal, bridge, labels or {})
-            return driver.create_network(self.ctx, spec, networks, op)
+            subnet6 = gateway6 = None
+            if v6 is not None:
+                in_use6 = {n.subnet6: f"network {n.name!r}" for n in networks if n.subnet6}
+                subnet6, gateway6 = self.place_subnet6(v6[0], v6[1], in_use6)
+            spec = NetworkSpec(
+                uuid.uuid4().hex, name, subnet, gateway, ip_range, options, internal, bridge, labels or {}, subnet6, gateway6
+            )
+            network = driver.create_network(self.ctx, spec, networks, op)
+            if self.resolver is not None and name != DEFAULT_NETWORK:
+                self.resolver.set_subnets(name, network.subnets)  # its reverse names are answered here
+            return network
+
+    def place_subnet6(self, subnet6: str | None, gateway6: str | None, in_use: dict[str, str]) -> tuple[str, str]:
+        """The v6 half of ``place_subnet``: a requested v6 subnet checked against ``in_use``
+        and this host, or a free random ULA /64. Returns (subnet6, gateway6)."""
+        host = [c for c in self.ctx.datapath.host_networks() if ":" in c]
+        if subnet6 is None:
+            return validate_network_cidrs6(choose_subnet6(list(in_use) + host), None)
+        subnet6, gateway6 = validate_network_cidrs6(subnet6, gateway6)
+        owner = find_overlap(subnet6, in_use) or find_overlap(subnet6, {c: "a route or address on this host" for c in host})
+        if owner is not None:
+            raise Conflict(f"IPv6 subnet {subnet6} overlaps {owner}: choose a subnet that does not overlap")
+        return subnet6, gateway6
 
     def place_subnet(
         self,
@@ -91,7 +132,10 @@ class NetworkVerbs(ControllerCore):
             kv = self.store.get(NET_PREFIX + DEFAULT_NETWORK)
             if kv is not None:
                 return Network.from_dict(kv.value)
-            return self._create_network(DEFAULT_NETWORK, "bridge", None, None, None, {}, False, bridge=DEFAULT_BRIDGE)
+            v6 = (None, None) if self.default_ipv6 else None
+            return self._create_network(
+                DEFAULT_NETWORK, "bridge", None, None, None, {}, False, bridge=DEFAULT_BRIDGE, v6=v6
+            )
 
     def _resolve_network(self, name: str) -> Network:
         if name == DEFAULT_NETWORK:
@@ -109,9 +153,6 @@ class NetworkVerbs(ControllerCore):
     def all_networks(self) -> list[Network]:
         """Every network this host sees: its own and the cluster's."""
         return self._all_networks()
-
-    def network_by_subnet(self, subnet: str) -> Network | None:
-        return next((n for n in self._all_networks() if n.subnet == subnet), None)
 
     def _local_users(self, network: Network) -> list[str]:
         names = {c.id: c.name for c in self._containers()}
@@ -135,6 +176,7 @@ class NetworkVerbs(ControllerCore):
             names.get(ep.container_id, ep.container_id): {
                 "ifname": ep.ifname,
                 "address": ep.cidr,
+                "address6": ep.cidr6,
                 "mac": ep.mac,
                 "host_ifname": ep.host_ifname,
             }

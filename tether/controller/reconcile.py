@@ -118,7 +118,7 @@ class Reconciler(ExternalVerbs):
             driver = self._driver(network)
             # both sides: an attach killed half-way leaves the host side with nothing inside
             whole = driver.endpoint_present(self.ctx, network, ep) and (
-                inside is None or ep.cidr in inside.get(ep.ifname, [])
+                inside is None or all(c in inside.get(ep.ifname, []) for c in (ep.cidr, ep.cidr6) if c)
             )
             if c.netns and not whole:
                 try:
@@ -134,17 +134,22 @@ class Reconciler(ExternalVerbs):
         """An endpoint must hold its address's lease (a kill may have parted them): take it
         back if free; if someone else holds it now, the endpoint goes."""
         ipam = self._ipam_for(network)
-        owner = ipam.owner(network.id, ep.address)
-        if owner == c.id:
-            return True
-        if owner is None:
-            try:
-                ipam.allocate(network, c.id, ep.address)
-                actions.append(f"leased {ep.address} again to {c.name}")
-                return True
-            except TetherError:
-                pass  # taken meanwhile: handled below as held by someone else
-        actions.append(f"dropped endpoint {ep.ifname} of {c.name}: its address {ep.address} belongs to another")
+        for address in ep.addresses:
+            owner = ipam.owner(network.id, address)
+            if owner == c.id:
+                continue
+            if owner is None:
+                try:
+                    ipam.allocate(network, c.id, address, family=6 if ":" in address else 4)
+                    actions.append(f"leased {address} again to {c.name}")
+                    continue
+                except TetherError:
+                    pass  # taken meanwhile: handled below as held by someone else
+            return self._drop_unleased(c, ep, address, actions)
+        return True
+
+    def _drop_unleased(self, c: Container, ep: Endpoint, address: str, actions: list[str]) -> bool:
+        actions.append(f"dropped endpoint {ep.ifname} of {c.name}: its address {address} belongs to another")
         actions += self._detach(c, ep)  # (its release spares the other owner's lease)
         return False
 
@@ -157,7 +162,7 @@ class Reconciler(ExternalVerbs):
         try:
             # a link left down (a kill between its address and its "up") counts as unconfigured
             return {
-                i["ifname"]: i.get("addresses", []) if i.get("state", "up") == "up" else []
+                i["ifname"]: [*i.get("addresses", []), *i.get("addresses6", [])] if i.get("state", "up") == "up" else []
                 for i in self.ctx.datapath.container_interfaces(c.netns)
             }
         except TetherError:
@@ -255,8 +260,10 @@ class Reconciler(ExternalVerbs):
                 continue
             table = records.setdefault(ep.network, {})
             for name in self._dns_names(c, ep):
-                table.setdefault(name.lower(), []).append(ep.address)
+                table.setdefault(name.lower(), []).extend(ep.addresses)
         for network in self._networks():
+            if network.name != DEFAULT_NETWORK:  # no names there, as in Docker: all goes upstream
+                self.resolver.set_subnets(network.name, network.subnets)
             self.resolver.set_records(network.name, records.get(network.name, {}))
         for c in containers.values():
             runtime = runtime_of(c)

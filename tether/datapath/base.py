@@ -12,6 +12,11 @@ What every implementation guarantees:
 * Every verb may be called from any thread.
 * Every failure is a ``DatapathError`` with one line of text; nothing else leaves.
 * Removal verbs treat what is already gone as success, so teardown can be repeated.
+* IPv6 rides beside IPv4 (dual stack): keyword-only ``*6`` parameters or a ``family`` of
+  4 or 6 (default 4), and v6 addresses wherever an address is taken (peers, host
+  addresses). Every IPv6 address tether puts on an interface is usable at once (no
+  duplicate address detection: IPAM hands each one out once), and no interface tether
+  makes or configures accepts IPv6 router advertisements.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ class Datapath(Protocol):
         """Where the namespace ``name`` is bound (``{netns_dir}/{name}``); an absolute path is itself."""
 
     def create_netns(self, name: str) -> str:
-        """Create and bind the namespace ``name`` with ``lo`` up and return its path; DatapathError if taken."""
+        """Create and bind the namespace ``name`` with ``lo`` up and return its path; DatapathError if taken.
+
+        Its interfaces will accept no IPv6 router advertisements and do no duplicate address detection."""
 
     def delete_netns(self, name: str) -> None:
         """Unbind the namespace (the kernel then frees it and the veth ends inside); missing is success."""
@@ -65,8 +72,18 @@ class Datapath(Protocol):
 
     # ------------------------------------------------------------------ bridges and links
 
-    def ensure_bridge(self, name: str, gateway_cidr: str, mtu: int, mark: str, exclusive: bool = False) -> None:
-        """Create or fix the bridge: alias, MTU, ``gateway_cidr`` (the only one if ``exclusive``), up; idempotent."""
+    def ensure_bridge(
+        self,
+        name: str,
+        gateway_cidr: str,
+        mtu: int,
+        mark: str,
+        exclusive: bool = False,
+        *,
+        gateway_cidr6: str | None = None,
+    ) -> None:
+        """Create or fix the bridge: alias, MTU, accept_ra 0, ``gateway_cidr`` and ``gateway_cidr6``
+        (the only IPv4 and global IPv6 ones if ``exclusive``; fe80:: stays), up; idempotent."""
 
     def delete_bridge(self, name: str) -> None:
         """Delete the bridge (its ports stay, unenslaved); missing is success."""
@@ -96,8 +113,13 @@ class Datapath(Protocol):
         mark: str,
         hairpin: bool = False,
         keep_existing_default: bool = False,
+        cidr6: str | None = None,
+        gateway6: str | None = None,
     ) -> bool:
-        """Connect ``netns`` to ``bridge`` by an addressed veth pair, all or nothing; True if it got a default route."""
+        """Connect ``netns`` to ``bridge`` by an addressed veth pair (``cidr``, and ``cidr6`` usable
+        at once), all or nothing; a default route per family with a gateway, an existing one kept
+        only with ``keep_existing_default``. True if it got the one via ``gateway`` (without it:
+        via ``gateway6``)."""
 
     def create_veth_pair(
         self, *, host_ifname: str, peer_ifname: str, bridge: str, mac: str, mtu: int, mark: str, hairpin: bool = False
@@ -110,34 +132,45 @@ class Datapath(Protocol):
     def detach_in_netns(self, netns: str, ifname: str) -> None:
         """Delete ``ifname`` inside ``netns``; a missing namespace or link is success."""
 
-    def has_default_route(self, netns: str) -> bool:
-        """True if ``netns`` has an IPv4 default route in its main table."""
+    def has_default_route(self, netns: str, family: int = 4) -> bool:
+        """True if ``netns`` has a default route of ``family`` (4 or 6) in its main table."""
 
     def add_default_route(self, netns: str, gateway: str) -> None:
-        """Add the default route via ``gateway`` in ``netns``; the same route is success, another a DatapathError."""
+        """Add the default route via ``gateway`` (IPv4 or IPv6) in ``netns``; the same route is
+        success, another of that family a DatapathError."""
 
     def container_interfaces(self, netns: str) -> list[dict[str, Any]]:
-        """Every link in ``netns``, lo included: ifname, mac, mtu, admin state, IPv4 addresses."""
+        """Every link in ``netns``, lo included: ifname, mac, mtu, admin state, ``addresses``
+        (IPv4 CIDRs), ``addresses6`` (global IPv6 CIDRs, link-local left out)."""
 
-    def container_routes(self, netns: str) -> list[dict[str, Any]]:
-        """The IPv4 main-table routes of ``netns`` (dst, gateway, dev), in the kernel's order."""
+    def container_routes(self, netns: str, family: int = 4) -> list[dict[str, Any]]:
+        """The main-table routes of ``family`` in ``netns`` (dst, gateway, dev), in the kernel's
+        order; IPv6 without link-local, loopback and multicast routes."""
 
     # ------------------------------------------------------------------ host view
 
-    def set_interface_sysctl(self, ifname: str, key: str, value: str) -> None:
-        """Set net.ipv4.conf.IFNAME.KEY to ``value`` in the host namespace; already set is success."""
+    def set_interface_sysctl(self, ifname: str, key: str, value: str, family: int = 4) -> None:
+        """Set net.ipv4.conf.IFNAME.KEY (``family`` 6: net.ipv6.conf) to ``value`` in the host
+        namespace; already set is success."""
+
+    def enable_ipv6_forwarding(self) -> None:
+        """net.ipv6.conf.all.forwarding = 1 in the host namespace (IPv6 has no per-interface
+        forwarding on input), first giving every interface with accept_ra 1 the value 2 so
+        the host keeps its router advertisements; already on is success."""
 
     def host_ports(self) -> BoundPorts:
         """The host's bound ports, read once now; ask ``.holder(...)`` about as many as needed."""
 
     def host_addresses(self) -> list[str]:
-        """Every IPv4 address of the host namespace, without prefix length."""
+        """Every IPv4 address of the host namespace, then every global IPv6 one (no link-local,
+        no ::1), without prefix length."""
 
     def uplinks(self) -> list[str]:
         """The interfaces that carry a default route in the host's main table, sorted."""
 
     def host_networks(self) -> list[str]:
-        """IPv4 networks of the host's addresses and routes, the default route and local table left out."""
+        """Networks of the host's addresses and routes, IPv4 then IPv6; default routes, the local
+        table and IPv6 link-local, loopback and multicast left out."""
 
     # ------------------------------------------------------------------ overlay (VXLAN)
 
@@ -160,7 +193,8 @@ class Datapath(Protocol):
         """The MTU of the host interface holding ``local_ip``; overlay devices take 50 less."""
 
     def add_peer(self, vxlan: str, ip: str, mac: str, vtep: str) -> None:
-        """Program ``ip`` at ``mac`` behind ``vtep`` (neighbour, then FDB); idempotent, moves a MAC, all or nothing."""
+        """Program ``ip`` (IPv4 or IPv6) at ``mac`` behind ``vtep`` (neighbour, then FDB); idempotent,
+        moves a MAC, all or nothing. The device's proxy answers ARP and NDP for it."""
 
     def remove_peer(self, vxlan: str, ip: str, mac: str, vtep: str) -> None:
         """Undo ``add_peer`` unless ``mac`` has moved to another VTEP since; whatever is gone is success."""
@@ -172,7 +206,7 @@ class Datapath(Protocol):
         """Stop flooding to ``vtep``; a missing device or entry is success."""
 
     def list_peers(self, vxlan: str) -> list[tuple[str, str, str]]:
-        """(ip, mac, vtep) of every fully programmed peer on ``vxlan``, sorted."""
+        """(ip, mac, vtep) of every fully programmed peer on ``vxlan``, IPv4 and IPv6, sorted."""
 
     def list_floods(self, vxlan: str) -> list[str]:
         """The VTEPs ``vxlan`` floods to, sorted."""
@@ -181,7 +215,7 @@ class Datapath(Protocol):
         """Give ``bridge`` the MAC ``mac``; call it before containers attach (they cache the gateway's)."""
 
     def add_address(self, ifname: str, cidr: str) -> None:
-        """Add ``cidr`` to the host interface ``ifname``; already there is success."""
+        """Add ``cidr`` (IPv4, or IPv6 usable at once) to the host interface ``ifname``; already there is success."""
 
     def remove_address(self, ifname: str, cidr: str) -> None:
         """Remove ``cidr`` from the host interface ``ifname``; a missing address or link is success."""

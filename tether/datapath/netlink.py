@@ -9,11 +9,15 @@ endpoint and host-view verbs; it stands on two bases:
 
 Design note. An endpoint is one veth pair made in one request, the peer created directly inside
 the container namespace with its final name, MAC and MTU (no move-and-rename), enslaved to the
-bridge and up. Then the alias (which the kernel ignores on creation), then address and
-default route from inside: one worker call, one trip into the namespace. Any failure after the
-pair exists deletes the host end, which takes the peer with it. Deleting links one by one is
-slow (tens of ms): callers tearing down a whole container should delete its namespace instead,
-which removes its veth ends.
+bridge and up. Then the alias (which the kernel ignores on creation), then addresses and
+default routes from inside: one worker call, one trip into the namespace, two batched round
+trips there (addresses and "up", then routes). Dual stack adds the IPv6 address (no duplicate
+address detection) and default route to those same batches, accept_ra 0 and accept_dad 0 on
+the interface before it comes up, and a wait for the kernel's word that the address is
+complete (``workers.Ipv6AddressWatch``): usable, by both ends, when attach returns. Any
+failure after the pair exists deletes the host end, which takes the peer with it. Deleting
+links one by one is slow (tens of ms): callers tearing down a whole container should delete
+its namespace instead, which removes its veth ends.
 
 Every pyroute2/OS error leaves this module as ``DatapathError`` with a one-line message.
 """
@@ -26,6 +30,7 @@ import os
 import random
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
@@ -36,12 +41,22 @@ from . import hostinfo, nsutil
 from .vxlan import VxlanVerbs
 from .workers import (
     IFF_UP,
+    IPV6_READY_TIMEOUT,
     MAC_RE,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
+    Ipv6AddressWatch,
     NetlinkWorkers,
+    add_address,
+    address_message,
+    default_route_message,
+    family_of,
     ifindex,
+    link_up_message,
     mapped,
     on_request_socket,
     reason,
+    send_batch,
     split_cidr,
     tolerate,
 )
@@ -50,8 +65,45 @@ __all__ = ["NetlinkDatapath"]
 
 T = TypeVar("T")
 
-RT_TABLE_MAIN = 254
 RT_TABLE_LOCAL = 255
+_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+_DEFAULT_DST = {socket.AF_INET: "0.0.0.0/0", socket.AF_INET6: "::/0"}
+
+# What a dual-stack container interface gets for IPv6, before it comes up: no router
+# advertisements accepted, since any container on a shared bridge could otherwise hand its
+# neighbours a default route and addresses (CVE-2020-13401), and no duplicate address
+# detection, so its link-local address is usable at once too (``all.accept_dad`` is 0 in a
+# new namespace; the kernel skips DAD when both are). Set per interface, not as the
+# namespace's ``default`` in create_netns: that costs every container, v4-only ones too,
+# a first /proc/sys lookup in its fresh namespace (0.1-0.3 ms), and accept_dad 0 there
+# moves the link-local address's DAD completion (under the RTNL lock) into the attach.
+_CONTAINER_IPV6 = (("accept_ra", "0"), ("accept_dad", "0"))
+
+
+def _family(family: int) -> int:
+    """AF_INET/AF_INET6 for a ``family`` of 4 or 6; DatapathError otherwise."""
+    if family not in _FAMILIES:
+        raise DatapathError(f"invalid address family {family!r}: 4 or 6")
+    return _FAMILIES[family]
+
+
+def _quiet_ipv6(ifname: str) -> None:
+    """The container IPv6 settings (``_CONTAINER_IPV6``) for ``ifname``, in the calling
+    thread's namespace (written unread: the cheapest, and the old values do not matter)."""
+    for key, value in _CONTAINER_IPV6:
+        hostinfo.write_sysctl(hostinfo.interface_sysctl_path(ifname, key, 6), value)
+
+
+def _v4_or_global_v6(msg: Any) -> bool:
+    """Whether an address message is one tether reports and manages: every IPv4 address, and
+    IPv6 ones of global scope (ULA included; link-local fe80:: and ::1 are the kernel's)."""
+    family = msg["family"]
+    return bool(family == socket.AF_INET or (family == socket.AF_INET6 and msg["scope"] == RT_SCOPE_UNIVERSE))
+
+
+def _is_housekeeping6(network: ipaddress.IPv6Network) -> bool:
+    """A route or address the kernel keeps for IPv6 itself: link-local, loopback, multicast."""
+    return network.is_link_local or network.is_loopback or network.is_multicast
 
 
 def _random_bridge_mac() -> str:
@@ -60,6 +112,81 @@ def _random_bridge_mac() -> str:
     # (addr_assign_type SET) stays put, as Docker does for docker0.
     octets = [0x02] + [random.randint(0, 255) for _ in range(5)]
     return ":".join(f"{b:02x}" for b in octets)
+
+
+@dataclass(frozen=True)
+class _ContainerEnd:
+    """What ``attach_veth`` sets up inside the container namespace, checked before anything
+    is made: addresses per family and the gateways of the default routes wanted."""
+
+    netns: str
+    ifname: str
+    address: str
+    prefixlen: int
+    gateway: str | None
+    address6: str | None
+    prefixlen6: int
+    gateway6: str | None
+    keep_existing_default: bool
+
+    @classmethod
+    def checked(
+        cls, netns: str, ifname: str, cidr: str, gateway: str | None,
+        cidr6: str | None, gateway6: str | None, keep_existing_default: bool,
+    ) -> _ContainerEnd:  # fmt: skip
+        address, prefixlen = split_cidr(cidr)
+        address6, prefixlen6 = split_cidr(cidr6, 6) if cidr6 else (None, 0)
+        if gateway6 and (address6 is None or family_of(gateway6, "IPv6 gateway") != socket.AF_INET6):
+            raise DatapathError(f"invalid IPv6 gateway {gateway6!r}: an IPv6 address, with cidr6")
+        return cls(netns, ifname, address, prefixlen, gateway, address6, prefixlen6, gateway6, keep_existing_default)
+
+    def configure(self, ipr: IPRoute) -> bool:
+        """Address the interface, bring it up, add the default routes wanted; returns
+        whether the one via ``gateway`` (with none, via ``gateway6``) was added. Call only
+        inside the container's namespace (``_in_netns``), with a socket opened there.
+
+        Two round trips: addresses and "up" in one batch, the routes in another (they need
+        the link up); with IPv6, then the wait until the kernel has finished the address
+        (``Ipv6AddressWatch``). Whatever fails, the caller deletes the pair, which undoes
+        them all.
+        """
+        index = ifindex(self.ifname)
+        if index is None:
+            raise DatapathError(f"cannot configure {self.ifname} in {self.netns}: it vanished")
+        if self.address6 is None:
+            return self._configure(ipr, index)
+        _quiet_ipv6(self.ifname)  # before "up", which makes the link-local address
+        watch = Ipv6AddressWatch()
+        try:
+            routed = self._configure(ipr, index)
+            watch.wait(index, self.address6, IPV6_READY_TIMEOUT)
+        finally:
+            watch.close()
+        return routed
+
+    def _configure(self, ipr: IPRoute, index: int) -> bool:
+        batch = [address_message(index, self.address, self.prefixlen)]
+        if self.address6 is not None:
+            batch.append(address_message(index, self.address6, self.prefixlen6))
+        send_batch(ipr, [*batch, link_up_message(index)])
+        wanted = [(af, via) for af, via in ((socket.AF_INET, self.gateway), (socket.AF_INET6, self.gateway6)) if via]
+        if not self.keep_existing_default:
+            send_batch(ipr, [default_route_message(index, via, af) for af, via in wanted])
+            installed = {af for af, _ in wanted}
+        else:
+            installed = {af for af, via in wanted if self._add_default_unless_there(ipr, index, via, af)}
+        return (socket.AF_INET if self.gateway else socket.AF_INET6) in installed
+
+    @staticmethod
+    def _add_default_unless_there(ipr: IPRoute, index: int, gateway: str, family: int) -> bool:
+        """The default route of ``family`` via ``gateway``; False if the namespace has one (it stays)."""
+        try:
+            send_batch(ipr, [default_route_message(index, gateway, family)])
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return False  # the namespace's first network keeps the default route
+            raise
+        return True
 
 
 class NetlinkDatapath(VxlanVerbs, NetlinkWorkers):
@@ -158,21 +285,41 @@ class NetlinkDatapath(VxlanVerbs, NetlinkWorkers):
 
     # ------------------------------------------------------------------ bridges
 
-    def ensure_bridge(self, name: str, gateway_cidr: str, mtu: int, mark: str, exclusive: bool = False) -> None:
-        """Create the bridge if missing, mark it, give it ``gateway_cidr`` and bring it up.
+    def ensure_bridge(
+        self,
+        name: str,
+        gateway_cidr: str,
+        mtu: int,
+        mark: str,
+        exclusive: bool = False,
+        *,
+        gateway_cidr6: str | None = None,
+    ) -> None:
+        """Create the bridge if missing, mark it, give it ``gateway_cidr`` (and, dual stack,
+        ``gateway_cidr6``, usable at once: no duplicate address detection) and bring it up.
 
-        Idempotent: on an existing bridge it only fixes what differs (alias, MTU, a missing
-        gateway address, admin state). Other addresses on it are left alone. DatapathError
-        if ``name`` exists and is not a bridge.
+        The bridge accepts no IPv6 router advertisements (accept_ra 0): a container must
+        not be able to hand the host a route. With ``exclusive`` the gateway addresses are
+        its only IPv4 and global IPv6 ones (link-local fe80:: stays). Idempotent: on an
+        existing bridge it only fixes what differs (alias, MTU, accept_ra, a missing gateway
+        address, admin state); without ``exclusive`` other addresses are left alone.
+        DatapathError if ``name`` exists and is not a bridge.
         """
-        address, prefixlen = split_cidr(gateway_cidr)
+        wanted = [split_cidr(gateway_cidr)]
+        if gateway_cidr6 is not None:
+            wanted.append(split_cidr(gateway_cidr6, 6))
 
         def work(ipr: IPRoute) -> None:
             with mapped(f"cannot set up bridge {name}"):
                 link = self._bridge_link(ipr, name, mtu)
                 index = link["index"]
                 self._set_alias_and_mtu(ipr, link, mark, mtu)
-                self._set_bridge_address(ipr, index, address, prefixlen, exclusive)
+                try:
+                    hostinfo.ensure_sysctl(hostinfo.interface_sysctl_path(name, "accept_ra", 6), "0")
+                except FileNotFoundError:
+                    if gateway_cidr6 is not None:
+                        raise  # else: a kernel without IPv6
+                self._set_bridge_addresses(ipr, index, wanted, exclusive)
                 if not link["flags"] & IFF_UP:
                     ipr.link("set", index=index, state="up")
 
@@ -202,20 +349,25 @@ class NetlinkDatapath(VxlanVerbs, NetlinkWorkers):
         return link
 
     @staticmethod
-    def _set_bridge_address(
-        ipr: IPRoute, index: int, address: str, prefixlen: int, exclusive: bool
-    ) -> None:
-        """Give the bridge ``index`` the gateway address if it lacks it (with ``exclusive``,
-        drop its other IPv4 addresses first). On the worker, inside the caller's ``mapped``."""
+    def _set_bridge_addresses(ipr: IPRoute, index: int, wanted: list[tuple[str, int]], exclusive: bool) -> None:
+        """Give the bridge ``index`` each (address, prefixlen) of ``wanted`` it lacks (with
+        ``exclusive``, first drop its other IPv4 and global IPv6 addresses). On the worker,
+        inside the caller's ``mapped``."""
         present = {
             (a.get("address"), a["prefixlen"])
-            for a in ipr.addr("dump", index=index, family=socket.AF_INET)
+            for a in ipr.addr("dump", index=index)
+            if _v4_or_global_v6(a)  # fe80:: stays, always
         }
         if exclusive:
-            for other, other_len in present - {(address, prefixlen)}:
+            for other, other_len in present - set(wanted):
                 ipr.addr("del", index=index, address=other, prefixlen=other_len)
-        if (address, prefixlen) not in present:
-            tolerate(lambda: ipr.addr("add", index=index, address=address, prefixlen=prefixlen), (errno.EEXIST,))
+        for address, prefixlen in wanted:
+            if (address, prefixlen) not in present:
+                try:
+                    add_address(ipr, index, address, prefixlen)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
 
     def delete_bridge(self, name: str) -> None:
         """Delete the bridge; a missing one is success. Its ports stay, unenslaved."""
@@ -271,25 +423,26 @@ class NetlinkDatapath(VxlanVerbs, NetlinkWorkers):
         mark: str,
         hairpin: bool = False,
         keep_existing_default: bool = False,
+        cidr6: str | None = None,
+        gateway6: str | None = None,
     ) -> bool:
         """Connect the namespace ``netns`` to ``bridge`` with a veth pair; all or nothing.
 
         The host end ``host_ifname`` is marked, enslaved, given ``mtu`` and brought up;
-        the container end ``ifname`` gets ``mac``, ``mtu``, ``cidr``, is brought up, and
-        (if ``gateway``) the default route. A namespace that already has a default route
-        fails the attach, unless ``keep_existing_default``: then that route stays and
-        this interface gets none (one trip into the namespace, no separate look first).
-        Returns whether the default route via ``gateway`` was installed.
+        the container end ``ifname`` gets ``mac``, ``mtu``, ``cidr`` (and ``cidr6``), is
+        brought up, and (if ``gateway``/``gateway6``) the default route of that family. A
+        namespace that already has a default route of a family fails the attach, unless
+        ``keep_existing_default``: then that route stays and this interface gets none of
+        that family (one trip into the namespace, no separate look first). Returns whether
+        the default route via ``gateway`` was installed (with only ``gateway6``: via it).
+
+        With ``cidr6`` the interface accepts no router advertisements and does no duplicate
+        address detection (set on it before it comes up): ``cidr6`` and the link-local
+        address are usable when this returns, with no tentative window.
         """
-        address, prefixlen = split_cidr(cidr)
+        end = _ContainerEnd.checked(netns, ifname, cidr, gateway, cidr6, gateway6, keep_existing_default)
         if not MAC_RE.match(mac):
             raise DatapathError(f"invalid MAC address {mac!r}")
-
-        def configure_inside(ipr: IPRoute) -> bool:
-            # Runs in a thread inside the container namespace.
-            return self._configure_container_end(
-                ipr, netns, ifname, address, prefixlen, gateway, keep_existing_default
-            )
 
         def work(ipr: IPRoute) -> bool:
             what = f"cannot attach {host_ifname} to {bridge}"
@@ -300,42 +453,13 @@ class NetlinkDatapath(VxlanVerbs, NetlinkWorkers):
             try:
                 return bool(self._add_veth(
                     ipr, what, host_ifname, bridge, mtu, mark, hairpin, peer, f"{ifname} in {netns}",
-                    lambda: self._in_netns(netns, f"cannot configure {ifname} in {netns}", configure_inside),
+                    # in a thread inside the container namespace, on a socket opened there
+                    lambda: self._in_netns(netns, f"cannot configure {ifname} in {netns}", end.configure),
                 ))
             finally:
                 os.close(ns_fd)
 
         return self._host(work)
-
-    @staticmethod
-    def _configure_container_end(
-        ipr: IPRoute,
-        netns: str,
-        ifname: str,
-        address: str,
-        prefixlen: int,
-        gateway: str | None,
-        keep_existing_default: bool,
-    ) -> bool:
-        """Address ``ifname``, bring it up and, with ``gateway``, add the default route via
-        it; returns whether that route was added. Call only inside the container's
-        namespace (``_in_netns``), with a socket opened there."""
-        index = ifindex(ifname)
-        if index is None:
-            raise DatapathError(
-                f"cannot configure {ifname} in {netns}: it vanished"
-            )
-        ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
-        ipr.link("set", index=index, state="up")
-        if not gateway:
-            return False
-        try:
-            ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST and keep_existing_default:
-                return False  # the namespace's first network keeps the default route
-            raise
-        return True
 
     def create_veth_pair(
         self, *, host_ifname: str, peer_ifname: str, bridge: str, mac: str, mtu: int, mark: str, hairpin: bool = False
@@ -414,85 +538,90 @@ class NetlinkDatapath(VxlanVerbs, NetlinkWorkers):
             if self.netns_exists(netns):
                 raise  # else: deleted meanwhile, which removed the link too
 
-    def has_default_route(self, netns: str) -> bool:
-        """True if ``netns`` has an IPv4 default route in its main table."""
-        return any(r["dst"] == "default" for r in self.container_routes(netns))
+    def has_default_route(self, netns: str, family: int = 4) -> bool:
+        """True if ``netns`` has a default route of ``family`` (4 or 6) in its main table."""
+        return any(r["dst"] == "default" for r in self.container_routes(netns, family=family))
 
     def add_default_route(self, netns: str, gateway: str) -> None:
-        """Add the default route via ``gateway``; the same route already there is success.
-
-        A default route via another gateway is a DatapathError.
-        """
+        """Add the default route via ``gateway`` (its family: IPv4 or IPv6); the same route
+        already there is success, a default route of that family via another gateway a
+        DatapathError."""
+        af = family_of(gateway, "gateway")
+        what = f"cannot add default route via {gateway} in {netns}"
 
         def work(ipr: IPRoute) -> None:
             try:
-                ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+                ipr.route("add", family=af, dst=_DEFAULT_DST[af], gateway=gateway)
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise
                 # Idempotent for the same gateway; a different default route is a conflict.
-                for route in ipr.route(
-                    "dump", family=socket.AF_INET, table=RT_TABLE_MAIN
-                ):
-                    if route["dst_len"] == 0 and route.get("gateway") == gateway:
+                for route in ipr.route("dump", family=af, table=RT_TABLE_MAIN):
+                    if route["dst_len"] == 0 and route.get("gateway") == str(ipaddress.ip_address(gateway)):
                         return
                 raise
 
-        self._in_netns(
-            netns, f"cannot add default route via {gateway} in {netns}", work
-        )
+        self._in_netns(netns, what, work)
 
     def container_interfaces(self, netns: str) -> list[dict[str, Any]]:
-        """Every link in ``netns``, lo included, with its IPv4 addresses (IPv6 left out).
+        """Every link in ``netns``, lo included: ifname, mac, mtu, state, ``addresses`` (its
+        IPv4 CIDRs) and ``addresses6`` (its global IPv6 CIDRs; link-local and ::1 left out).
 
         ``state`` is the admin state (IFF_UP), not the carrier.
         """
 
         def work(ipr: IPRoute) -> list[dict[str, Any]]:
-            addresses: dict[int, list[str]] = {}
-            for msg in ipr.addr("dump", family=socket.AF_INET):
-                addresses.setdefault(msg["index"], []).append(
-                    f"{msg.get('address')}/{msg['prefixlen']}"
-                )
+            addresses: dict[tuple[int, int], list[str]] = {}
+            for msg in ipr.addr("dump"):  # both families in one request
+                if _v4_or_global_v6(msg):
+                    key = (msg["index"], msg["family"])
+                    addresses.setdefault(key, []).append(f"{msg.get('address')}/{msg['prefixlen']}")
             return [
                 {
                     "ifname": link.get("ifname"),
                     "mac": link.get("address"),
                     "mtu": link.get("mtu"),
                     "state": "up" if link["flags"] & IFF_UP else "down",
-                    "addresses": addresses.get(link["index"], []),
+                    "addresses": addresses.get((link["index"], socket.AF_INET), []),
+                    "addresses6": addresses.get((link["index"], socket.AF_INET6), []),
                 }
                 for link in ipr.link("dump")
             ]
 
         return self._in_netns(netns, f"cannot list interfaces in {netns}", work)
 
-    def container_routes(self, netns: str) -> list[dict[str, Any]]:
-        """The IPv4 routes of the main table in ``netns``, in the kernel's order."""
+    def container_routes(self, netns: str, family: int = 4) -> list[dict[str, Any]]:
+        """The main-table routes of ``family`` (4 or 6) in ``netns`` (dst, gateway, dev), in
+        the kernel's order. IPv6 leaves out what the kernel keeps for itself: link-local
+        (fe80::/64 per interface), loopback and multicast routes."""
+        af = _family(family)
 
         def work(ipr: IPRoute) -> list[dict[str, Any]]:
             names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
             routes = []
-            for msg in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+            for msg in ipr.route("dump", family=af, table=RT_TABLE_MAIN):
                 dst_len = msg["dst_len"]
-                routes.append(
-                    {
-                        "dst": "default"
-                        if dst_len == 0
-                        else f"{msg.get('dst')}/{dst_len}",
-                        "gateway": msg.get("gateway"),
-                        "dev": names.get(msg.get("oif")),
-                    }
-                )
+                dst = "default" if dst_len == 0 else f"{msg.get('dst')}/{dst_len}"
+                if af == socket.AF_INET6 and dst_len and _is_housekeeping6(ipaddress.IPv6Network(dst, strict=False)):
+                    continue
+                routes.append({"dst": dst, "gateway": msg.get("gateway"), "dev": names.get(msg.get("oif"))})
             return routes
 
         return self._in_netns(netns, f"cannot list routes in {netns}", work)
 
     # ------------------------------------------------------------------ host view
 
-    def set_interface_sysctl(self, ifname: str, key: str, value: str) -> None:
-        """net.ipv4.conf.IFNAME.KEY = VALUE in the host namespace (forwarding, route_localnet)."""
-        hostinfo.set_interface_sysctl(ifname, key, value)
+    def set_interface_sysctl(self, ifname: str, key: str, value: str, family: int = 4) -> None:
+        """net.ipv4.conf.IFNAME.KEY = VALUE (``family`` 6: net.ipv6.conf...) in the host
+        namespace (forwarding, route_localnet, accept_ra); already set is success."""
+        self._host(lambda ipr: hostinfo.set_interface_sysctl(ifname, key, value, family))
+
+    def enable_ipv6_forwarding(self) -> None:
+        """net.ipv6.conf.all.forwarding = 1 in the host namespace, after giving every
+        interface with accept_ra 1 the value 2 (a router would otherwise stop accepting
+        router advertisements, and the host lose the routes its uplink learns from them).
+        Already on is success, and then nothing is touched."""
+        self._host(lambda ipr: hostinfo.enable_ipv6_forwarding())
 
     def host_ports(self) -> hostinfo.HostPorts:
         """The host's bound ports, read once; ``.holder(protocol, port, host_ip)`` names
@@ -500,11 +629,16 @@ class NetlinkDatapath(VxlanVerbs, NetlinkWorkers):
         return hostinfo.HostPorts()
 
     def host_addresses(self) -> list[str]:
-        """Every IPv4 address of the host namespace (no prefix length)."""
+        """Every IPv4 address of the host namespace, then every global IPv6 one (link-local
+        and ::1 left out), each sorted, without prefix length."""
 
         def work(ipr: IPRoute) -> list[str]:
+            found: dict[int, set[str]] = {socket.AF_INET: set(), socket.AF_INET6: set()}
             with mapped("cannot read host addresses"):
-                return sorted({str(msg.get("address")) for msg in ipr.addr("dump", family=socket.AF_INET)})
+                for msg in ipr.addr("dump"):
+                    if _v4_or_global_v6(msg):
+                        found[msg["family"]].add(str(msg.get("address")))
+            return sorted(found[socket.AF_INET]) + sorted(found[socket.AF_INET6])
 
         return self._host(work)
 
@@ -526,33 +660,27 @@ class NetlinkDatapath(VxlanVerbs, NetlinkWorkers):
         return self._host(work)
 
     def host_networks(self) -> list[str]:
-        """IPv4 networks of every address and every route, local table and default excluded.
+        """The networks of every address and every route of the host, IPv4 then IPv6, each
+        sorted; the local table, default routes and IPv6 link-local, loopback and multicast
+        left out.
 
-        The default route (0.0.0.0/0) is left out: it overlaps everything, so counting it
-        would leave no subnet to pick. The local table only repeats the addresses.
+        A default route (0.0.0.0/0, ::/0) overlaps everything, so counting it would leave no
+        subnet to pick. The local table only repeats the addresses.
         """
 
         def work(ipr: IPRoute) -> list[str]:
-            found: set[ipaddress.IPv4Network] = set()
+            found: dict[int, set[Any]] = {socket.AF_INET: set(), socket.AF_INET6: set()}
             with mapped("cannot read host addresses and routes"):
-                for msg in ipr.addr("dump", family=socket.AF_INET):
-                    found.add(
-                        ipaddress.IPv4Interface(
-                            f"{msg.get('address')}/{msg['prefixlen']}"
-                        ).network
-                    )
-                for msg in ipr.route("dump", family=socket.AF_INET):
-                    if (
-                        msg.get("table") == RT_TABLE_LOCAL
-                        or msg["dst_len"] == 0
-                        or msg.get("dst") is None
-                    ):
-                        continue
-                    found.add(
-                        ipaddress.IPv4Network(
-                            f"{msg.get('dst')}/{msg['dst_len']}", strict=False
-                        )
-                    )
-            return [str(n) for n in sorted(found)]
+                for msg in ipr.addr("dump"):
+                    if msg["family"] in found:
+                        cidr = f"{msg.get('address')}/{msg['prefixlen']}"
+                        found[msg["family"]].add(ipaddress.ip_interface(cidr).network)
+                for af in found:
+                    for msg in ipr.route("dump", family=af):
+                        if msg.get("table") == RT_TABLE_LOCAL or msg["dst_len"] == 0 or msg.get("dst") is None:
+                            continue
+                        found[af].add(ipaddress.ip_network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
+            v6 = {n for n in found[socket.AF_INET6] if not _is_housekeeping6(n)}
+            return [str(n) for n in sorted(found[socket.AF_INET])] + [str(n) for n in sorted(v6)]
 
         return self._host(work)

@@ -31,6 +31,7 @@ __all__ = [
     "current_netns_fd",
     "ensure_netns_dir",
     "is_bound_netns",
+    "move_high",
     "open_sockets_in_netns",
     "run_in_netns",
     "run_in_thread",
@@ -131,7 +132,7 @@ def run_in_netns(netns: str | int, fn: Callable[[], T]) -> T:
 HIGH_FD_FLOOR = 1024
 
 
-def _move_high(sock: socket.socket) -> socket.socket:
+def move_high(sock: socket.socket) -> socket.socket:
     """Give a long-lived socket a descriptor number above 1023 (when the fd limit allows).
 
     libnftables waits on its netlink socket with select(), which aborts the whole process
@@ -150,7 +151,7 @@ def _move_high(sock: socket.socket) -> socket.socket:
 
 
 def _bound_socket(family: int, type: int, bind: tuple[str, int]) -> socket.socket:
-    sock = _move_high(socket.socket(family, type))
+    sock = move_high(socket.socket(family, type))
     try:
         if sock.type == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

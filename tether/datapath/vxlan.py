@@ -8,12 +8,15 @@ enslaved to the network's bridge, with the containers' veths beside it. The cont
 knows every endpoint, so nothing is learned from the wire:
 
 * The device has learning off (a source VTEP is never trusted) and proxy on: it
-  answers ARP requests from its own neighbour table and drops every ARP frame it
-  would otherwise tunnel (answered or not). So ARP never crosses hosts, and a peer
-  that is not programmed cannot be resolved at all. l2miss/l3miss stay off: there is
-  no one listening for misses.
+  answers ARP requests, and IPv6 neighbour solicitations (NDP), from its own neighbour
+  tables and drops every ARP frame and solicitation it would otherwise tunnel (answered
+  or not). So neither crosses hosts, and a peer that is not programmed cannot be
+  resolved at all. l2miss/l3miss stay off: there is no one listening for misses. (Other
+  IPv6 multicast, MLD reports for one, is flooded like any broadcast.)
 * Each remote endpoint (and each remote host's own overlay address) is a permanent
-  neighbour entry (ip -> mac) on the device plus a static FDB entry (mac -> VTEP),
+  neighbour entry (ip -> mac; an AF_INET6 one for an IPv6 address, which the proxy
+  reads for NDP as it reads AF_INET for ARP) on the device plus a static FDB entry
+  (mac -> VTEP; a dual-stack endpoint has one MAC, so one FDB entry serves both),
   in that order, flannel's, with the neighbour undone if the FDB step fails. Each
   remote host also gets one all-zeros FDB entry (append): the device sends
   broadcast, multicast *and unknown unicast* to every such VTEP.
@@ -62,6 +65,7 @@ from .workers import (
     MAC_RE,
     MISSING,
     NetlinkWorkers,
+    add_address,
     ifindex,
     mapped,
     split_cidr,
@@ -97,6 +101,14 @@ def _ipv4(address: str, what: str) -> str:
         return str(ipaddress.IPv4Address(address))
     except ValueError as exc:
         raise DatapathError(f"invalid {what} {address!r}") from exc
+
+
+def _peer_ip(address: str) -> str:
+    """A peer's overlay address, IPv4 or IPv6, in canonical text (as the kernel reports it)."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError as exc:
+        raise DatapathError(f"invalid peer address {address!r}") from exc
 
 
 def _vtep(address: str) -> str:
@@ -250,13 +262,13 @@ class VxlanVerbs(NetlinkWorkers):
     # ------------------------------------------------------------------ peers and floods
 
     def add_peer(self, vxlan: str, ip: str, mac: str, vtep: str) -> None:
-        """Program a remote endpoint: ``ip`` is at ``mac``, which lives behind ``vtep``.
+        """Program a remote endpoint: ``ip`` (IPv4 or IPv6) is at ``mac``, which lives behind ``vtep``.
 
-        A permanent neighbour entry on ``vxlan`` (the proxy answers ARP with it), then a
+        A permanent neighbour entry on ``vxlan`` (the proxy answers ARP, or NDP, with it), then a
         static FDB entry. Idempotent; the same MAC behind another VTEP is moved there. All
         or nothing: if the FDB step fails, the neighbour entry is put back as it was.
         """
-        address = _ipv4(ip, "peer address")
+        address = _peer_ip(ip)
         lladdr = _unicast_mac(mac)
         remote = _vtep(vtep)
 
@@ -291,7 +303,7 @@ class VxlanVerbs(NetlinkWorkers):
         on the VXLAN port goes too: if the endpoint now lives on this host, that stale entry
         would otherwise swallow frames to it until it next transmits (up to 300 s).
         """
-        address = _ipv4(ip, "peer address")
+        address = _peer_ip(ip)
         lladdr = _unicast_mac(mac)
         remote = _vtep(vtep)
 
@@ -337,8 +349,9 @@ class VxlanVerbs(NetlinkWorkers):
         )  # fmt: skip
 
     def list_peers(self, vxlan: str) -> list[tuple[str, str, str]]:
-        """(ip, mac, vtep) of every programmed peer, sorted: permanent neighbour entries
-        joined with the FDB entries of their MAC. Half-programmed peers are left out."""
+        """(ip, mac, vtep) of every programmed peer, IPv4 and IPv6, sorted: permanent
+        neighbour entries joined with the FDB entries of their MAC. Half-programmed peers
+        are left out."""
 
         def peers(ipr: IPRoute, index: int) -> list[tuple[str, str, str]]:
             remotes: dict[str, list[str]] = {}
@@ -346,8 +359,10 @@ class VxlanVerbs(NetlinkWorkers):
                 if mac != _ZERO_MAC:
                     remotes.setdefault(mac, []).append(dst)
             found = []
-            for msg in ipr.neigh("dump", ifindex=index, family=socket.AF_INET):
+            for msg in ipr.neigh("dump", ifindex=index):  # both families in one request
                 if msg["ifindex"] != index or not msg["state"] & NUD_PERMANENT:
+                    continue
+                if msg["family"] not in (socket.AF_INET, socket.AF_INET6):
                     continue
                 mac = str(msg.get("NDA_LLADDR") or "").lower()
                 for dst in remotes.get(mac, []):
@@ -386,7 +401,8 @@ class VxlanVerbs(NetlinkWorkers):
         self._host(work)
 
     def add_address(self, ifname: str, cidr: str) -> None:
-        """Add ``cidr`` to the host interface ``ifname``; already there is success."""
+        """Add ``cidr`` to the host interface ``ifname``; already there is success. An IPv6
+        address is usable at once (no duplicate address detection)."""
         self._change_address("add", ifname, cidr, f"cannot add {cidr} to {ifname}")
 
     def remove_address(self, ifname: str, cidr: str) -> None:
@@ -407,7 +423,10 @@ class VxlanVerbs(NetlinkWorkers):
                     if verb == "add":
                         raise DatapathError(f"{what}: {ifname} does not exist")
                     return
-                tolerate(lambda: ipr.addr(verb, index=index, address=address, prefixlen=prefixlen), done)
+                if verb == "add":
+                    tolerate(lambda: add_address(ipr, index, address, prefixlen), done)
+                else:
+                    tolerate(lambda: ipr.addr("del", index=index, address=address, prefixlen=prefixlen), done)
 
         self._host(work)
 

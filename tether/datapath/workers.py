@@ -17,7 +17,10 @@ Design note. A NetlinkDatapath is bound to the network namespace of the thread t
 
 Lower-layer errors are mapped once, here (``mapped``): every pyroute2/OS error leaves as
 ``DatapathError`` with a one-line message. The few link helpers both verb rooms (``netlink.py``,
-``vxlan.py``) need live here too, so neither imports the other.
+``vxlan.py``) need live here too, so neither imports the other, and so do the requests on the
+attach path built as pyroute2 messages and sent in batches (``send_batch``: pyroute2's keyword
+API costs several times the kernel's work per request), and ``Ipv6AddressWatch``, which tells
+when the kernel has really finished an IPv6 address.
 """
 
 from __future__ import annotations
@@ -26,27 +29,54 @@ import errno
 import ipaddress
 import os
 import re
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
+from pyroute2.netlink import (  # type: ignore[import-untyped]
+    NETLINK_ROUTE,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+)
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2.netlink.rtnl import (  # type: ignore[import-untyped]
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTMGRP_IPV6_IFADDR,
+)
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # type: ignore[import-untyped]
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # type: ignore[import-untyped]
+from pyroute2.netlink.rtnl.rtmsg import rtmsg  # type: ignore[import-untyped]
 
 from ..errors import DatapathError
 from . import nsutil
 
 __all__ = [
-    "IFF_UP", "MAC_RE", "MISSING", "NetlinkWorkers", "ifindex", "is_missing", "mapped",
-    "on_request_socket", "reason", "split_cidr", "tolerate",
+    "IFA_F_NODAD", "IFF_UP", "IPV6_READY_TIMEOUT", "MAC_RE", "MISSING", "RT_SCOPE_UNIVERSE", "RT_TABLE_MAIN",
+    "Ipv6AddressWatch", "NetlinkWorkers", "add_address", "address_message", "default_route_message", "family_of",
+    "ifindex", "is_missing", "link_up_message", "mapped", "on_request_socket", "reason", "send_batch", "split_cidr",
+    "tolerate",
 ]  # fmt: skip
 
 T = TypeVar("T")
 
 IFF_UP = 0x1
+IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection, the address is usable at once
+RT_SCOPE_UNIVERSE = 0  # an address's scope: global (link-local is 253, host ::1 254)
+RT_TABLE_MAIN = 254
+_RTPROT_STATIC = 4  # what pyroute2's route("add") and ``ip route add`` mark a route with
+_RTN_UNICAST = 1
+_CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL  # "add": EEXIST if it is there
+_CHANGE = NLM_F_REQUEST | NLM_F_ACK
 MISSING = (errno.ENODEV, errno.ENOENT)  # what the kernel answers for a link, entry or file that is not there
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -99,15 +129,152 @@ def on_request_socket(fn: Callable[[IPRoute], T]) -> T:
         ipr.close()
 
 
-def split_cidr(cidr: str) -> tuple[str, int]:
-    """(address, prefix length) of ``cidr``; DatapathError if it is not an address with a prefix."""
+def split_cidr(cidr: str, family: int | None = None) -> tuple[str, int]:
+    """(address, prefix length) of ``cidr``; DatapathError if it is not an address with a
+    prefix, or (with ``family`` 4 or 6) not of that family. The address comes back in its
+    canonical text, as the kernel reports it (``fd00:0::01`` -> ``fd00::1``)."""
     try:
         iface = ipaddress.ip_interface(cidr)
     except ValueError as exc:
         raise DatapathError(f"invalid address {cidr!r}") from exc
     if "/" not in cidr:
         raise DatapathError(f"invalid address {cidr!r}: a prefix length is required")
+    if family is not None and iface.version != family:
+        raise DatapathError(f"invalid address {cidr!r}: not an IPv{family} address")
     return str(iface.ip), iface.network.prefixlen
+
+
+def family_of(address: str, what: str = "address") -> int:
+    """``socket.AF_INET`` or ``AF_INET6`` for ``address``; DatapathError if it is not an IP address."""
+    try:
+        version = ipaddress.ip_address(address).version
+    except ValueError as exc:
+        raise DatapathError(f"invalid {what} {address!r}") from exc
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+# Requests built as messages. pyroute2's keyword API (``ipr.addr("add", ...)``) runs every
+# request through its filters, about 0.2-0.3 ms of Python each, several times the kernel's
+# own work; a message built here and sent with ``send_batch`` costs a fraction of that,
+# and several of them share one round trip. They carry exactly what the keyword API would
+# send (tests/unit/test_datapath_messages.py compares them), and stay on the attach path.
+
+
+def address_message(index: int, address: str, prefixlen: int) -> Any:
+    """RTM_NEWADDR "add": ``address/prefixlen`` on the link ``index``. An IPv6 address gets
+    IFA_F_NODAD: it is usable at once, with no 1-2 s tentative window; tether's subnets are
+    its own (IPAM hands each address out once), so there is no duplicate to detect."""
+    msg = ifaddrmsg()
+    msg["index"], msg["prefixlen"] = index, prefixlen
+    if ":" in address:
+        msg["family"] = socket.AF_INET6
+        msg["attrs"] = [("IFA_ADDRESS", address), ("IFA_FLAGS", IFA_F_NODAD)]
+    else:
+        msg["family"] = socket.AF_INET
+        msg["attrs"] = [("IFA_ADDRESS", address), ("IFA_LOCAL", address)]
+    msg["header"]["type"], msg["header"]["flags"] = RTM_NEWADDR, _CREATE
+    return msg
+
+
+def link_up_message(index: int) -> Any:
+    """RTM_NEWLINK "set": the link ``index`` administratively up."""
+    msg = ifinfmsg()
+    msg["index"], msg["flags"], msg["change"] = index, IFF_UP, IFF_UP
+    msg["header"]["type"], msg["header"]["flags"] = RTM_NEWLINK, _CHANGE
+    return msg
+
+
+def default_route_message(index: int, gateway: str, family: int) -> Any:
+    """RTM_NEWROUTE "add": the main table's default route of ``family`` via ``gateway`` out of ``index``."""
+    msg = rtmsg()
+    msg["family"], msg["table"], msg["proto"], msg["type"] = family, RT_TABLE_MAIN, _RTPROT_STATIC, _RTN_UNICAST
+    msg["scope"] = RT_SCOPE_UNIVERSE
+    msg["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", index)]
+    msg["header"]["type"], msg["header"]["flags"] = RTM_NEWROUTE, _CREATE
+    return msg
+
+
+def send_batch(ipr: IPRoute, messages: list[Any]) -> None:
+    """Send ``messages`` (built above) in one write and wait for every answer. NetlinkError
+    for the first one refused; the kernel has run the others all the same, so a caller
+    batches only steps it undoes together (or that nothing depends on). None is nothing."""
+    if messages:
+        ipr.nlm_request_batch(messages)
+
+
+class Ipv6AddressWatch:
+    """Waits, in the calling thread's namespace, until the kernel has finished adding an
+    IPv6 address: its RTM_NEWADDR notification.
+
+    Why: even with IFA_F_NODAD, the kernel completes a new IPv6 address in a workqueue
+    (addrconf's DAD work), and that is also when the interface joins the address's
+    solicited-node multicast group. Until then it drops every neighbour solicitation for
+    the address, the neighbour that sent it retries only a second later, and so a peer
+    pinging right after the attach returned could wait a second. For a NODAD address the
+    notification is sent only from that work, after the join: seeing it means "usable".
+    Open it before the change (notifications are queued from then on), ``wait`` after.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        try:
+            self._sock.bind((0, RTMGRP_IPV6_IFADDR))
+            self._sock.setblocking(False)
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def wait(self, index: int, address: str, timeout: float) -> bool:
+        """Whether ``address`` on the link ``index`` was reported complete within ``timeout``
+        seconds (False: the kernel is late; the address will work once it gets there)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                    return False
+                continue
+            except OSError:  # ENOBUFS: notifications lost; do not guess
+                return False
+            if self._reports(data, index, address):
+                return True
+
+    @staticmethod
+    def _reports(data: bytes, index: int, address: str) -> bool:
+        offset = 0
+        while offset + 16 <= len(data):
+            length = int.from_bytes(data[offset : offset + 4], "little")
+            if length < 16:
+                return False
+            msg = ifaddrmsg(data[offset : offset + length])
+            msg.decode()
+            if msg["header"]["type"] == RTM_NEWADDR and msg["index"] == index and msg.get("IFA_ADDRESS") == address:
+                return True
+            offset += (length + 3) & ~3
+        return False
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+IPV6_READY_TIMEOUT = 0.5  # seconds to wait at most for the kernel to finish an IPv6 address
+
+
+def add_address(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
+    """Put ``address/prefixlen`` on the link ``index`` (in the calling thread's namespace,
+    ``ipr``'s). An IPv6 one is usable when this returns (see ``address_message`` and
+    ``Ipv6AddressWatch``)."""
+    if ":" not in address:
+        send_batch(ipr, [address_message(index, address, prefixlen)])
+        return
+    watch = Ipv6AddressWatch()
+    try:
+        send_batch(ipr, [address_message(index, address, prefixlen)])
+        watch.wait(index, address, IPV6_READY_TIMEOUT)
+    finally:
+        watch.close()
 
 
 def ifindex(ifname: str) -> int | None:

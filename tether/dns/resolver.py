@@ -14,11 +14,11 @@ it resolves on the next query after ``add_record`` returns, and nothing ever res
   closes a listening or client socket; other threads hand it work through ``_post`` (a
   queue and a wake-up socketpair). So ``unserve`` can never close a socket under a
   ``recvfrom``, and a fresh ``serve`` right after it finds the port free.
-* Names. ``network -> name -> [IPv4]`` and ``sandbox -> [network]`` under one lock, read
-  per query. A sandbox sees the names of its networks, first network first, as ``NAME``
-  and ``NAME.NETWORK``. Answers carry TTL 0, so churn never leaves a stale address
-  cached. A known name asked for another type (AAAA above all) gets NOERROR with no
-  answer, which ends the asker's search at once instead of a timeout.
+* Names and reverse names live in ``records.py`` (``network -> name -> [IPv4 and IPv6]``,
+  each network's subnets, ``sandbox -> [network]``), read per query; it decides what the
+  resolver answers itself: A and AAAA of container names and aliases, PTR of container
+  addresses, NXDOMAIN for the rest of a tether subnet's reverse names. Answers carry
+  TTL 0, so churn never leaves a stale address cached.
 * Everything else goes upstream, from the daemon's namespace (whose loopback resolvers
   are therefore usable), to the sandbox's own upstreams if it has some (``docker run
   --dns`` on a user-defined network: the container keeps the embedded resolver, and its
@@ -32,7 +32,6 @@ it resolves on the next query after ``add_record`` returns, and nothing ever res
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import secrets
 import selectors
@@ -48,15 +47,11 @@ from typing import Any
 from ..datapath import nsutil
 from ..errors import DatapathError, InvalidInput
 from .message import (
-    ANY,
     BADVERS,
-    CLASS_IN,
-    NOERROR,
     NOTIMP,
     REFUSED,
     SERVFAIL,
     TCP_MAX_SIZE,
-    A,
     MalformedMessage,
     Query,
     Question,
@@ -71,6 +66,7 @@ from .message import (
     truncate,
     with_id,
 )
+from .records import Records
 
 __all__ = [
     "RESOLVER_ADDRESS",
@@ -163,10 +159,6 @@ def _parse_upstream(text: str) -> _Upstream:
     except (ValueError, OSError) as exc:
         raise InvalidInput(f"invalid upstream DNS server {text!r}") from exc
     return _Upstream(text=text, family=family, sockaddr=tuple(sockaddr))
-
-
-def _normalise_name(name: str) -> str:
-    return name.lower().rstrip(".")
 
 
 def _answers(reply: bytes, ident: int, question: Question) -> bool:
@@ -278,9 +270,8 @@ class Resolver:
         texts = upstreams_from_resolv_conf() if upstreams is None else upstreams
         self._upstreams = [_parse_upstream(text) for text in texts]
         # Names: written by the controller's threads, read by the serving thread.
-        self._names_lock = threading.Lock()
-        self._records: dict[str, dict[str, list[str]]] = {}
-        self._sandbox_networks: dict[str, list[str]] = {}
+        self._records = Records()
+        self._upstreams_lock = threading.Lock()
         self._sandbox_upstreams: dict[str, list[_Upstream]] = {}
         # Lifecycle: start, stop, serve and unserve take turns.
         self._lifecycle_lock = threading.Lock()
@@ -302,59 +293,36 @@ class Resolver:
     # ---- names ----------------------------------------------------------------------
 
     def set_records(self, network: str, records: dict[str, list[str]]) -> None:
-        """Replace every name of ``network`` at once: name -> IPv4 addresses."""
-        table: dict[str, list[str]] = {}
-        for name, addresses in records.items():
-            key = _normalise_name(name)
-            for address in addresses:
-                _add_address(table.setdefault(key, []), address)
-            if not table.get(key):
-                table.pop(key, None)
-        with self._names_lock:
-            self._records[network] = table
+        """Replace every name of ``network`` at once: name -> addresses (IPv4 and IPv6)."""
+        self._records.set_records(network, records)
 
     def add_record(self, network: str, name: str, address: str) -> None:
-        key = _normalise_name(name)
-        with self._names_lock:
-            _add_address(self._records.setdefault(network, {}).setdefault(key, []), address)
+        """One more address (either family) under ``name``; A asks get the IPv4 ones,
+        AAAA the IPv6 ones, and a PTR of the address gives ``NAME.NETWORK``."""
+        self._records.add_record(network, name, address)
 
     def remove_record(self, network: str, name: str, address: str) -> None:
         """Forget one address of a name; a name or address not there is not an error."""
-        key = _normalise_name(name)
-        with self._names_lock:
-            table = self._records.get(network, {})
-            addresses = table.get(key)
-            if addresses is None:
-                return
-            table[key] = [a for a in addresses if a != address]
-            if not table[key]:
-                del table[key]
+        self._records.remove_record(network, name, address)
+
+    def set_subnets(self, network: str, subnets: list[str]) -> None:
+        """``network``'s subnets (v4 and v6): their reverse names are answered here,
+        never forwarded. Forgotten with ``drop_network``; [] forgets them too."""
+        self._records.set_subnets(network, subnets)
 
     def set_networks(self, sandbox: str, networks: list[str]) -> None:
         """The networks whose names ``sandbox`` sees, preferred first; [] forgets it."""
-        with self._names_lock:
-            if networks:
-                self._sandbox_networks[sandbox] = list(networks)
-            else:
-                self._sandbox_networks.pop(sandbox, None)
+        self._records.set_networks(sandbox, networks)
 
     def drop_network(self, network: str) -> None:
-        """Forget a network's names, and take it off every sandbox's list."""
-        with self._names_lock:
-            self._records.pop(network, None)
-            for sandbox, networks in list(self._sandbox_networks.items()):
-                if network in networks:
-                    remaining = [n for n in networks if n != network]
-                    if remaining:
-                        self._sandbox_networks[sandbox] = remaining
-                    else:
-                        del self._sandbox_networks[sandbox]
+        """Forget a network's names and subnets, and take it off every sandbox's list."""
+        self._records.drop_network(network)
 
     def set_upstreams(self, sandbox: str, upstreams: Sequence[str] | None) -> None:
         """Where ``sandbox``'s other names go ('IP' or 'IP:PORT' each); None or [] gives it
         the daemon's upstreams again. Forgotten with ``unserve``."""
         parsed = [_parse_upstream(text) for text in upstreams or []]
-        with self._names_lock:
+        with self._upstreams_lock:
             if parsed:
                 self._sandbox_upstreams[sandbox] = parsed
             else:
@@ -365,29 +333,23 @@ class Resolver:
         return [u.text for u in self._upstreams_for(sandbox)]
 
     def _upstreams_for(self, sandbox: str) -> list[_Upstream]:
-        with self._names_lock:
+        with self._upstreams_lock:
             return self._sandbox_upstreams.get(sandbox, self._upstreams)
 
-    def resolve(self, sandbox: str, name: str) -> list[str]:
-        """The IPv4 addresses ``name`` has for ``sandbox``; [] if it is not a local name.
+    def resolve(self, sandbox: str, name: str, version: int | None = None) -> list[str]:
+        """The addresses ``name`` has for ``sandbox`` (IPv4 then IPv6, or only ``version``
+        4 or 6); [] if it is not a local name.
 
         Case-insensitive, trailing dot ignored. ``NAME`` on the sandbox's networks in their
-        order, then ``NAME.NETWORK`` for one of them.
+        order, then ``NAME.NETWORK`` for one of them; each family from the first network
+        that has an address of it.
         """
-        wanted = _normalise_name(name)
-        with self._names_lock:
-            networks = self._sandbox_networks.get(sandbox, ())
-            for network in networks:
-                addresses = self._records.get(network, {}).get(wanted)
-                if addresses:
-                    return list(addresses)
-            for network in networks:
-                suffix = "." + network.lower()
-                if wanted.endswith(suffix):
-                    addresses = self._records.get(network, {}).get(wanted[: -len(suffix)])
-                    if addresses:
-                        return list(addresses)
-        return []
+        return self._records.resolve(sandbox, name, version)
+
+    def reverse(self, sandbox: str, address: str) -> str | None:
+        """What a PTR query for ``address`` from ``sandbox`` answers (``NAME.NETWORK``),
+        or None if the resolver has no name for it."""
+        return self._records.reverse(sandbox, address)
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -757,12 +719,11 @@ class Resolver:
             return build_response(query, NOTIMP, max_size=max_size)
         if query.edns is not None and query.edns.version != 0:
             return build_response(query, BADVERS, max_size=max_size)
-        question = query.question
-        if question.qclass in (CLASS_IN, ANY):
-            addresses = self.resolve(sandbox, question.name)
-            if addresses:
-                answers = addresses if question.qtype in (A, ANY) else []
-                return build_response(query, NOERROR, answers, max_size=max_size, authoritative=True)
+        local = self._records.answer(sandbox, query.question)
+        if local is not None:
+            return build_response(
+                query, local.rcode, local.addresses, pointers=local.pointers, max_size=max_size, authoritative=True
+            )
         if not self._upstreams_for(sandbox) or self._forwards >= _MAX_FORWARDS or self._pool is None:
             return build_response(query, SERVFAIL, max_size=max_size)
         return query
@@ -824,11 +785,3 @@ class Resolver:
             return answer
         return fallback
 
-
-def _add_address(addresses: list[str], address: str) -> None:
-    try:
-        normalised = str(ipaddress.IPv4Address(address))
-    except ValueError as exc:
-        raise InvalidInput(f"invalid IPv4 address {address!r} for a DNS record") from exc
-    if normalised not in addresses:
-        addresses.append(normalised)

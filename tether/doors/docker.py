@@ -9,6 +9,11 @@ each step separately. So a Docker endpoint is a sandbox of the runtime ``docker`
 RequestAddress by a placeholder owner and handed to the endpoint at CreateEndpoint in one
 compare-and-swap, so ``tether run``, CNI and Docker containers draw from one IPAM.
 
+Dual stack (``docker network create --ipv6 --subnet V4 --subnet V6``): dockerd asks the
+IPAM driver for a pool and a gateway of each family (``V6`` set; no v6 subnet given: a
+free ULA /64 is picked), passes both in CreateNetwork (``IPv4Data``, ``IPv6Data``), and an
+address of each family per endpoint; Join answers both gateways.
+
 Docker never tells a driver the network's name: ``-o tether.network=NAME`` picks the
 tether name (and adopts an existing tether network of that name and subnet); otherwise it
 is ``docker-<network id>``. The door keeps only what maps Docker's ids onto tether's (its
@@ -23,10 +28,10 @@ from typing import Any
 
 from ..controller import Controller
 from ..errors import Conflict, InvalidInput, NotFound
-from ..ipam import validate_network_cidrs
+from ..ipam import validate_network_cidrs, validate_network_cidrs6
 from ..model import Network, PortMapping
 from ..storekeys import DOCKER_NETS, DOCKER_POOLS
-from ..validate import check_ipv4, validate_mac
+from ..validate import check_ipv4, check_ipv6, validate_mac
 
 __all__ = ["DockerDoor", "DOCKER_OPTIONS", "RESERVED_OWNER"]
 
@@ -61,6 +66,10 @@ def _ref(endpoint_id: str) -> str:
     return endpoint_id[:12]
 
 
+def _is_v6(subnet: str) -> bool:
+    return ":" in subnet
+
+
 class DockerDoor:
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
@@ -69,7 +78,9 @@ class DockerDoor:
     # ------------------------------------------------------------------ IPAM driver
     def request_pool(self, pool: str, sub_pool: str, options: dict[str, Any], v6: bool) -> dict[str, Any]:
         if v6:
-            raise InvalidInput("tether's IPAM is IPv4 only: create the network without --ipv6")
+            return self._request_pool6(pool, sub_pool)
+        if pool and _is_v6(pool):
+            raise InvalidInput(f"--subnet {pool} is IPv6: add --ipv6 to make a dual-stack network")
         if not pool and sub_pool:
             raise InvalidInput("--ip-range needs --subnet: give the subnet it belongs to")
         c = self.controller
@@ -90,6 +101,28 @@ class DockerDoor:
             self.store.put(DOCKER_POOLS + _pool_id(subnet), {"subnet": subnet, "ip_range": ip_range})
             return {"PoolID": _pool_id(subnet), "Pool": subnet, "Data": {}}
 
+    def _request_pool6(self, pool: str, sub_pool: str) -> dict[str, Any]:
+        """The v6 pool of a dual-stack network: ``pool`` checked (one tether already has
+        is adopted), or a free ULA /64."""
+        if sub_pool:
+            raise InvalidInput(f"--ip-range {sub_pool}: tether takes an --ip-range for the IPv4 subnet only")
+        if pool and not _is_v6(pool):
+            raise InvalidInput(f"--subnet {pool} is IPv4 where dockerd asked for the IPv6 pool: give an IPv6 --subnet")
+        c = self.controller
+        subnet = validate_network_cidrs6(pool, None)[0] if pool else None  # bad input refused before the lock
+        with c.lock:
+            networks = c.all_networks()
+            pools = {kv.key[len(DOCKER_POOLS) :]: kv.value for kv in self.store.list(DOCKER_POOLS)}
+            if subnet is not None and _pool_id(subnet) in pools:  # Docker asks again after a restart
+                return {"PoolID": _pool_id(subnet), "Pool": subnet, "Data": {}}
+            if subnet is None or not any(n.subnet6 == subnet for n in networks):  # adopted: not an overlap
+                others = [p["subnet"] for p in pools.values() if _is_v6(p["subnet"])]
+                in_use = {s: "the subnet of another Docker network" for s in others}
+                in_use.update({n.subnet6: f"network {n.name!r}" for n in networks if n.subnet6})
+                subnet, _ = c.place_subnet6(subnet, None, in_use)
+            self.store.put(DOCKER_POOLS + _pool_id(subnet), {"subnet": subnet, "ip_range": None})
+            return {"PoolID": _pool_id(subnet), "Pool": subnet, "Data": {}}
+
     def release_pool(self, pool_id: str) -> None:
         self.store.delete(DOCKER_POOLS + pool_id)
 
@@ -99,34 +132,51 @@ class DockerDoor:
             raise NotFound(f"unknown tether address pool {pool_id!r}: create the network again with --ipam-driver tether")
         return kv.value
 
+    def _network_of_pool(self, subnet: str) -> Network | None:
+        """The tether network whose v4 or v6 subnet a pool is."""
+        return next((n for n in self.controller.all_networks() if subnet in n.subnets), None)
+
     def request_address(self, pool_id: str, address: str, options: dict[str, Any]) -> str:
         pool = self._pool(pool_id)
-        prefixlen = ipaddress.ip_network(pool["subnet"]).prefixlen
-        network = self.controller.network_by_subnet(pool["subnet"])
+        subnet = pool["subnet"]
+        family = 6 if _is_v6(subnet) else 4
+        prefixlen = ipaddress.ip_network(subnet).prefixlen
+        network = self._network_of_pool(subnet)
         if options.get("RequestAddressType") == GATEWAY_REQUEST:
-            if network is None:  # CreateNetwork, next, gets it back from dockerd in IPv4Data
-                _, gateway, _ = validate_network_cidrs(pool["subnet"], address or None, None)
-            elif address and address != network.gateway:
-                raise Conflict(
-                    f"network {network.name!r} ({network.subnet}) already has gateway {network.gateway}: "
-                    f"use --gateway {network.gateway} or leave it out"
-                )
-            else:
-                gateway = network.gateway
-            return f"{gateway}/{prefixlen}"
+            return f"{self._gateway(subnet, network, address)}/{prefixlen}"
         if network is None:
             raise NotFound(
-                f"no tether network has subnet {pool['subnet']} (removed with `tether network rm`?): "
+                f"no tether network has subnet {subnet} (removed with `tether network rm`?): "
                 "remove the Docker network and create it again"
             )
-        return f"{self.controller.reserve_address(network, RESERVED_OWNER, address or None)}/{prefixlen}"
+        leased = self.controller.reserve_address(network, RESERVED_OWNER, address or None, family)
+        return f"{leased}/{prefixlen}"
+
+    @staticmethod
+    def _gateway(subnet: str, network: Network | None, address: str) -> str:
+        """The gateway of a pool: as asked (checked) before the network exists, the
+        network's own after."""
+        v6 = _is_v6(subnet)
+        if network is None:  # CreateNetwork, next, gets it back from dockerd in IPv4Data/IPv6Data
+            if v6:
+                return validate_network_cidrs6(subnet, address or None)[1]
+            return validate_network_cidrs(subnet, address or None, None)[1]
+        gateway = network.gateway6 if v6 else network.gateway
+        assert gateway is not None  # the network was found by this family's subnet
+        if address and address != gateway:  # dockerd sends addresses in canonical form
+            raise Conflict(
+                f"network {network.name!r} ({subnet}) already has gateway {gateway}: "
+                f"use --gateway {gateway} or leave it out"
+            )
+        return gateway
 
     def release_address(self, pool_id: str, address: str) -> None:
         kv = self.store.get(DOCKER_POOLS + pool_id)
         if kv is None or not address:
             return
-        network = self.controller.network_by_subnet(kv.value["subnet"])
-        if network is None or address == network.gateway:
+        subnet = kv.value["subnet"]
+        network = self._network_of_pool(subnet)
+        if network is None or address == (network.gateway6 if _is_v6(subnet) else network.gateway):
             return
         # only a placeholder lease: an endpoint's lease went with DeleteEndpoint, and the
         # address may already belong to someone else
@@ -142,33 +192,32 @@ class DockerDoor:
     def create_network(
         self, network_id: str, options: dict[str, Any], ipv4: list[dict[str, Any]], ipv6: list[dict[str, Any]]
     ) -> None:
+        """``ipv6`` (IPv6Data, with ``--ipv6``): the v6 pool and gateway of a dual-stack network."""
         if not network_id:
             raise InvalidInput("missing NetworkID in the request")
-        if ipv6:
-            raise InvalidInput("tether networks are IPv4 only: create the network without --ipv6")
-        if len(ipv4) > 1:
-            raise InvalidInput("a tether network has one IPv4 subnet: give --subnet once")
+        for family, data in ((4, ipv4), (6, ipv6)):
+            if len(data) > 1:
+                raise InvalidInput(f"a tether network has one IPv{family} subnet: give one IPv{family} --subnet")
         name, driver, net_options = _network_options(network_id, options.get(GENERIC) or {})
         internal = str(options.get("com.docker.network.internal", "")).lower() == "true"
         subnet = ipv4[0].get("Pool") if ipv4 else None
         gateway = _strip_prefix(ipv4[0].get("Gateway", "")) if ipv4 else None
+        subnet6 = (ipv6[0].get("Pool") or None) if ipv6 else None
+        gateway6 = _strip_prefix(ipv6[0].get("Gateway", "")) if ipv6 else None
         if self.store.get(DOCKER_NETS + network_id) is not None:
             return  # asked again: it exists
         existing = self.controller.find_network(name)
         if existing is not None:
             # `-o tether.network=NAME` of a network tether already has: Docker joins it
-            if subnet and existing.subnet != subnet:
-                raise Conflict(
-                    f"tether network {name!r} has subnet {existing.subnet}: use --subnet {existing.subnet} "
-                    "or another -o tether.network"
-                )
-            if existing.driver != driver:
-                raise Conflict(f"tether network {name!r} uses driver {existing.driver}: use -o tether.driver={existing.driver}")
+            _check_adoptable(existing, driver, subnet, subnet6)
             self.store.put(DOCKER_NETS + network_id, {"name": name, "adopted": True})
             return
         pool = self.store.get(DOCKER_POOLS + _pool_id(subnet)) if subnet else None
         ip_range = pool.value.get("ip_range") if pool else None
-        self.controller.create_network(name, driver, subnet, gateway or None, ip_range, net_options, internal)
+        self.controller.create_network(
+            name, driver, subnet, gateway or None, ip_range, net_options, internal,
+            ipv6=bool(ipv6), subnet6=subnet6, gateway6=gateway6 or None,
+        )
         try:
             self.store.put(DOCKER_NETS + network_id, {"name": name, "adopted": False})
         except BaseException:
@@ -189,20 +238,26 @@ class DockerDoor:
     ) -> dict[str, Any]:
         if not endpoint_id:
             raise InvalidInput("missing EndpointID in the request")
-        cidr = str(interface.get("Address") or "")
-        ip = _strip_prefix(cidr) or None
+        ip = _strip_prefix(str(interface.get("Address") or "")) or None
+        ip6 = _strip_prefix(str(interface.get("AddressIPv6") or "")) or None
         mac = validate_mac(str(interface["MacAddress"])) if interface.get("MacAddress") else None
         if ip is not None:
             check_ipv4("address", ip)
+        if ip6 is not None:
+            ip6 = check_ipv6("AddressIPv6", ip6)
         network = self._network(network_id)
-        # the lease tether's IPAM gave Docker a moment ago becomes the endpoint's; an
+        # the leases tether's IPAM gave Docker a moment ago become the endpoint's; an
         # address Docker's own IPAM chose (or none yet) is leased now
-        att = self.controller.create_external(RUNTIME, _ref(endpoint_id), network, ip, mac, reserved_by=RESERVED_OWNER)
+        att = self.controller.create_external(
+            RUNTIME, _ref(endpoint_id), network, ip, mac, reserved_by=RESERVED_OWNER, ip6=ip6
+        )
         # only what Docker did not give (dockerd refuses a driver that "changes" an
         # address or MAC it passed in)
         given: dict[str, str] = {}
         if ip is None:
             given["Address"] = att.endpoint.cidr
+        if ip6 is None and att.endpoint.cidr6 is not None:
+            given["AddressIPv6"] = att.endpoint.cidr6
         if mac is None:
             given["MacAddress"] = att.endpoint.mac
         return {"Interface": given} if given else {}
@@ -218,6 +273,8 @@ class DockerDoor:
         }
         if endpoint.default_route:
             reply["Gateway"] = endpoint.gateway
+            if endpoint.gateway6 is not None:
+                reply["GatewayIPv6"] = endpoint.gateway6
         else:
             reply["DisableGatewayService"] = True  # an internal network: no way out, no extra NIC
         return reply
@@ -253,6 +310,26 @@ class DockerDoor:
 
     def revoke_external(self, network_id: str, endpoint_id: str) -> None:
         self.controller.unpublish_external(RUNTIME, _ref(endpoint_id))
+
+
+def _check_adoptable(existing: Network, driver: str, subnet: str | None, subnet6: str | None) -> None:
+    """Docker may join a tether network only as it is: same subnets, same driver."""
+    if subnet and existing.subnet != subnet:
+        raise Conflict(
+            f"tether network {existing.name!r} has subnet {existing.subnet}: use --subnet {existing.subnet} "
+            "or another -o tether.network"
+        )
+    if subnet6 and existing.subnet6 != subnet6:
+        if existing.subnet6 is None:
+            raise Conflict(f"tether network {existing.name!r} has no IPv6 subnet: leave out --ipv6")
+        raise Conflict(
+            f"tether network {existing.name!r} has IPv6 subnet {existing.subnet6}: use --subnet {existing.subnet6} "
+            "or another -o tether.network"
+        )
+    if existing.driver != driver:
+        raise Conflict(
+            f"tether network {existing.name!r} uses driver {existing.driver}: use -o tether.driver={existing.driver}"
+        )
 
 
 def _network_options(network_id: str, generic: Any) -> tuple[str, str, dict[str, str]]:

@@ -112,12 +112,17 @@ class NetworkSpec:
     internal: bool
     bridge: str | None = None  # a fixed device name (the default network's tether0)
     labels: dict[str, str] = field(default_factory=dict)  # the user's `--label`s, kept on the record
+    subnet6: str | None = None  # dual stack: the v6 subnet and gateway, checked and placed
+    gateway6: str | None = None
 
 
-def enable_uplink_forwarding(ctx: DriverContext) -> None:
-    """Replies and published-port traffic arrive on the uplink: it must forward too."""
+def enable_uplink_forwarding(ctx: DriverContext, ipv6: bool = False) -> None:
+    """Replies and published-port traffic arrive on the uplink: it must forward too. IPv6
+    forwards by one switch for the whole namespace (no per-interface check on input)."""
     for ifname in ctx.datapath.uplinks():
         ctx.datapath.set_interface_sysctl(ifname, "forwarding", "1")
+    if ipv6:
+        ctx.datapath.enable_ipv6_forwarding()
 
 
 class SandboxMode(abc.ABC):
@@ -179,6 +184,7 @@ class NetworkDriver(abc.ABC):
         return NetworkRules(
             bridge=network.bridge,
             subnet=network.subnet,
+            subnet6=network.subnet6,
             masquerade=network.options.get("masquerade", "true") == "true" and not network.internal,
             internal=network.internal,
             icc=network.options.get("icc", "true") == "true",
@@ -201,6 +207,10 @@ class NetworkDriver(abc.ABC):
     def gateway(self, ctx: DriverContext, network: Network) -> str:
         """The gateway of this host's endpoints on ``network``."""
         return network.gateway
+
+    def gateway6(self, ctx: DriverContext, network: Network) -> str | None:
+        """The v6 gateway of this host's endpoints on ``network`` (None: IPv4 only)."""
+        return network.gateway6
 
     @abc.abstractmethod
     def attach_endpoint(

@@ -63,13 +63,15 @@ class BridgeDriver(NetworkDriver):
             options=dict(spec.options),
             created=time.time(),
             labels=dict(spec.labels),
+            subnet6=spec.subnet6,
+            gateway6=spec.gateway6,
         )
         ctx.store.put(NET_PREFIX + network.name, network.to_dict())
         undo.push(f"record of network {network.name}", lambda: ctx.store.delete(NET_PREFIX + network.name))
         undo.push(f"bridge {bridge}", lambda: ctx.datapath.delete_bridge(bridge))  # (none was there: checked)
         self.restore(ctx, network)
         if not network.internal:
-            enable_uplink_forwarding(ctx)
+            enable_uplink_forwarding(ctx, network.ipv6)
         if ctx.firewall is not None:
             firewall, rules = ctx.firewall, self.rules(network)
             firewall.add_network(rules)
@@ -77,8 +79,9 @@ class BridgeDriver(NetworkDriver):
         return network
 
     def restore(self, ctx: DriverContext, network: Network) -> None:
+        gateway6 = f"{network.gateway6}/{network.prefixlen6}" if network.gateway6 else None
         ctx.datapath.ensure_bridge(
-            network.bridge, f"{network.gateway}/{network.prefixlen}", network.mtu, ctx.mark
+            network.bridge, f"{network.gateway}/{network.prefixlen}", network.mtu, ctx.mark, gateway_cidr6=gateway6
         )
         # Forwarding is switched on per interface, only where needed: an internal network's
         # bridge never forwards. route_localnet lets the host's own 127.0.0.1 reach a port
@@ -86,6 +89,8 @@ class BridgeDriver(NetworkDriver):
         # drops 127.0.0.0/8 arriving *from* a bridge, so containers gain nothing from it.
         ctx.datapath.set_interface_sysctl(network.bridge, "forwarding", "0" if network.internal else "1")
         ctx.datapath.set_interface_sysctl(network.bridge, "route_localnet", "1")
+        if network.ipv6 and not network.internal:
+            ctx.datapath.enable_ipv6_forwarding()
 
     def delete_network(self, ctx: DriverContext, network: Network) -> list[str]:
         errors = [f"bridge {network.bridge}: {e}" for e in collect(lambda: ctx.datapath.delete_bridge(network.bridge))]
@@ -125,6 +130,8 @@ class BridgeDriver(NetworkDriver):
             mac=endpoint.mac,
             cidr=endpoint.cidr,
             gateway=endpoint.gateway if endpoint.default_route else None,
+            cidr6=endpoint.cidr6,
+            gateway6=endpoint.gateway6 if endpoint.default_route else None,
             mtu=self.port_mtu(ctx, network),
             mark=ctx.mark,
             hairpin=self.hairpin,

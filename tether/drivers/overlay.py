@@ -3,9 +3,10 @@
 Per network, on *every* host: a bridge holding that host's own address on the overlay
 subnet (so the host reaches every container directly, and is the default gateway of its
 local containers: one interface per container, no gateway NIC as in Docker), and a VXLAN
-device (the network's VNI, UDP 4789, learning off, ARP proxy on) enslaved to it, with an
-MTU 50 bytes below the underlay's. Endpoints plug into that bridge exactly as the bridge
-driver plugs them.
+device (the network's VNI, UDP 4789, learning off, ARP and NDP proxy on) enslaved to it,
+with an MTU 50 bytes below the underlay's. Endpoints plug into that bridge exactly as the
+bridge driver plugs them. A dual-stack network (``--ipv6``) gives each host a v6 address
+on the bridge too, leased and published beside its v4 one: its containers' v6 gateway.
 
 This driver also owns the overlay's cluster half: the network record and its VNI (claimed
 with compare-and-swap in the cluster store), the cluster-wide IPAM, each host's own
@@ -50,6 +51,7 @@ class OverlayDriver(BridgeDriver):
 
     def __init__(self) -> None:
         self._gateways: dict[str, str] = {}  # net id -> this host's address on it
+        self._gateways6: dict[str, str] = {}  # net id -> this host's v6 address on a dual-stack one
         self._mtu: dict[str, int] = {}  # net id -> MTU derived from this host's underlay
         self.agent: Any = None  # the OverlayAgent, told when a network is removed here
 
@@ -85,6 +87,8 @@ class OverlayDriver(BridgeDriver):
             options={**spec.options, "vni": str(vni)},
             created=time.time(),
             labels=dict(spec.labels),
+            subnet6=spec.subnet6,
+            gateway6=spec.gateway6,  # (reserved, as the v4 one: each host is its containers' gateway)
         )
         if not gstore.compare_and_swap(ckeys.network_key(spec.name), 0, network.to_dict()):
             raise Conflict(f"network {spec.name!r} already exists in the cluster: choose another name")
@@ -110,36 +114,58 @@ class OverlayDriver(BridgeDriver):
                 return vni
 
     def ensure_host(self, ctx: DriverContext, network: Network) -> str:
-        """This host's side of the network: its own address on it (published like an
-        endpoint, so every host and container reaches it), the bridge and the VXLAN
-        device. Idempotent; the agent calls it for every overlay network in the cluster.
-        Returns the VXLAN device."""
+        """This host's side of the network: its own address on it, and a v6 one on a
+        dual-stack network (published like an endpoint, so every host and container
+        reaches them), the bridge and the VXLAN device. Idempotent; the agent calls it for
+        every overlay network in the cluster. Returns the VXLAN device."""
         cluster = _cluster(ctx)
-        node = cluster.node
         with ctx.lock:
-            key = ckeys.endpoint_key(network.id, f"host-{node}")
-            kv = cluster.store.get(key)
-            if kv is not None:
-                address = kv.value["address"]
-            else:
-                address = self.ipam(ctx).allocate(network, f"node:{node}")
-                try:
-                    cluster.store.put(key, _endpoint_record(cluster, "host", network, address, mac_for(address)))
-                except BaseException:
-                    self.ipam(ctx).release(network.id, address)
-                    raise
+            address, address6 = self._own_addresses(ctx, network)
             bridge, vxlan = overlay_devices(network)
             mtu = ctx.datapath.underlay_mtu(cluster.advertise) - VXLAN_OVERHEAD
-            ctx.datapath.ensure_bridge(bridge, f"{address}/{network.prefixlen}", mtu, ctx.mark, exclusive=True)
+            cidr6 = f"{address6}/{network.prefixlen6}" if address6 else None
+            ctx.datapath.ensure_bridge(
+                bridge, f"{address}/{network.prefixlen}", mtu, ctx.mark, exclusive=True, gateway_cidr6=cidr6
+            )
             ctx.datapath.set_bridge_mac(bridge, mac_for(address))
             ctx.datapath.ensure_vxlan(vxlan, int(network.options["vni"]), cluster.advertise, bridge, mtu, ctx.mark)
             ctx.datapath.set_interface_sysctl(bridge, "forwarding", "1")
-            enable_uplink_forwarding(ctx)
+            enable_uplink_forwarding(ctx, network.ipv6 and not network.internal)
             self._mtu[network.id] = mtu
             self._gateways[network.id] = address
+            if address6:
+                self._gateways6[network.id] = address6
             if ctx.firewall is not None:
                 ctx.firewall.add_network(self.rules(network))
             return vxlan
+
+    def _own_addresses(self, ctx: DriverContext, network: Network) -> tuple[str, str | None]:
+        """This host's (v4, v6) addresses on the network (v6 None unless dual stack): from
+        its record in the cluster, or leased now and recorded; what was leased here is
+        given back if the record cannot be written."""
+        cluster = _cluster(ctx)
+        key = ckeys.endpoint_key(network.id, f"host-{cluster.node}")
+        kv = cluster.store.get(key)
+        address: str | None = kv.value["address"] if kv is not None else None
+        address6: str | None = kv.value.get("address6") if kv is not None else None
+        if address is not None and (address6 is not None or not network.ipv6):
+            return address, address6
+        ipam, owner = self.ipam(ctx), f"node:{cluster.node}"
+        leased: list[str] = []
+        try:
+            if address is None:
+                address = ipam.allocate(network, owner)
+                leased.append(address)
+            if network.ipv6:
+                address6 = ipam.allocate(network, owner, family=6)
+                leased.append(address6)
+            record = _endpoint_record(cluster, "host", network, address, mac_for(address), address6=address6)
+            cluster.store.put(key, record)
+        except BaseException:
+            for leased_address in leased:
+                ipam.release(network.id, leased_address)
+            raise
+        return address, address6
 
     def teardown_host(self, ctx: DriverContext, network: Network) -> list[str]:
         """Remove this host's side of the network (the cluster no longer has it)."""
@@ -153,14 +179,14 @@ class OverlayDriver(BridgeDriver):
                 firewall = ctx.firewall
                 errors += collect(lambda: firewall.remove_network(self.rules(network)))
             key = ckeys.endpoint_key(network.id, f"host-{cluster.node}")
-            address = self._gateways.pop(network.id, None)
-            if address is None:  # a host side that never finished: its record has the address
+            addresses = [self._gateways.pop(network.id, None), self._gateways6.pop(network.id, None)]
+            if addresses[0] is None:  # a host side that never finished: its record has the addresses
                 kv = cluster.store.get(key)
-                address = kv.value.get("address") if kv is not None else None
+                addresses = [kv.value.get("address"), kv.value.get("address6")] if kv is not None else []
             self._mtu.pop(network.id, None)
             errors += collect(lambda: cluster.store.delete(key))
-            if address:
-                errors += collect(lambda: self.ipam(ctx).release(network.id, address))
+            for address in filter(None, addresses):
+                errors += collect(lambda a=address: self.ipam(ctx).release(network.id, a))  # type: ignore[misc]
             return errors
 
     def delete_network(self, ctx: DriverContext, network: Network) -> list[str]:
@@ -189,12 +215,16 @@ class OverlayDriver(BridgeDriver):
         containers, hosts = {}, {}
         for kv in _cluster(ctx).store.list(f"{ckeys.ENDPOINTS}{network.id}/"):
             v = kv.value
+            address6 = v.get("address6")
             if v.get("kind") == "container":
                 containers[f"{v.get('container')}"] = {
-                    "address": f"{v['address']}/{network.prefixlen}", "mac": v["mac"], "node": v["node"]
+                    "address": f"{v['address']}/{network.prefixlen}",
+                    "address6": f"{address6}/{network.prefixlen6}" if address6 else None,
+                    "mac": v["mac"],
+                    "node": v["node"],
                 }
             else:
-                hosts[v["node"]] = {"address": v["address"], "vtep": v["vtep"]}
+                hosts[v["node"]] = {"address": v["address"], "address6": address6, "vtep": v["vtep"]}
         return dict(network.to_dict(), containers=containers, hosts=hosts, scope=self.scope)
 
     # ---------------------------------------------------------------- endpoints
@@ -206,6 +236,13 @@ class OverlayDriver(BridgeDriver):
         if network.id not in self._gateways:  # first use since the daemon started
             self.ensure_host(ctx, network)
         return self._gateways[network.id]
+
+    def gateway6(self, ctx: DriverContext, network: Network) -> str | None:
+        if not network.ipv6:
+            return None
+        if network.id not in self._gateways6:  # first use since the daemon started
+            self.ensure_host(ctx, network)
+        return self._gateways6[network.id]
 
     def port_bridge(self, ctx: DriverContext, network: Network) -> str:
         return overlay_devices(network)[0]
@@ -244,7 +281,9 @@ class OverlayDriver(BridgeDriver):
         """Tell every host where the endpoint is; its revision is what the barrier waits for."""
         cluster = _cluster(ctx)
         key = ckeys.endpoint_key(network.id, endpoint.id)
-        record = _endpoint_record(cluster, "container", network, endpoint.address, endpoint.mac, container)
+        record = _endpoint_record(
+            cluster, "container", network, endpoint.address, endpoint.mac, container, address6=endpoint.address6
+        )
         undo.published_at(cluster.store.put(key, record))
         undo.push(f"cluster record of {endpoint.ifname}", lambda: cluster.store.delete(key))
 
@@ -265,7 +304,8 @@ class OverlayDriver(BridgeDriver):
         gstore = _cluster(ctx).store
         for kv in gstore.list(ckeys.ENDPOINTS):
             if kv.value.get("node") == node:
-                self.ipam(ctx).release(kv.value["network_id"], kv.value["address"])
+                for address in filter(None, (kv.value["address"], kv.value.get("address6"))):
+                    self.ipam(ctx).release(kv.value["network_id"], address)
                 gstore.delete(kv.key)
         gstore.delete(ckeys.node_info_key(node))
         gstore.delete(ckeys.applied_key(node))
@@ -295,9 +335,17 @@ def _parse_vni(value: str) -> int:
 
 
 def _endpoint_record(
-    cluster: Any, kind: str, network: Network, address: str, mac: str, container: Container | None = None
+    cluster: Any,
+    kind: str,
+    network: Network,
+    address: str,
+    mac: str,
+    container: Container | None = None,
+    address6: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    """An endpoint as the cluster sees it; ``address6`` only on a dual-stack network (one
+    MAC for both addresses: every other host programs a peer per address)."""
+    record: dict[str, Any] = {
         "kind": kind,
         "node": cluster.node,
         "vtep": cluster.advertise,
@@ -307,9 +355,16 @@ def _endpoint_record(
         "container": container.name if container else None,
         "container_id": container.id if container else None,
     }
+    if address6:
+        record["address6"] = address6
+    return record
 
 
 def _owns_endpoint(ctx: DriverContext, record: dict[str, Any]) -> bool:
     """Whether an endpoint the cluster says is on this host is still one of ours."""
     kv = ctx.store.get(ep_key(record.get("container_id") or "", record.get("network_id") or ""))
-    return kv is not None and kv.value.get("address") == record.get("address")
+    return (
+        kv is not None
+        and kv.value.get("address") == record.get("address")
+        and kv.value.get("address6") == record.get("address6")
+    )

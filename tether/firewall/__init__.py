@@ -1,6 +1,7 @@
-"""The only code in tether that speaks nftables: a constant ruleset in tether's own table,
-changed by set and map elements. See ``rules.py`` for the rules and what the caller must
-set (sysctls), ``nft.py`` for how they are applied and healed."""
+"""The only code in tether that speaks nftables: a constant ruleset in tether's own two
+tables (``ip`` and ``ip6``), changed by set and map elements. See ``chains.py`` for the
+rules and what the caller must set (sysctls), ``rules.py`` for the inputs and the
+elements they render, ``nft.py`` for how they are applied and healed."""
 
 from __future__ import annotations
 

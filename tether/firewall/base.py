@@ -5,6 +5,11 @@ the real one) and ``tether.testing.firewall.RecordingFirewall`` (in memory, for 
 tests). Its inputs are values (``NetworkRules``, ``PortRule``), never rule text, so a
 backend may keep them however it likes and rebuild everything from them (``sync``).
 
+Dual stack: a network's ``subnet6`` and every PortRule whose container address is IPv6
+belong to the IPv6 side (nftables: the ``ip6`` table, beside the ``ip`` one); each verb
+covers both families in one step (nftables: one transaction), and "the table" below means
+both tables.
+
 What every implementation guarantees:
 
 * ``add_*`` of what is already there (the same element) is a no-op; an element that
@@ -27,7 +32,7 @@ DesiredState = Callable[[], tuple[list[NetworkRules], list[PortRule]]]
 
 
 class Firewall(Protocol):
-    """tether's table of networks and published ports in one network namespace."""
+    """tether's tables (IPv4 and IPv6) of networks and published ports in one network namespace."""
 
     def present(self) -> bool:
         """True if the table and every chain of it exist (cheap)."""
@@ -42,13 +47,16 @@ class Firewall(Protocol):
         """Make the table hold exactly these networks and ports, in one transaction."""
 
     def add_network(self, net: NetworkRules) -> None:
-        """Add one network's elements (bridge, subnet, its masquerade, icc and internal flags)."""
+        """Add one network's elements (bridge, subnets of both families, its masquerade, icc
+        and internal flags); its bridge joins the IPv6 side even without ``subnet6``."""
 
     def remove_network(self, net: NetworkRules) -> None:
         """Remove everything ``net`` may have added, whatever its flags were; idempotent."""
 
     def add_ports(self, ports: list[PortRule]) -> None:
-        """Publish these host ports; a host port already published elsewhere is a Conflict."""
+        """Publish these host ports, each in its container address's family; a host port
+        already published elsewhere in that family is a Conflict, and a host address of the
+        other family than the container's is InvalidInput."""
 
     def remove_ports(self, ports: list[PortRule]) -> None:
         """Unpublish these exact mappings; absent ones (or a key now mapped elsewhere) stay; idempotent."""

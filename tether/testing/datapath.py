@@ -36,7 +36,8 @@ class HeldPorts:
 
 class RecordingDatapath:
     """The kernel as dicts. ``calls`` lists, in order, every verb that changes something
-    (``set_interface_sysctl`` as ``"sysctl IFNAME KEY=VALUE"``); a verb named in ``fail``,
+    (``set_interface_sysctl`` as ``"sysctl IFNAME KEY=VALUE"``, with family 6 as
+    ``"sysctl6 IFNAME KEY=VALUE"``); a verb named in ``fail``,
     reads included, raises DatapathError before it does anything (a change is still
     recorded). Tests may read and seed every public attribute."""
 
@@ -44,6 +45,7 @@ class RecordingDatapath:
         self.netns: set[str] = set()
         self.aliases: dict[str, str] = {}  # netns alias name -> target path
         self.bridges: dict[str, str] = {}  # name -> gateway cidr
+        self.bridges6: dict[str, str] = {}  # name -> IPv6 gateway cidr (dual stack)
         self.bridge_macs: dict[str, str] = {}  # bridge -> MAC given by set_bridge_mac
         self.veths: dict[str, dict[str, Any]] = {}  # host ifname -> attach args (netns None: peer on the host)
         self.vxlans: dict[str, dict[str, Any]] = {}  # name -> ensure_vxlan args
@@ -51,6 +53,9 @@ class RecordingDatapath:
         self.floods: dict[str, set[str]] = {}  # vxlan -> VTEPs
         self.addresses: dict[str, set[str]] = {}  # host ifname -> cidrs from add_address
         self.default_routes: dict[str, str] = {}  # netns -> gateway from add_default_route
+        self.default_routes6: dict[str, str] = {}  # netns -> IPv6 gateway from add_default_route
+        self.sysctls: dict[tuple[int, str, str], str] = {}  # (family, ifname, key) -> value
+        self.ipv6_forwarding = False  # set by enable_ipv6_forwarding
         self.marks: dict[str, str] = {}  # host link -> its alias
         self.underlay_mtus: dict[str, int] = {}  # local IP -> MTU of the interface holding it
         self.held_ports: dict[tuple[str, int], str] = {}  # (protocol, port) -> holder
@@ -80,8 +85,9 @@ class RecordingDatapath:
     def _delete_link(self, ifname: str) -> None:
         # Like the kernel: a link of any kind goes, with what hangs off it.
         tables: tuple[dict[str, Any], ...] = (
-            self.bridges, self.bridge_macs, self.veths, self.vxlans, self.peers, self.floods, self.addresses, self.marks
-        )
+            self.bridges, self.bridges6, self.bridge_macs, self.veths, self.vxlans, self.peers, self.floods,
+            self.addresses, self.marks,
+        )  # fmt: skip
         for table in tables:
             table.pop(ifname, None)
 
@@ -103,12 +109,17 @@ class RecordingDatapath:
     def _in_netns(self, netns: str) -> list[dict[str, Any]]:
         return [v for v in self.veths.values() if v["netns"] == netns]
 
-    def _routes(self, netns: str) -> list[dict[str, Any]]:
+    def _routes(self, netns: str, family: int = 4) -> list[dict[str, Any]]:
         veths = self._in_netns(netns)
-        routes = [{"dst": "default", "gateway": v["gateway"], "dev": v["ifname"]} for v in veths if v["gateway"]]
-        if netns in self.default_routes:
-            routes.append({"dst": "default", "gateway": self.default_routes[netns], "dev": None})
-        return routes + [{"dst": _net(v["cidr"]), "gateway": None, "dev": v["ifname"]} for v in veths]
+        gateway, cidr, added = ("gateway", "cidr", self.default_routes) if family == 4 else (
+            "gateway6", "cidr6", self.default_routes6)  # fmt: skip
+        routes = [{"dst": "default", "gateway": v[gateway], "dev": v["ifname"]} for v in veths if v.get(gateway)]
+        if netns in added:
+            routes.append({"dst": "default", "gateway": added[netns], "dev": None})
+        return routes + [{"dst": _net(v[cidr]), "gateway": None, "dev": v["ifname"]} for v in veths if v.get(cidr)]
+
+    def _has_default(self, netns: str, family: int) -> bool:
+        return any(r["dst"] == "default" for r in self._routes(netns, family))
 
     def close(self) -> None:
         self._check("close")
@@ -130,6 +141,7 @@ class RecordingDatapath:
         self._change("delete_netns")
         self.netns.discard(name)
         self.default_routes.pop(name, None)
+        self.default_routes6.pop(name, None)
         for ifname in [k for k, v in self.veths.items() if v["netns"] == name]:
             self._delete_link(ifname)
 
@@ -157,15 +169,29 @@ class RecordingDatapath:
 
     # ------------------------------------------------------------------ bridges and links
 
-    def ensure_bridge(self, name: str, gateway_cidr: str, mtu: int, mark: str, exclusive: bool = False) -> None:
+    def ensure_bridge(
+        self,
+        name: str,
+        gateway_cidr: str,
+        mtu: int,
+        mark: str,
+        exclusive: bool = False,
+        *,
+        gateway_cidr6: str | None = None,
+    ) -> None:
         self._change("ensure_bridge")
         kind = self._kind(name)
         if kind not in (None, "bridge"):
             raise DatapathError(f"cannot use {name} as a bridge: it is a {kind}")
-        self.bridges[name] = gateway_cidr  # the fake keeps one gateway address per bridge
+        self.bridges[name] = gateway_cidr  # the fake keeps one gateway address per bridge and family
+        if gateway_cidr6 is not None:
+            self.bridges6[name] = gateway_cidr6
         self.marks[name] = mark
+        self.sysctls[(6, name, "accept_ra")] = "0"
         if exclusive:
             self.addresses.pop(name, None)
+            if gateway_cidr6 is None:
+                self.bridges6.pop(name, None)
 
     def delete_bridge(self, name: str) -> None:
         self._change("delete_bridge")
@@ -200,21 +226,28 @@ class RecordingDatapath:
         mark: str,
         hairpin: bool = False,
         keep_existing_default: bool = False,
+        cidr6: str | None = None,
+        gateway6: str | None = None,
     ) -> bool:
         self._change("attach_veth")
         self._check_new_veth(host_ifname, bridge)
         if netns not in self.netns:
             raise DatapathError(f"no netns {netns}")
-        if gateway and any(r["dst"] == "default" for r in self._routes(netns)):
-            if not keep_existing_default:
-                raise DatapathError(f"{netns} has a default route already")
-            gateway = None  # the namespace's first network keeps the default route
+        if gateway6 and not cidr6:
+            raise DatapathError(f"invalid IPv6 gateway {gateway6!r}: an IPv6 address, with cidr6")
+        wanted = {4: gateway, 6: gateway6}
+        for family, via in wanted.items():
+            if via and self._has_default(netns, family):
+                if not keep_existing_default:
+                    raise DatapathError(f"{netns} has an IPv{family} default route already")
+                wanted[family] = None  # the namespace's first network keeps the default route
         self.veths[host_ifname] = dict(
             netns=netns, host_ifname=host_ifname, ifname=ifname, bridge=bridge, mac=mac, cidr=cidr,
-            gateway=gateway, mtu=mtu, mark=mark, hairpin=hairpin, keep_existing_default=keep_existing_default,
-        )
+            gateway=wanted[4], mtu=mtu, mark=mark, hairpin=hairpin, keep_existing_default=keep_existing_default,
+            cidr6=cidr6, gateway6=wanted[6],
+        )  # fmt: skip
         self.marks[host_ifname] = mark
-        return bool(gateway)
+        return bool(wanted[4]) if gateway else bool(wanted[6])
 
     def create_veth_pair(
         self, *, host_ifname: str, peer_ifname: str, bridge: str, mac: str, mtu: int, mark: str, hairpin: bool = False
@@ -223,7 +256,7 @@ class RecordingDatapath:
         self._check_new_veth(host_ifname, bridge)
         self.veths[host_ifname] = dict(
             host_ifname=host_ifname, peer_ifname=peer_ifname, bridge=bridge, mac=mac, mtu=mtu, mark=mark,
-            hairpin=hairpin, netns=None, ifname=peer_ifname, gateway=None, cidr="",
+            hairpin=hairpin, netns=None, ifname=peer_ifname, gateway=None, cidr="", cidr6=None, gateway6=None,
         )
         self.marks[host_ifname] = mark
 
@@ -236,36 +269,52 @@ class RecordingDatapath:
         for k in [k for k, v in self.veths.items() if v["netns"] == netns and v["ifname"] == ifname]:
             self._delete_link(k)
 
-    def has_default_route(self, netns: str) -> bool:
+    def has_default_route(self, netns: str, family: int = 4) -> bool:
         self._check("has_default_route")
-        return any(r["dst"] == "default" for r in self._routes(netns))
+        _family(family)
+        return self._has_default(netns, family)
 
     def add_default_route(self, netns: str, gateway: str) -> None:
         self._change("add_default_route")
         if netns not in self.netns:
             raise DatapathError(f"cannot add default route via {gateway} in {netns}: it does not exist")
-        current = {r["gateway"] for r in self._routes(netns) if r["dst"] == "default"}
+        family = 6 if ":" in gateway else 4
+        current = {r["gateway"] for r in self._routes(netns, family) if r["dst"] == "default"}
         if current - {gateway}:
             raise DatapathError(f"cannot add default route via {gateway} in {netns}: File exists")
         if not current:
-            self.default_routes[netns] = gateway
+            (self.default_routes if family == 4 else self.default_routes6)[netns] = gateway
 
     def container_interfaces(self, netns: str) -> list[dict[str, Any]]:
         self._check("container_interfaces")
-        lo = {"ifname": "lo", "mac": "00:00:00:00:00:00", "mtu": 65536, "state": "up", "addresses": ["127.0.0.1/8"]}
+        lo = {
+            "ifname": "lo", "mac": "00:00:00:00:00:00", "mtu": 65536, "state": "up", "addresses": ["127.0.0.1/8"],
+            "addresses6": [],
+        }  # fmt: skip
         return ([lo] if netns in self.netns else []) + [
-            {"ifname": v["ifname"], "mac": v["mac"], "mtu": v["mtu"], "state": "up", "addresses": [v["cidr"]]}
+            {
+                "ifname": v["ifname"], "mac": v["mac"], "mtu": v["mtu"], "state": "up", "addresses": [v["cidr"]],
+                "addresses6": [v["cidr6"]] if v.get("cidr6") else [],
+            }  # fmt: skip
             for v in self._in_netns(netns)
         ]
 
-    def container_routes(self, netns: str) -> list[dict[str, Any]]:
+    def container_routes(self, netns: str, family: int = 4) -> list[dict[str, Any]]:
         self._check("container_routes")
-        return self._routes(netns)
+        _family(family)
+        return self._routes(netns, family)
 
     # ------------------------------------------------------------------ host view
 
-    def set_interface_sysctl(self, ifname: str, key: str, value: str) -> None:
-        self._change("set_interface_sysctl", f"sysctl {ifname} {key}={value}")
+    def set_interface_sysctl(self, ifname: str, key: str, value: str, family: int = 4) -> None:
+        record = f"sysctl {ifname} {key}={value}" if family == 4 else f"sysctl6 {ifname} {key}={value}"
+        self._change("set_interface_sysctl", record)
+        _family(family)
+        self.sysctls[(family, ifname, key)] = value
+
+    def enable_ipv6_forwarding(self) -> None:
+        self._change("enable_ipv6_forwarding")
+        self.ipv6_forwarding = True
 
     def host_ports(self) -> HeldPorts:
         self._check("host_ports")
@@ -274,7 +323,9 @@ class RecordingDatapath:
     def host_addresses(self) -> list[str]:
         self._check("host_addresses")
         added = [c for cidrs in self.addresses.values() for c in sorted(cidrs)]
-        return ["127.0.0.1"] + [c.split("/")[0] for c in [*self.bridges.values(), *added]]
+        cidrs = [*self.bridges.values(), *self.bridges6.values(), *added]
+        v4 = [c.split("/")[0] for c in cidrs if ":" not in c]
+        return ["127.0.0.1"] + v4 + [c.split("/")[0] for c in cidrs if ":" in c]  # IPv4 first, as the kernel's
 
     def uplinks(self) -> list[str]:
         self._check("uplinks")
@@ -283,7 +334,9 @@ class RecordingDatapath:
     def host_networks(self) -> list[str]:
         self._check("host_networks")
         added = [c for cidrs in self.addresses.values() for c in cidrs]
-        return list(self._host_networks) + list({_net(c) for c in [*self.bridges.values(), *added]})
+        cidrs = [*self.bridges.values(), *self.bridges6.values(), *added]
+        v4 = sorted({_net(c) for c in cidrs if ":" not in c})
+        return list(self._host_networks) + v4 + sorted({_net(c) for c in cidrs if ":" in c})
 
     # ------------------------------------------------------------------ overlay (VXLAN)
 
@@ -375,6 +428,11 @@ class RecordingDatapath:
     def remove_address(self, ifname: str, cidr: str) -> None:
         self._change("remove_address")
         self.addresses.get(ifname, set()).discard(cidr)
+
+
+def _family(family: int) -> None:
+    if family not in (4, 6):
+        raise DatapathError(f"invalid address family {family!r}: 4 or 6")
 
 
 def _net(cidr: str) -> str:

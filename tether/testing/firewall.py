@@ -1,9 +1,11 @@
 """RecordingFirewall: an in-memory ``tether.firewall.base.Firewall`` for unit tests.
 
-It keeps tether's table as what nftables would hold: the element texts of each set and
-map, rendered by the same pure functions the real firewall uses (``firewall/rules.py``),
-so a test compares exactly what would be in the kernel. It records every verb that
-changes something and can be told to fail any verb, in the style of RecordingDatapath.
+It keeps tether's two tables as what nftables would hold: the element texts of each set
+and map, by key (``elements["ports"]`` is the ip table's map, ``elements["ip6 ports"]``
+the ip6 table's), rendered by the same pure functions the real firewall uses
+(``firewall/rules.py``), so a test compares exactly what would be in the kernel. It
+records every verb that changes something and can be told to fail any verb, in the style
+of RecordingDatapath.
 
 Like the real one: adding an identical element is a no-op, a map key with other data or
 an overlapping interval is a ``Conflict``, removals take exactly the elements present and
@@ -31,7 +33,7 @@ from ..firewall.rules import (
 
 __all__ = ["RecordingFirewall"]
 
-_INTERVALS = {name for name, (_, decl) in SETS.items() if "interval" in decl}
+_INTERVALS = {key for key, spec in SETS.items() if "interval" in spec.declaration}
 
 
 class RecordingFirewall:
@@ -41,7 +43,7 @@ class RecordingFirewall:
     public attribute."""
 
     def __init__(self) -> None:
-        self.installed = False  # the table, its sets and chains exist
+        self.installed = False  # both tables, their sets and chains exist
         self.elements: dict[str, set[str]] = {name: set() for name in SETS}
         self.desired: DesiredState | None = None  # given to start_healer, until stop_healer
         self.repairs = 0
@@ -135,7 +137,7 @@ class RecordingFirewall:
 
 def _clashes(name: str, present: str, new: str) -> bool:
     """Whether nft refuses ``new`` next to ``present`` (two different texts) in set ``name``."""
-    if SETS[name][0] == "map":
+    if SETS[name].kind == "map":
         return present.split(" : ")[0] == new.split(" : ")[0]  # one key, another target
     if name not in _INTERVALS:
         return False
