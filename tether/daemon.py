@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import replace
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
@@ -122,9 +123,13 @@ def _open_sockets(
 
 
 def _start_agent(cluster: Cluster, datapath: NetlinkDatapath, controller: Controller) -> OverlayAgent:
-    """Join the cluster and follow it: the agent programs the remote side of overlays."""
+    """Join the cluster and follow it: the agent programs the remote side of overlays,
+    remote containers' names included (into the resolver, through two callbacks)."""
     cluster.register()
-    agent = OverlayAgent(cluster, datapath, controller.agent_hooks())
+    hooks = controller.agent_hooks()
+    if controller.resolver is not None:
+        hooks = replace(hooks, add_name=controller.resolver.add_record, remove_name=controller.resolver.remove_record)
+    agent = OverlayAgent(cluster, datapath, hooks)
     controller.agent = agent
     agent.start()
     if not agent.synced.wait(30):

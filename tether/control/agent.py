@@ -10,6 +10,16 @@ in the kernel — the data plane never depends on etcd or on this daemon — and
 back the agent watches on from where it stopped, or, if that history was compacted, takes
 a fresh snapshot and converges by diff.
 
+Names travel the same way. In the step that programs a remote container's peers (so
+before the revision is acknowledged, and ``run``'s barrier covers them), its name and
+aliases go into this host's resolver for that network, under both its addresses, through
+two narrow callbacks (``add_name``/``remove_name``); they go when the endpoint is
+withdrawn, a dead host's with its endpoints after the grace period. The resolver holds
+them in memory: a query never waits on the store, and with etcd down every name known
+stays. What the resolver was given is kept here (``named``) and converged by the same
+diff after a fresh snapshot; a restarted daemon starts with an empty resolver and gives
+it the whole snapshot's names.
+
 It also keeps the cluster honest: endpoints this host published but no longer has are
 withdrawn, and a host that stays down past the grace period is reclaimed (its endpoints
 withdrawn, its addresses released) by the first live host in name order.
@@ -27,11 +37,15 @@ from ..datapath import Datapath
 from ..errors import TetherError
 from .cluster import Cluster
 from . import keys
-from .peers import NetworkPeers, Peer, PeerTable
+from .peers import NetworkPeers, Peer, PeerTable, RemoteName
 
 __all__ = ["OverlayAgent", "AgentHooks"]
 
 log = logging.getLogger("tether.agent")
+
+
+def _no_names(network: str, name: str, address: str) -> None:
+    """A host without a resolver: remote names have nowhere to go."""
 
 
 @dataclass
@@ -40,6 +54,9 @@ class AgentHooks:
     teardown_network: Callable[[dict[str, Any]], None]
     owns_endpoint: Callable[[dict[str, Any]], bool]  # is this endpoint of ours still real here?
     reclaim_node: Callable[[str], None]  # withdraw a dead host's endpoints and addresses
+    # (network name, container name or alias, address) -> this host's resolver; idempotent
+    add_name: Callable[[str, str, str], None] = _no_names
+    remove_name: Callable[[str, str, str], None] = _no_names
 
 
 class OverlayAgent:
@@ -52,6 +69,7 @@ class OverlayAgent:
         self.programmed: dict[str, NetworkPeers] = {}
         self.vxlans: dict[str, str] = {}
         self.ensured: dict[str, dict[str, Any]] = {}  # net id -> the record we built it from
+        self.named: dict[str, tuple[str, list[RemoteName]]] = {}  # net id -> (its name, names given the resolver)
         self.down_since: dict[str, float] = {}
         self.live: set[str] = set()
         self.applied = 0
@@ -115,6 +133,9 @@ class OverlayAgent:
         for net_id in list(self.vxlans):
             if net_id not in self.table.networks:
                 self._teardown(net_id)
+        for net_id in list(self.named):
+            if net_id not in self.table.networks:
+                self._drop_names(net_id)
         for net_id in list(self.table.networks):
             self._apply(net_id)
         self._ack(revision)
@@ -219,8 +240,39 @@ class OverlayAgent:
         for peer in changes.add_peers:
             self.datapath.add_peer(vxlan, peer.address, peer.mac, peer.vtep)
             programmed.peers.add(peer)
+        self._sync_names(net_id, record["name"])
+
+    def _sync_names(self, net_id: str, network: str) -> None:
+        """The resolver's names of the network's remote containers, as the records say:
+        those gone out first, then the new ones in the table's order."""
+        _, had = self.named.get(net_id, (network, []))
+        want = self.table.names(net_id)
+        if want == had:
+            return
+        keep = set(want)
+        for gone in had:
+            if gone not in keep:
+                self._tell(self.hooks.remove_name, network, gone)
+        known = set(had)
+        for new in want:
+            if new not in known:
+                self._tell(self.hooks.add_name, network, new)
+        self.named[net_id] = (network, want)
+
+    def _drop_names(self, net_id: str) -> None:
+        network, had = self.named.pop(net_id, ("", []))
+        for gone in had:
+            self._tell(self.hooks.remove_name, network, gone)
+
+    @staticmethod
+    def _tell(hook: Callable[[str, str, str], None], network: str, entry: RemoteName) -> None:
+        try:
+            hook(network, entry.name, entry.address)
+        except TetherError as exc:  # one bad record must not stop the rest (or the acknowledgement)
+            log.warning("overlay agent: name %s (%s) on %s: %s", entry.name, entry.address, network, exc)
 
     def _teardown(self, net_id: str) -> None:
+        self._drop_names(net_id)
         record = self.ensured.pop(net_id, None)
         self.vxlans.pop(net_id, None)
         self.programmed.pop(net_id, None)
@@ -232,7 +284,9 @@ class OverlayAgent:
             log.warning("overlay agent: tearing down network %s: %s", net_id, exc)
 
     def forget_network(self, net_id: str) -> None:
-        """The controller removed a network's datapath itself; drop our cache of it."""
+        """The controller removed a network's datapath itself; drop our cache of it (and
+        the names we gave the resolver for it)."""
+        self._drop_names(net_id)
         self.vxlans.pop(net_id, None)
         self.programmed.pop(net_id, None)
         self.ensured.pop(net_id, None)

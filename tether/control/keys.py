@@ -3,8 +3,10 @@
     /cluster/networks/<name>              overlay Network records (scope global)
     /cluster/endpoints/<net_id>/<ep_id>   every overlay endpoint on every host: a container's
                                           interface, or a host's own address on the network
-                                          {kind, node, vtep, address, mac, network_id, container},
-                                          and address6 on a dual-stack network (same mac)
+                                          {kind, node, vtep, address, mac, network_id, container,
+                                          container_id}, and address6 on a dual-stack network
+                                          (same mac), and a container's names: its name and
+                                          aliases, which every host's resolver answers
     /cluster/node-info/<node>             every host that ever joined: {name, address}
     /cluster/nodes/<node>                 liveness: written with a lease (TTL 2 s, kept alive
                                           by the daemon); its deletion means the host is down

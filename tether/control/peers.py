@@ -8,6 +8,9 @@ AF_INET6 neighbour entry over the same FDB entry. Because the desired state is
 recomputed from the records, events may arrive in any order — an endpoint before its
 network, a host before its endpoints — and replay (as libnetwork's peerdb does by hand)
 comes for free: ``diff`` against what is programmed gives exactly the changes to make.
+
+The same records give the names this host's resolver must answer for the network's
+remote containers (``names``): each one's name and aliases, under each of its addresses.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Peer", "NetworkPeers", "PeerTable", "Changes"]
+__all__ = ["Peer", "NetworkPeers", "PeerTable", "Changes", "RemoteName"]
 
 
 @dataclass(frozen=True, order=True)
@@ -24,6 +27,14 @@ class Peer:
     address: str
     mac: str
     vtep: str
+
+
+@dataclass(frozen=True)
+class RemoteName:
+    """One name of a remote container under one of its addresses (v4 or v6)."""
+
+    name: str
+    address: str
 
 
 @dataclass
@@ -70,6 +81,25 @@ class PeerTable:
             if name != self.node and host.get("address"):
                 out.floods.add(host["address"])
         return out
+
+    def names(self, network_id: str) -> list[RemoteName]:
+        """The names of the network's containers on other hosts, as their records list
+        them (the container's name first, then its aliases: the order the controller adds
+        a local container's, so a PTR picks the container's name), each under every
+        address it has. Two containers of one name on two hosts give that name twice,
+        once per address: both answer. A record from before names were published is
+        known by its container's name."""
+        out: dict[RemoteName, None] = {}  # ordered, without repeats
+        if network_id not in self.networks:
+            return []
+        for ep in self.endpoints.values():
+            if ep.get("network_id") != network_id or ep.get("node") == self.node or ep.get("kind") != "container":
+                continue
+            addresses = [a for a in (ep.get("address"), ep.get("address6")) if a]
+            for name in ep["names"] if "names" in ep else [ep.get("container")]:
+                if name:
+                    out.update((RemoteName(name, address), None) for address in addresses)
+        return list(out)
 
     @staticmethod
     def diff(programmed: NetworkPeers, desired: NetworkPeers) -> Changes:

@@ -248,7 +248,9 @@ class Reconciler(ExternalVerbs):
         return networks, ports
 
     def _restore_dns(self) -> list[str]:
-        """The resolver keeps its table in memory: rebuild it and its sockets from the store."""
+        """The resolver keeps its table in memory: rebuild it and its sockets from the store.
+        An overlay's table is shared with the overlay agent, which has already put the
+        other hosts' containers there (from its snapshot): this host's are added to it."""
         if self.resolver is None:
             return []
         errors: list[str] = []
@@ -261,10 +263,15 @@ class Reconciler(ExternalVerbs):
             table = records.setdefault(ep.network, {})
             for name in self._dns_names(c, ep):
                 table.setdefault(name.lower(), []).extend(ep.addresses)
-        for network in self._networks():
+        for network in self._all_networks():
             if network.name != DEFAULT_NETWORK:  # no names there, as in Docker: all goes upstream
                 self.resolver.set_subnets(network.name, network.subnets)
-            self.resolver.set_records(network.name, records.get(network.name, {}))
+            if self._driver(network).scope != "global":
+                self.resolver.set_records(network.name, records.get(network.name, {}))
+                continue
+            for name, addresses in records.get(network.name, {}).items():
+                for address in addresses:
+                    self.resolver.add_record(network.name, name, address)
         for c in containers.values():
             runtime = runtime_of(c)
             if runtime is not None and not runtime.serve_dns:

@@ -12,8 +12,13 @@ This driver also owns the overlay's cluster half: the network record and its VNI
 with compare-and-swap in the cluster store), the cluster-wide IPAM, each host's own
 address on the network (published like an endpoint), and the publication of every
 endpoint, whose store revision is what ``run``'s barrier waits for. The remote side (FDB
-and neighbour entries per remote endpoint, flood entries per remote host) is programmed by
-the overlay agent (``control/agent.py``), which calls back into ``agent_hooks``.
+and neighbour entries per remote endpoint, flood entries per remote host, and the remote
+containers' names in this host's resolver) is programmed by the overlay agent
+(``control/agent.py``), which calls back into ``agent_hooks``. An endpoint's record carries
+the names this host's resolver answers for it (``names``: the container's name and the
+endpoint's aliases, a CNI sandbox's record name and the aliases its runtime gave; none for
+Docker's, which Docker names in its own resolver and tells the driver no name of), so
+every other host answers the same ones.
 """
 
 from __future__ import annotations
@@ -262,14 +267,14 @@ class OverlayDriver(BridgeDriver):
         keep_existing_default: bool = False,
     ) -> bool:
         routed = super().attach_endpoint(ctx, network, container, endpoint, undo, keep_existing_default)
-        self._publish(ctx, network, container, endpoint, undo)
+        self._publish(ctx, network, container, endpoint, undo, [container.name, *endpoint.aliases])
         return routed
 
     def plug_endpoint(
         self, ctx: DriverContext, network: Network, container: Container, endpoint: Endpoint, peer: str, undo: Undo
     ) -> None:
         super().plug_endpoint(ctx, network, container, endpoint, peer, undo)
-        self._publish(ctx, network, container, endpoint, undo)
+        self._publish(ctx, network, container, endpoint, undo, [])  # Docker's Join: no name given
 
     def detach_endpoint(
         self, ctx: DriverContext, network: Network, endpoint: Endpoint, kernel_gone: bool = False
@@ -277,13 +282,18 @@ class OverlayDriver(BridgeDriver):
         errors = super().detach_endpoint(ctx, network, endpoint, kernel_gone)
         return errors + collect(lambda: _cluster(ctx).store.delete(ckeys.endpoint_key(endpoint.network_id, endpoint.id)))
 
-    def _publish(self, ctx: DriverContext, network: Network, container: Container, endpoint: Endpoint, undo: Undo) -> None:
-        """Tell every host where the endpoint is; its revision is what the barrier waits for."""
+    def _publish(
+        self, ctx: DriverContext, network: Network, container: Container, endpoint: Endpoint, undo: Undo,
+        names: list[str],
+    ) -> None:  # fmt: skip
+        """Tell every host where the endpoint is, and by which ``names`` (the ones this
+        host's resolver answers for it); its revision is what the barrier waits for."""
         cluster = _cluster(ctx)
         key = ckeys.endpoint_key(network.id, endpoint.id)
         record = _endpoint_record(
-            cluster, "container", network, endpoint.address, endpoint.mac, container, address6=endpoint.address6
-        )
+            cluster, "container", network, endpoint.address, endpoint.mac, container,
+            address6=endpoint.address6, names=names,
+        )  # fmt: skip
         undo.published_at(cluster.store.put(key, record))
         undo.push(f"cluster record of {endpoint.ifname}", lambda: cluster.store.delete(key))
 
@@ -342,9 +352,11 @@ def _endpoint_record(
     mac: str,
     container: Container | None = None,
     address6: str | None = None,
+    names: list[str] | None = None,
 ) -> dict[str, Any]:
     """An endpoint as the cluster sees it; ``address6`` only on a dual-stack network (one
-    MAC for both addresses: every other host programs a peer per address)."""
+    MAC for both addresses: every other host programs a peer per address); a container's
+    ``names`` are what every other host's resolver answers for it."""
     record: dict[str, Any] = {
         "kind": kind,
         "node": cluster.node,
@@ -357,6 +369,8 @@ def _endpoint_record(
     }
     if address6:
         record["address6"] = address6
+    if names is not None:
+        record["names"] = list(names)
     return record
 
 
