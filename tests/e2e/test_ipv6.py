@@ -255,3 +255,14 @@ def test_restart_keeps_v6_and_removal_leaks_nothing(host: Host) -> None:
     host.tether("rm", "-f", "k1", "k2")
     # every lease of both families is free again: the same addresses can be handed out
     host.tether("run", "-d", "--name", "k3", "--net", "keep", "--ip6", k2, "--", "sleep", "600")
+
+
+def test_daemon_ipv6_makes_the_default_network_dual_stack(bare_host: Host) -> None:
+    bare_host.daemon_args = ["--ipv6"]
+    bare_host.start_daemon()
+    bare_host.tether("run", "-d", "--name", "d1", "--", "sleep", "600")
+    bare_host.tether("run", "-d", "--name", "d2", "--", "sleep", "600")
+    net = bare_host.json("network", "inspect", "bridge")[0]
+    assert net["subnet6"] and net["gateway6"]
+    d2 = bare_host.inspect("d2")["networks"]["bridge"]
+    assert d2["address6"] and bare_host.in_container("d1", "ping", "-6", "-c1", "-W1", d2["address6"]).returncode == 0

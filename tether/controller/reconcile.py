@@ -21,6 +21,7 @@ from ..errors import Conflict, TetherError
 from ..model import DEFAULT_NETWORK, Container, Endpoint, Network
 from ..storekeys import ID_PREFIX, JOIN_PREFIX, ep_key
 from .external import RUNTIMES, ExternalVerbs, external_name, runtime_of
+from .processes import _ifname_order
 
 if TYPE_CHECKING:
     from ..firewall import NetworkRules, PortRule
@@ -128,7 +129,32 @@ class Reconciler(ExternalVerbs):
                     actions.append(f"re-attached {c.name} to {network.name}")
                 except TetherError as exc:
                     actions.append(f"could not re-attach {c.name} to {network.name}: {exc}")
+        if inside is not None and c.netns:
+            self._restore_default_routes(c, networks, actions)
         return True
+
+    def _restore_default_routes(self, c: Container, networks: dict[str, Network], actions: list[str]) -> None:
+        """A kill between an attach's addresses and its routes leaves the namespace without
+        its default route: put each family's back. v4's is the endpoint's that holds it (its
+        record says so); v6's is the first non-internal dual-stack endpoint's in attach order,
+        as attach gives it (a v4 default kept from an earlier network does not stop it)."""
+        assert c.netns is not None
+        endpoints = sorted(self._endpoints(c.id), key=_ifname_order)
+        holder4 = next((ep for ep in endpoints if ep.default_route), None)
+        holder6 = next(
+            (ep for ep in endpoints if ep.gateway6 and ep.network_id in networks and not networks[ep.network_id].internal),
+            None,
+        )
+        wanted = [(4, holder4.gateway if holder4 else None), (6, holder6.gateway6 if holder6 else None)]
+        for family, gateway in wanted:
+            if not gateway:
+                continue
+            try:
+                if not self.ctx.datapath.has_default_route(c.netns, family):
+                    self.ctx.datapath.add_default_route(c.netns, gateway)
+                    actions.append(f"restored the IPv{family} default route of {c.name} via {gateway}")
+            except TetherError as exc:
+                actions.append(f"could not restore the IPv{family} default route of {c.name}: {exc}")
 
     def _lease_held(self, c: Container, network: Network, ep: Endpoint, actions: list[str]) -> bool:
         """An endpoint must hold its address's lease (a kill may have parted them): take it
@@ -190,7 +216,7 @@ class Reconciler(ExternalVerbs):
     def _sweep_leases(self, live_ids: set[str], local_networks: dict[str, Network], actions: list[str]) -> None:
         """Leases without an owner, of this host's own networks only (overlay leases belong
         to the whole cluster); leases of removed networks; stale index entries."""
-        held = {(ep.network_id, ep.address, ep.container_id) for ep in self._endpoints()}
+        held = {(ep.network_id, a, ep.container_id) for ep in self._endpoints() for a in ep.addresses}
         for net_id in local_networks:
             for address, owner in self.ipam.leases(net_id).items():
                 # a live owner's lease with no endpoint of it: a kill between lease and record
