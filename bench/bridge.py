@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import attach  # the colleague's bench: its Bench and HostWorker are reused, not copied
 from attach import unbind_netns
-from common import (CNI_DIR, NETNS_DIR, check_host, git_commit, ints, log, machine_info, machine_md, md_head,
+from common import (CNI_DIR, NETNS_DIR, check_host, git_commit, ints, iperf3, log, machine_info, machine_md, md_head,
                     median_p95, now, parse_args, parser, quick_defaults, result_head, rss_mb, run_bench,
                     summary, tree_digest, verdict, write_results)
 
@@ -580,26 +580,7 @@ class BridgeBench(attach.Bench):
 
     # -- part 2: throughput -----------------------------------------------------------------
     def iperf(self, netns_path: str, server: str, port: int, streams: int, seconds: float) -> dict[str, Any]:
-        cmd = ["nsenter", f"--net={netns_path}", "--", "iperf3", "-c", server, "-p", str(port), "-t", str(seconds),
-               "-P", str(streams), "-J"]
-        if seconds >= 3:
-            cmd += ["-O", "1"]  # leave slow start out
-        last = ""
-        for _attempt in range(3):
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
-            try:
-                out = json.loads(res.stdout)
-            except ValueError:
-                out = {"error": res.stdout[-300:] + res.stderr[-300:]}
-            if "error" not in out and res.returncode == 0:
-                end = out["end"]
-                return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                        "retransmits": end["sum_sent"].get("retransmits"),
-                        "sender_cpu": round(end["cpu_utilization_percent"]["host_total"], 1),
-                        "receiver_cpu": round(end["cpu_utilization_percent"]["remote_total"], 1)}
-            last = str(out.get("error"))
-            time.sleep(0.5)  # "the server is busy": the previous test is still closing
-        raise RuntimeError(f"iperf3 to {server}:{port} failed: {last}")
+        return iperf3(netns_path, server, port, seconds, ["-P", str(streams)])
 
     def part_throughput(self) -> dict[str, Any]:
         a = self.args

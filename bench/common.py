@@ -287,3 +287,32 @@ def write_results(results_dir: str, name: str, res: dict[str, Any], markdown: st
         Path(f"{stem}{suffix}").write_text(text)
     print(f"\nwrote {stem}.json and {stem}.md{also}")
     return stem
+
+
+def iperf3(netns_path: str, server: str, port: int, seconds: float, extra: Iterable[str] = ()) -> dict[str, Any]:
+    """One ``iperf3 -c`` run from inside ``netns_path`` (its JSON report boiled down): Gbit/s
+    received, retransmits, CPU of both ends, MSS, the two addresses. Retried twice when the
+    server is still busy with the previous run; RuntimeError after that."""
+    cmd = ["nsenter", f"--net={netns_path}", "--", "iperf3", *extra, "-c", server, "-p", str(port),
+           "-t", str(seconds), "-J"]
+    if seconds >= 3:
+        cmd += ["-O", "1"]  # leave slow start out
+    last = ""
+    for _attempt in range(3):
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+        try:
+            out = json.loads(res.stdout)
+        except ValueError:
+            out = {"error": (res.stdout[-300:] + res.stderr[-300:]).strip()}
+        if "error" not in out and res.returncode == 0:
+            end = out["end"]
+            conn = (out.get("start", {}).get("connected") or [{}])[0]
+            return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
+                    "retransmits": end["sum_sent"].get("retransmits"),
+                    "sender_cpu": round(end["cpu_utilization_percent"]["host_total"], 1),
+                    "receiver_cpu": round(end["cpu_utilization_percent"]["remote_total"], 1),
+                    "mss": out.get("start", {}).get("tcp_mss_default"),
+                    "local": conn.get("local_host"), "remote": conn.get("remote_host")}
+        last = str(out.get("error"))
+        time.sleep(0.5)  # "the server is busy": the previous test is still closing
+    raise RuntimeError(f"iperf3 {' '.join(extra)} to {server}:{port} failed: {last}")

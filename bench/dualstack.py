@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import attach  # its Bench (daemon, namespaces, bookkeeping, cleanup) and HostWorker are reused
-from common import (NETNS_DIR, check_host, git_commit, log, machine_info, machine_md, md_head, median_p95, now,
+from common import (NETNS_DIR, check_host, git_commit, iperf3, log, machine_info, machine_md, md_head, median_p95, now,
                     parse_args, parser, quick_defaults, result_head, rss_mb, run_bench, summary, tree_digest,
                     write_results)
 
@@ -260,29 +260,7 @@ class DualStackBench(attach.Bench):
 
     # -- part 2: throughput ---------------------------------------------------------------
     def iperf(self, family: int, server: str, seconds: float) -> dict[str, Any]:
-        cmd = ["nsenter", f"--net={self.lan_path}", "--", "iperf3", f"-{family}", "-c", server, "-p", str(IPERF_PORT),
-               "-t", str(seconds), "-J"]
-        if seconds >= 3:
-            cmd += ["-O", "1"]  # leave slow start out
-        last = ""
-        for _attempt in range(3):
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
-            try:
-                out = json.loads(res.stdout)
-            except ValueError:
-                out = {"error": (res.stdout[-300:] + res.stderr[-300:]).strip()}
-            if "error" not in out and res.returncode == 0:
-                end = out["end"]
-                conn = (out.get("start", {}).get("connected") or [{}])[0]
-                return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                        "retransmits": end["sum_sent"].get("retransmits"),
-                        "sender_cpu": round(end["cpu_utilization_percent"]["host_total"], 1),
-                        "receiver_cpu": round(end["cpu_utilization_percent"]["remote_total"], 1),
-                        "mss": out.get("start", {}).get("tcp_mss_default"),
-                        "local": conn.get("local_host"), "remote": conn.get("remote_host")}
-            last = str(out.get("error"))
-            time.sleep(0.5)  # "the server is busy": the previous test is still closing
-        raise RuntimeError(f"iperf3 -{family} to {server}:{IPERF_PORT} failed: {last}")
+        return iperf3(self.lan_path, server, IPERF_PORT, seconds, [f"-{family}"])
 
     def wait_listening(self, netns_path: str, what: str, why: Any) -> str:
         """Wait until iperf3 listens in ``netns_path``; its listening address (``ss``)."""
