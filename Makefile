@@ -3,7 +3,7 @@
 # tests start their own, each with its own directories, inside their own namespaces.
 PYTHON ?= python3
 VENV   := .venv
-APT_PACKAGES := iproute2 iputils-ping procps util-linux nftables libnftables1 \
+APT_PACKAGES := iproute2 iputils-ping procps util-linux nftables libnftables1 graphviz \
                 containernetworking-plugins iperf3 etcd-server python3-venv python3-pip \
                 podman runc busybox-static docker.io
 
@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "  Python: a virtual environment in $(VENV) with tether, its libraries and the test tools"
 	@$(QUIETLY) $(PYTHON) -m venv $(VENV)
 	@$(QUIETLY) $(VENV)/bin/pip install --upgrade pip
-	@$(QUIETLY) $(VENV)/bin/pip install -e '.[test]'
+	@$(QUIETLY) $(VENV)/bin/pip install -e '.[test]' --config-settings editable_mode=compat
 	@grep '^Successfully installed' $(LOG) | tail -n 1 | \
 	  awk '{n = NF - 2; printf "  done: %d Python package%s installed or updated\n", n, (n == 1 ? "" : "s")}'
 	@touch $@

@@ -81,7 +81,8 @@ def run_daemon(
     agent = _start_agent(cluster, datapath, controller) if cluster is not None else None
     actions = controller.reconcile(discard_unknown=discard_unknown)
     # someone may flush the ruleset or delete our table at any time: put it back within 1 s
-    firewall.start_healer(controller.desired_firewall)
+    firewall.start_healer(controller.desired_firewall, on_heal=lambda problem, restored, removed: controller.events.emit(
+        "firewall", "heal", firewall.table, problem=problem or None, restored=restored, removed=removed))
     log.info("reconciled with %d correction(s)", len(actions))
     server, plugin = _open_sockets(controller, socket_path, docker_plugin, docker_plugin_required)
     log.info("tether daemon serving on %s (state in %s, netns prefix %r)", socket_path, state_dir, netns_prefix)
@@ -91,6 +92,7 @@ def run_daemon(
     try:
         _serve(server, controller)
     finally:
+        controller.events.close()  # open `tether events` streams end now
         controller.stop_monitor()
         if plugin is not None:
             plugin.shutdown()  # before exiting: dockerd must not find a dead plugin socket
@@ -126,7 +128,8 @@ def _start_agent(cluster: Cluster, datapath: NetlinkDatapath, controller: Contro
     """Join the cluster and follow it: the agent programs the remote side of overlays,
     remote containers' names included (into the resolver, through two callbacks)."""
     cluster.register()
-    hooks = controller.agent_hooks()
+    hooks = replace(controller.agent_hooks(), host_changed=lambda name, up, address: controller.events.emit(
+        "host", "up" if up else "down", name, address=address or None))
     if controller.resolver is not None:
         hooks = replace(hooks, add_name=controller.resolver.add_record, remove_name=controller.resolver.remove_record)
     agent = OverlayAgent(cluster, datapath, hooks)

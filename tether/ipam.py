@@ -44,6 +44,8 @@ __all__ = [
     "lease_key",
     "validate_network_cidrs",
     "validate_network_cidrs6",
+    "validate_aux_addresses",
+    "pick_free_address",
 ]
 
 # Docker's default address pools: (pool, prefix length of each network carved from it).
@@ -200,6 +202,48 @@ def validate_network_cidrs6(subnet6: str, gateway6: str | None) -> tuple[str, st
     return str(net), str(gw)
 
 
+def validate_aux_addresses(
+    aux: dict[str, str], subnets: list[str], gateways: list[str], ip_range: str | None = None
+) -> dict[str, str]:
+    """Check ``--aux-address NAME=IP`` (Docker's): each IP inside one of the network's
+    ``subnets``, not a network, broadcast or gateway address, each given once. Returns them
+    normalised. ``ip_range`` is not checked: an aux address may sit inside it (IPAM skips it)."""
+    out: dict[str, str] = {}
+    nets = [ipaddress.ip_network(s) for s in subnets]
+    for name, text in aux.items():
+        if not name or "=" in name or any(c.isspace() for c in name):
+            raise InvalidInput(f"--aux-address {name}={text}: give it as NAME=IP, with a NAME of its own")
+        address = _parse_address(f"aux address {name}", text, None)
+        net = next((n for n in nets if address in n), None)
+        if net is None:
+            raise InvalidInput(
+                f"aux address {name}={address} is outside the network's subnet ({', '.join(subnets)}): pick an address inside it"
+            )
+        if address == net.network_address or (net.version == 4 and address == net.broadcast_address):
+            raise InvalidInput(f"aux address {name}={address} is the network or broadcast address of {net}: pick a host address")
+        if str(address) in gateways:
+            raise InvalidInput(f"aux address {name}={address} is the network's gateway: pick another address")
+        if str(address) in out.values():
+            raise InvalidInput(f"aux address {address} is given twice: give each address once")
+        out[name] = str(address)
+    return out
+
+
+def pick_free_address(subnet: str, taken: set[str], avoid: str | None = None) -> str | None:
+    """The highest host address of ``subnet`` not in ``taken`` nor inside the range
+    ``avoid`` (where IPAM hands addresses out), for an address tether keeps for itself
+    (a macvlan network's host side); None if there is none."""
+    net = ipaddress.ip_network(subnet)
+    pool = ipaddress.ip_network(avoid) if avoid else None
+    last = int(net.broadcast_address) - (1 if net.version == 4 else 0)
+    for value in range(last, max(int(net.network_address), last - 4096), -1):
+        address = ipaddress.ip_address(value)
+        if str(address) in taken or (pool is not None and address in pool):
+            continue
+        return str(address)
+    return None
+
+
 def _networks(cidrs: list[str], version: int = 4) -> list[tuple[IPv4Network | IPv6Network, int]]:
     """Parse in-use CIDRs of one family leniently (host addresses carry host bits); skip the
     other family, garbage and default routes, which overlap everything and say nothing."""
@@ -292,6 +336,7 @@ class IPAM:
             reserved.add(int(subnet.broadcast_address))
         if gateway is not None:
             reserved.add(int(gateway))
+        reserved |= {int(ipaddress.ip_address(a)) for a in network.reserved_addresses if (":" in a) == (family == 6)}
         prefix = f"{_LEASES}{network.id}/"
         keys = [kv.key[len(prefix) :] for kv in self._store.list(prefix)]
         leased = {_as_int(a) for a in keys if ":" not in a} if family == 4 else {int(IPv6Address(a)) for a in keys if ":" in a}
@@ -355,6 +400,9 @@ class IPAM:
             raise Conflict(
                 f"address {address} is the gateway of network {network.name}: pick another address"
             )
+        held = network.reserved_addresses.get(str(address))
+        if held is not None:
+            raise Conflict(f"address {address} is reserved in network {network.name} ({held}): pick another address")
         key = lease_key(network.id, str(address))
         while True:
             if self._store.compare_and_swap(key, 0, {"owner": owner}):

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from .errors import InvalidInput
 from .validate import validate_mac, validate_name  # re-exported: the model's names obey them
+from .validate import DEFAULT_NETWORK, check_labels  # re-exported: they live where the CLI's filters can afford them
 
 __all__ = [
     "Network",
@@ -35,7 +36,6 @@ __all__ = [
     "check_labels",
 ]
 
-DEFAULT_NETWORK = "bridge"
 DEFAULT_BRIDGE = "tether0"
 
 T = TypeVar("T")
@@ -63,6 +63,18 @@ class Network:
     # Dual stack (`--ipv6`): the v6 subnet and its gateway, beside the v4 ones; None: IPv4 only.
     subnet6: str | None = None
     gateway6: str | None = None
+    # `--aux-address NAME=IP` (Docker's): addresses of the subnet that IPAM never hands out.
+    aux_addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reserved_addresses(self) -> dict[str, str]:
+        """Address -> what holds it, besides the gateways: the aux addresses and a macvlan
+        network's host-side address(es) (``-o host_access``)."""
+        held = {ip: f"aux address {name}" for name, ip in self.aux_addresses.items()}
+        for key in ("host_address", "host_address6"):
+            if self.options.get(key):
+                held[self.options[key]] = "the host's own address on the network (host_access)"
+        return held
 
     @property
     def prefixlen(self) -> int:
@@ -332,14 +344,3 @@ def _port_host_ip(text: str, spec: str, family: int) -> str:
             raise InvalidInput(f"invalid -p {spec!r}: {text} is IPv4: write it without brackets, as in {text}:8080:80")
         raise InvalidInput(f"invalid -p {spec!r}: write an IPv6 host address in brackets, as in [{text}]:8080:80")
     return str(address)
-
-
-def check_labels(labels: dict[str, str] | None) -> dict[str, str]:
-    """``--label`` keys and values as stored on a network or container: a key is not empty
-    and has no ``=`` (``label=KEY=VALUE`` filters split at the first one); values are text."""
-    for key, value in (labels or {}).items():
-        if not isinstance(key, str) or not key or "=" in key:
-            raise InvalidInput(f"invalid label key {key!r}: give a non-empty key without '=', as in --label tier=web")
-        if not isinstance(value, str):
-            raise InvalidInput(f"invalid value of label {key!r}: a label value is text")
-    return dict(labels or {})

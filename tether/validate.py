@@ -11,7 +11,9 @@ from __future__ import annotations
 from .errors import InvalidInput
 
 __all__ = [
+    "DEFAULT_NETWORK",
     "RESERVED_NETWORK_NAMES",
+    "check_labels",
     "validate_name",
     "validate_mac",
     "valid_ifname",
@@ -28,6 +30,8 @@ __all__ = [
 
 # names `--net` gives a meaning of its own, so no network may take them
 RESERVED_NETWORK_NAMES = ("none", "host", "container", "default")
+# the network `--net` means when it names none (re-exported by model.py)
+DEFAULT_NETWORK = "bridge"
 
 _NAME_TAIL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -160,3 +164,14 @@ def parse_seconds(flag: str, value: str) -> float:
     if not 0 <= seconds < 1e9:
         raise InvalidInput(f"invalid {flag} {value!r}: give a number of seconds, such as 10")
     return seconds
+
+
+def check_labels(labels: dict[str, str] | None) -> dict[str, str]:
+    """``--label`` keys and values as stored on a network or container: a key is not empty
+    and has no ``=`` (``label=KEY=VALUE`` filters split at the first one); values are text."""
+    for key, value in (labels or {}).items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise InvalidInput(f"invalid label key {key!r}: give a non-empty key without '=', as in --label tier=web")
+        if not isinstance(value, str):
+            raise InvalidInput(f"invalid value of label {key!r}: a label value is text")
+    return dict(labels or {})

@@ -74,9 +74,10 @@ if _json is not None:
     def _default(value: Any) -> Any:
         raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
-    def dumps(value: Any) -> str:
+    def dumps(value: Any, ensure_ascii: bool = True) -> str:
         # json.dumps' defaults; a fresh markers dict per call, as json does
-        encode = _json.make_encoder({}, _default, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+        strings = _json.encode_basestring_ascii if ensure_ascii else _json.encode_basestring
+        encode = _json.make_encoder({}, _default, strings, None, ": ", ", ", False, False, True)
         return "".join(encode(value, 0))
 
 else:  # pragma: no cover
@@ -87,5 +88,5 @@ else:  # pragma: no cover
     def loads(text: str | bytes) -> Any:
         return _std.loads(text)
 
-    def dumps(value: Any) -> str:
-        return _std.dumps(value)
+    def dumps(value: Any, ensure_ascii: bool = True) -> str:
+        return _std.dumps(value, ensure_ascii=ensure_ascii)

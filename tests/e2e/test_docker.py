@@ -199,7 +199,7 @@ def test_docker_errors_are_one_line_and_change_nothing(bare_host: Host, docker: 
     fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--ipv6", "--subnet", "fd00::/40", "x3",
           says="is too large for one network")
     fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "tether.driver=magic", "x4",
-          says="use bridge or overlay")
+          says="use bridge, overlay or macvlan")
     fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "tether.mtu=big", "x6",
           says="invalid mtu")
     fails(d, "network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "--subnet", "10.254.1.0/33", "x7",

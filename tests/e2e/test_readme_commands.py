@@ -1,7 +1,8 @@
 """Every command of the README's walk-throughs runs as written and exits 0.
 
 The shell blocks under "Using it", "Bridge networks and the outside world", "Dual stack
-(IPv6)" and "Overlay networks across hosts" are read from README.md itself, so an edit there is tested here.
+(IPv6)", "Overlay networks across hosts", "macvlan networks" and "macvlan across hosts, in
+the lab" are read from README.md itself, so an edit there is tested here.
 Each line runs as ``bash -e -o pipefail -c LINE`` (so in ``a ; b`` a failing ``a`` counts),
 in the order of the README, one test per line; a block's lines share one setup:
 
@@ -9,8 +10,11 @@ in the order of the README, one test per line; a block's lines share one setup:
   network namespace and daemon), with ``TETHER_SOCKET``, ``TETHER_STATE_DIR`` and
   ``TETHER_NETNS_PREFIX`` pointing at that daemon and ``TETHER_NO_AUTOSTART`` set (a
   failure must not start a daemon elsewhere); ``tether`` on the PATH is this checkout's.
-- the overlay block runs from this machine's own namespace, as a user would, with the
-  lab's files (``TETHER_LAB_ROOT``, ``TETHER_LAB_STATE_ROOT``) in a temporary directory.
+- the macvlan block's host also has the LAN its ``-o parent=eth0`` names: a veth ``eth0``
+  whose other end is in a namespace of the test's holding the LAN's router, 192.0.2.1/24.
+- the lab blocks (overlay, macvlan) run from this machine's own namespace, as a user would,
+  each with its own lab's files (``TETHER_LAB_ROOT``, ``TETHER_LAB_STATE_ROOT``) in a
+  temporary directory.
 
 What isolation requires, and nothing else, is rewritten (``isolate``):
 
@@ -56,8 +60,11 @@ BLOCKS = {
     "bridge": "### Bridge networks and the outside world",
     "dual": "### Dual stack (IPv6)",
     "overlay": "### Overlay networks across hosts",
+    "macvlan": "### macvlan networks",
+    "macvlan-lab": "#### macvlan across hosts, in the lab",
 }
-SINGLE_HOST = ("using", "bridge", "dual")
+SINGLE_HOST = ("using", "bridge", "dual", "macvlan")
+LAN_ROUTER = "192.0.2.1/24"  # the macvlan block's LAN: its --gateway, behind the host's eth0
 
 # README line (exactly as written) -> why it cannot pass yet. Keep it empty when all pass.
 KNOWN_FAILING: dict[str, str] = {}
@@ -127,7 +134,7 @@ def places() -> Iterator[dict[str, Place]]:
     class Places(dict):  # type: ignore[type-arg]
         def __missing__(self, block: str) -> Place:
             if block in SINGLE_HOST:
-                self[block] = _single_host(bindir, cleanups)
+                self[block] = _single_host(bindir, cleanups, lan=block == "macvlan")
             else:
                 self[block] = _lab(base, bindir, cleanups)
             return self[block]
@@ -140,9 +147,19 @@ def places() -> Iterator[dict[str, Place]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _single_host(bindir: str, cleanups: list[Any]) -> Place:
+def _single_host(bindir: str, cleanups: list[Any], lan: bool = False) -> Place:
     host: Host = _new_host()
     cleanups.append(host.cleanup)
+    if lan:  # eth0, the macvlan parent, on a LAN whose router is a namespace of ours
+        router = host.prefix + "lan"
+        host.extra_netns.append(router)
+        for cmd in (["ip", "netns", "add", router],
+                    ["ip", "link", "add", "eth0", "netns", host.name, "type", "veth", "peer", "name", "eth0",
+                     "netns", router],
+                    ["ip", "-n", router, "addr", "add", LAN_ROUTER, "dev", "eth0"],
+                    ["ip", "-n", router, "link", "set", "eth0", "up"],
+                    ["ip", "-n", host.name, "link", "set", "eth0", "up"]):
+            subprocess.run(cmd, check=True, capture_output=True)
     host.start_daemon()
     env = _base_env(bindir)
     env.update(TETHER_SOCKET=host.socket, TETHER_STATE_DIR=host.state_dir, TETHER_NETNS_PREFIX=host.prefix,
@@ -156,7 +173,7 @@ def _lab(base: str, bindir: str, cleanups: list[Any]) -> Place:
     from tether.lab import lab_down
 
     prefix = "tt" + uuid.uuid4().hex[:6]
-    root, state_root = os.path.join(base, "lab-run"), os.path.join(base, "lab-state")
+    root, state_root = os.path.join(base, f"lab-run-{prefix}"), os.path.join(base, f"lab-state-{prefix}")
     cleanups.append(lambda: lab_down(root, state_root=state_root, name_prefix=prefix))
     env = _base_env(bindir)
     env.update(TETHER_LAB_ROOT=root, TETHER_LAB_STATE_ROOT=state_root)

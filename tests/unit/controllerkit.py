@@ -43,7 +43,7 @@ __all__ = [
 # RecordingDatapath's tables: everything a kernel holds (``calls`` and ``fail`` are not state).
 KERNEL_TABLES = (
     "netns", "aliases", "bridges", "bridge_macs", "veths", "vxlans", "peers", "floods",
-    "addresses", "default_routes", "marks",
+    "addresses", "default_routes", "marks", "macvlans", "macvlan_endpoints", "stubs", "routes_via",
 )  # fmt: skip
 
 _NOT_STATE = ("/ipam-cursor/", "/applied/")

@@ -209,6 +209,8 @@ def concrete(method: str, pattern: re.Pattern[str]) -> str:
     container = GHOST if method == "DELETE" or starts else "c2" if path.endswith("/started") else "c1"
     path = path.replace("/networks/(?P<name>[^/]+)", f"/networks/{network}")
     path = path.replace("/containers/(?P<name>[^/]+)", f"/containers/{container}")
+    if path == "/events":  # a stream: one that ends at once (the past is its --until)
+        return "/events?since=0&until=0"
     return path.replace("(?P<id>[0-9a-f]+)", "abc123")
 
 

@@ -85,6 +85,8 @@ SAMPLE_ARGS: dict[str, Any] = {
     "peer_ifname": "tmp1", "bridge": "br0", "mac": "02:00:00:00:00:01", "cidr": "10.0.0.2/24",
     "gateway": "10.0.0.1", "key": "forwarding", "value": "1", "vni": 42, "local_ip": "192.0.2.1",
     "vxlan": "vx42", "ip": "10.0.0.3", "vtep": "192.0.2.2",
+    "protocol": "tcp", "address": "10.0.0.3", "port": 80,  # tether trace's reads
+    "parent": "eth1", "mode": "bridge", "address6": None,  # macvlan
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import pytest
 from tether.errors import Conflict, SystemFailure
 from tether.firewall import NetworkRules, PortRule, nft
 from tether.firewall.base import Firewall
+from tether.firewall.nftrace import TraceMatch
 from tether.testing.firewall import RecordingFirewall
 
 NET = NetworkRules(bridge="tbr-1", subnet="10.1.0.0/24", masquerade=True, internal=False, icc=True)
@@ -104,7 +105,8 @@ def test_no_table_refuses_adds_but_not_removals_and_sync_rebuilds(fw: RecordingF
 def test_any_verb_fails_on_request_before_changing_anything(verb: str) -> None:
     fw = RecordingFirewall()
     fw.fail.add(verb)
-    args: dict[str, Any] = {"net": NET, "ports": [PORT], "networks": [NET], "desired": lambda: ([], [])}
+    args: dict[str, Any] = {"net": NET, "ports": [PORT], "networks": [NET], "desired": lambda: ([], []),
+                            "match": TraceMatch("10.1.0.2", "10.1.0.3", "tcp", 80), "send": lambda: None}
     method = getattr(fw, verb)
     required = [p.name for p in inspect.signature(method).parameters.values() if p.default is p.empty]
     with pytest.raises(SystemFailure, match=f"injected failure in {verb}$"):

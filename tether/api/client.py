@@ -19,6 +19,7 @@ from ..errors import DaemonUnavailable, error_from_wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 __all__ = ["Client", "default_socket", "default_state_dir"]
@@ -68,22 +69,39 @@ def _http(path: str, method: str, target: str, body: bytes | None, timeout: floa
 
 
 class Client:
-    def __init__(self, socket_path: str | None = None, timeout: float = 120.0) -> None:
+    def __init__(self, socket_path: str | None = None, timeout: float = 120.0, start_daemon_in: str | None = None) -> None:
+        """``start_daemon_in``: a state dir; when the first request finds no daemon, start
+        one there (``ensure_daemon``) and send it again: the ``/ping`` that ``ensure_daemon``
+        sends first is saved where a daemon already runs (one request per CLI verb)."""
         self.socket_path = socket_path or default_socket()
         self.timeout = timeout
+        self.start_daemon_in = start_daemon_in
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        state_dir, self.start_daemon_in = self.start_daemon_in, None  # the first request only
+        try:
+            return self._request(method, path, body)
+        except DaemonUnavailable as exc:
+            # nothing was sent when the connection itself failed: safe to send again
+            if state_dir is None or not isinstance(exc.__cause__, (FileNotFoundError, ConnectionRefusedError)):
+                raise
+        self.ensure_daemon(state_dir)
+        return self._request(method, path, body)
+
+    def _unavailable(self, exc: BaseException) -> DaemonUnavailable:
+        """What a failed exchange with the daemon means, in one line."""
+        if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+            return DaemonUnavailable(f"no tether daemon answers on {self.socket_path}: start one with `tether daemon`")
+        if isinstance(exc, ValueError):
+            return DaemonUnavailable(f"the daemon on {self.socket_path} sent a malformed reply")
+        return DaemonUnavailable(f"talking to the daemon on {self.socket_path} failed: {exc}")
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         try:
             status, raw = _http(self.socket_path, method, path, data, self.timeout)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonUnavailable(
-                f"no tether daemon answers on {self.socket_path}: start one with `tether daemon`"
-            ) from exc
-        except OSError as exc:
-            raise DaemonUnavailable(f"talking to the daemon on {self.socket_path} failed: {exc}") from exc
-        except ValueError:
-            raise DaemonUnavailable(f"the daemon on {self.socket_path} sent a malformed reply") from None
+        except (OSError, ValueError) as exc:
+            raise self._unavailable(exc) from None
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:
@@ -100,6 +118,67 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    def trace(self, source: str, destination: str, port: int | None = None, protocol: str | None = None) -> Any:
+        """``POST /trace``: the hops from ``source`` to ``destination``, checked (``api/trace_route.py``)."""
+        return self.post("/trace", {"source": source, "destination": destination, "port": port, "protocol": protocol})
+
+    def graph(self, all_: bool = False) -> Any:
+        """The topology model of ``GET /graph`` (``api/graph_route.py`` describes it)."""
+        return self.get("/graph" + ("?all=1" if all_ else ""))
+
+    def events(self, query: str = "") -> Iterator[dict[str, Any]]:
+        """``GET /events?QUERY``: each event as it comes (``api/events_route.py``), until the
+        daemon ends the stream. No timeout while it follows; an error reply is raised as
+        the error it names before the first event."""
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.socket_path)
+                sock.sendall(f"GET /events{'?' + query if query else ''} HTTP/1.1\r\nHost: tether\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ValueError("malformed reply")
+                    buf += chunk
+            except (OSError, ValueError) as exc:
+                raise self._unavailable(exc) from None
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200 "):  # an error, whole: a JSON body until the close
+                raise error_from_wire(self._refusal(sock, head, buf))
+            sock.settimeout(None)  # following: the next event may be hours away
+            while True:
+                line, sep, rest = buf.partition(b"\n")
+                if sep:
+                    buf = rest
+                    if line.strip():
+                        yield json.loads(line)
+                    continue
+                try:
+                    chunk = sock.recv(65536)
+                except OSError as exc:
+                    raise DaemonUnavailable(f"the event stream from {self.socket_path} broke: {exc}") from None
+                if not chunk:
+                    return
+                buf += chunk
+        finally:
+            sock.close()
+
+    def _refusal(self, sock: Any, head: bytes, buf: bytes) -> dict[str, Any]:
+        """The daemon's one-line error, read to the close, from a reply that is not a stream."""
+        try:
+            while chunk := sock.recv(65536):
+                buf += chunk
+            payload = json.loads(buf)
+        except (OSError, ValueError):
+            payload = None
+        if isinstance(payload, dict) and "error" in payload:
+            return payload
+        status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        return {"error": f"the daemon on {self.socket_path} refused the event stream: {status}", "kind": "SystemFailure"}
 
     def alive(self) -> bool:
         try:
@@ -170,8 +249,13 @@ def _last_error(log_path: str, offset: int) -> str:
     return last[len("Error: "):] if last.startswith("Error: ") else f"{last} (see {log_path})"
 
 
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
 def q(name: str) -> str:
-    """Quote a name for use in a URL path."""
+    """Quote a name for use in a URL path (``urllib.parse.quote(name, safe="")``)."""
+    if name and all(c in _UNRESERVED for c in name):
+        return name  # what quote() returns for these: a plain name costs no urllib import
     from urllib.parse import quote
 
     return quote(name, safe="")

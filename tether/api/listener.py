@@ -19,6 +19,13 @@ connection the worker hands the connection back, with any pipelined bytes, for a
 deadline. The workers stay a fixed pool so each keeps its store connection and netlink
 sockets across requests. A client that goes away is logged at debug level, never with a
 traceback.
+
+A reply that lasts (``GET /events``: a ``Streaming`` a route returns) must not hold a worker
+either: the worker sends its head (``Connection: close``, the body runs until the close),
+hands a duplicate of the connection to a thread of the stream's own and returns; the
+listener then closes its handle as after any closing reply. The stream ends itself (its
+own end, the client gone, a send timed out), and its thread is a daemon thread, so it
+never holds up the daemon's exit.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-__all__ = ["FramingError", "HttpListener", "Limits", "Request", "RequestHandler", "frame"]
+__all__ = ["FramingError", "HttpListener", "Limits", "Request", "RequestHandler", "Streaming", "frame"]
 
 log = logging.getLogger("tether.api")
 
@@ -121,6 +128,17 @@ def frame(buf: bytes | bytearray, limits: Limits) -> tuple[int, int, bool] | Non
     return head_end, head_end + (length or 0), expect
 
 
+class Streaming:
+    """A reply written over time by a thread of its own (see the module's note)."""
+
+    content_type = "application/x-ndjson"
+
+    def run(self, sock: socket.socket) -> None:
+        """Write the body to ``sock`` (blocking, with the send timeout) until done; the
+        caller closes it afterwards."""
+        raise NotImplementedError
+
+
 class RequestHandler(BaseHTTPRequestHandler):
     """Serves one ``Request`` the listener read whole (``self.body`` is its body).
 
@@ -184,6 +202,28 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+
+    def send_stream(self, reply: Streaming) -> None:
+        """Send ``reply``'s head, then leave its body to a thread of its own."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        sock = self.connection.dup()  # the listener closes its own handle when this returns
+
+        def stream() -> None:
+            try:
+                reply.run(sock)
+            except OSError as exc:
+                log.debug("API stream ended: %s", exc)
+            except Exception:  # a bug in the stream: keep the traceback in the daemon's log
+                log.exception("API stream failed")
+            finally:
+                _close(sock)
+
+        threading.Thread(target=stream, name="tether-api-stream", daemon=True).start()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s", format % args)

@@ -112,6 +112,7 @@ class NetworkCreate(Body):
     ipv6: bool | None = None
     subnet6: str | None = None
     gateway6: str | None = None
+    aux_addresses: dict[str, str] | None = None
 
 
 class NetworkConnect(Body):

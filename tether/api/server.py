@@ -25,7 +25,7 @@ from ..controller import Controller
 from ..doors import CniDoor
 from ..errors import Conflict, InvalidInput, SystemFailure, TetherError
 from . import schema
-from .listener import HttpListener, Limits, RequestHandler
+from .listener import HttpListener, Limits, RequestHandler, Streaming
 from .schema import Empty, option_text
 
 __all__ = ["ROUTES", "ApiServer"]
@@ -81,6 +81,7 @@ def networks_create(c: Controller, p: dict[str, str], body: schema.NetworkCreate
         ipv6=bool(body.ipv6),
         subnet6=body.subnet6,
         gateway6=body.gateway6,
+        aux_addresses=body.aux_addresses or {},
     ).to_dict()
 
 
@@ -286,6 +287,9 @@ class _RequestHandler(RequestHandler):
         except Exception as exc:  # a bug: keep the traceback in the daemon's log, one line to the client
             log.exception("internal error on %s %s", method, url.path)
             status, payload = 500, {"error": f"internal error: {exc}", "kind": "SystemFailure"}
+        if isinstance(payload, Streaming):  # a reply that lasts (GET /events)
+            self.send_stream(payload)
+            return
         self.send_json(status, payload)
 
     def do_GET(self) -> None:
@@ -380,3 +384,8 @@ class ApiServer:
             os.unlink(self.socket_path)
         except FileNotFoundError:
             pass
+
+
+from . import graph_route  # noqa: E402,F401  (registers GET /graph)
+from . import events_route  # noqa: E402,F401  (registers GET /events)
+from . import trace_route  # noqa: E402,F401  (registers POST /trace)

@@ -7,8 +7,6 @@ parses flags into a request, sends it over the unix socket, and renders the repl
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
 from typing import Any, NoReturn
@@ -17,8 +15,9 @@ import typer
 import typer.main
 from rich.console import Console
 
-from ..api.client import Client, default_socket, default_state_dir
+from ..api.client import default_socket, default_state_dir
 from ..errors import TetherError
+from .context import CTX, print_json, warn_lagging  # re-exported: the commands' shared state and output
 
 try:  # Typer 0.29 vendors Click as typer._click; older releases import the click package
     from typer._click import exceptions as click_errors
@@ -63,19 +62,6 @@ out = Console(highlight=False, soft_wrap=True)
 RUN_CONTEXT = {"allow_interspersed_args": False}
 
 
-class Ctx:
-    socket: str
-    state_dir: str
-
-    def client(self, autostart: bool = True) -> Client:
-        client = Client(self.socket)
-        if autostart and not os.environ.get("TETHER_NO_AUTOSTART"):
-            client.ensure_daemon(self.state_dir)
-        return client
-
-
-CTX = Ctx()
-
 
 @app.callback()
 def _global(
@@ -99,10 +85,6 @@ def _global(
         from ..lab import enter_host
 
         CTX.socket, CTX.state_dir = enter_host(host, ctx, CTX.socket, CTX.state_dir, bool(socket or state_dir))
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -132,14 +114,6 @@ def each(names: list[str], action: Any) -> None:
             failed = True
     if failed:
         raise typer.Exit(1)
-
-
-def warn_lagging(lagging: list[str] | None) -> None:
-    if lagging:
-        sys.stderr.write(
-            f"Warning: not yet programmed on {', '.join(lagging)}: "
-            "the endpoint may be unreachable from there for a moment\n"
-        )
 
 
 # ---------------------------------------------------------------------- the command tree

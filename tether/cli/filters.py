@@ -12,12 +12,13 @@ a value the key cannot take is ``InvalidInput`` with one line.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
-from typing import Any
-
 from ..errors import InvalidInput
-from ..model import DEFAULT_NETWORK, check_labels
+from ..validate import DEFAULT_NETWORK, check_labels
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not at run time: `ps` and `network ls` import this module on every call
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
 __all__ = [
     "CONTAINER_FILTERS",
@@ -72,6 +73,8 @@ def parse_filters(items: Iterable[str] | None, command: str, keys: Iterable[str]
 def _check_value(key: str, value: str, item: str) -> None:
     problem = ""
     if key in ("name", "id"):
+        import re  # here: `ps` and `network ls` without a name or id filter never need it
+
         try:
             re.compile(value)
         except re.error as exc:
@@ -100,6 +103,12 @@ def labels_match(labels: dict[str, str] | None, wanted: list[str]) -> bool:
     return True
 
 
+def _search(pattern: str, text: str) -> bool:
+    import re  # only a name or id filter gets here
+
+    return re.search(pattern, text) is not None
+
+
 def _any(values: list[str] | None, test: Callable[[str], bool]) -> bool:
     """No filter of this key, or one of its values passes (values of one key OR)."""
     return values is None or any(test(v) for v in values)
@@ -110,8 +119,8 @@ def network_matches(net: dict[str, Any], filters: Filters) -> bool:
     builtin = net["name"] == DEFAULT_NETWORK
     dangling = not builtin and not net.get("containers")
     return (
-        _any(filters.get("name"), lambda v: re.search(v, net["name"]) is not None)
-        and _any(filters.get("id"), lambda v: re.search(v, net["id"]) is not None)
+        _any(filters.get("name"), lambda v: _search(v, net["name"]))
+        and _any(filters.get("id"), lambda v: _search(v, net["id"]))
         and _any(filters.get("driver"), lambda v: v == net.get("driver"))
         and _any(filters.get("scope"), lambda v: v == net.get("scope", "local"))
         and _any(filters.get("type"), lambda v: (v == "builtin") == builtin)
@@ -126,8 +135,8 @@ def container_matches(container: dict[str, Any], filters: Filters) -> bool:
     # a stopped container has no endpoint but still belongs to its networks (`attachments`)
     member = set(networks) | {a.get("network") for a in container.get("attachments") or []}
     return (
-        _any(filters.get("name"), lambda v: any(re.search(v, n) for n in (name, "/" + name)))
-        and _any(filters.get("id"), lambda v: re.search(v, container["id"]) is not None)
+        _any(filters.get("name"), lambda v: any(_search(v, n) for n in (name, "/" + name)))
+        and _any(filters.get("id"), lambda v: _search(v, container["id"]))
         and _any(filters.get("status"), lambda v: v == container.get("state"))
         and _any(
             filters.get("network"),

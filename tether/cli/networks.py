@@ -9,7 +9,8 @@ import typer
 from ..api.client import q
 from ..errors import Conflict, NotFound
 from ..validate import split_families, validate_name
-from .common import CTX, each, fail, network_app, out, parse_options, warn_lagging
+from . import verbs
+from .common import CTX, each, fail, network_app, out, parse_options
 from .filters import PRUNE_FILTERS, parse_filters, parse_labels, prunable
 
 __all__: list[str] = []
@@ -30,8 +31,15 @@ def network_create(
     gateway: list[str] = typer.Option(None, "--gateway", help="Gateway address (default: first in subnet); one per subnet."),
     ipv6: bool = typer.Option(False, "--ipv6", help="Dual stack: an IPv6 subnet too (a free ULA /64 unless --subnet gives one)."),
     ip_range: str = typer.Option(None, "--ip-range", help="Allocate container addresses from this sub-range."),
+    aux_address: list[str] = typer.Option(
+        None, "--aux-address", help="Reserve an address NAME=IP that IPAM never hands out; repeatable."
+    ),
     opt: list[str] = typer.Option(
-        None, "-o", "--opt", help="Driver option KEY=VALUE: bridge_name, mtu, masquerade=true|false, icc=true|false."
+        None,
+        "-o",
+        "--opt",
+        help="Driver option KEY=VALUE: bridge: bridge_name, mtu, masquerade=true|false, icc=true|false; "
+        "macvlan: parent=IF, macvlan_mode=bridge|private|vepa|passthru, host_access=true, host_address=IP.",
     ),
     internal: bool = typer.Option(False, "--internal", help="No route to the outside."),
     label: list[str] = typer.Option(None, "--label", help="Label KEY=VALUE (or KEY) on the network; repeatable."),
@@ -54,9 +62,22 @@ def network_create(
             "options": parse_options(opt),
             "internal": internal,
             "labels": labels,
+            "aux_addresses": _aux_addresses(aux_address),
         },
     )
     out.print(net["id"])
+
+
+def _aux_addresses(items: list[str] | None) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            fail(f"invalid --aux-address {item!r}: use --aux-address NAME=IP, e.g. router=192.0.2.254")
+        if key in parsed:
+            fail(f"--aux-address {key} is given twice: give each name once")
+        parsed[key] = value
+    return parsed
 
 
 @network_app.command("rm")
@@ -75,16 +96,13 @@ def network_connect(
     alias: list[str] = typer.Option(None, "--alias", help="Extra DNS name on the network."),
 ) -> None:
     """Connect a container to a network."""
-    reply = CTX.client().post(
-        f"/networks/{q(network)}/connect", {"container": container, "ip": ip, "ip6": ip6, "aliases": alias or []}
-    )
-    warn_lagging(reply.get("lagging"))
+    verbs.connect(network, container, ip, ip6, alias)
 
 
 @network_app.command("disconnect")
 def network_disconnect(network: str, container: str) -> None:
     """Disconnect a container from a network."""
-    CTX.client().post(f"/networks/{q(network)}/disconnect", {"container": container})
+    verbs.disconnect(network, container)
 
 
 @network_app.command("prune")

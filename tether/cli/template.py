@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .output import align_tabs  # re-exported: tables print through it without the template engine
+
 __all__ = ["Template", "TemplateError", "align_tabs", "go_str"]
 
 
@@ -589,19 +591,3 @@ class Template:
     def render_header(self) -> str:
         """The template in Docker's header mode: each field shows its column title."""
         return self.execute(_Header(""))
-
-
-def align_tabs(lines: list[str], min_width: int = 10, padding: int = 3) -> str:
-    """Tab-separated cells lined up in columns as Docker's tabwriter (10, 1, 3, ' ') does:
-    a column is as wide as its widest cell plus ``padding``, at least ``min_width``; the
-    text after a line's last tab is not padded. Nothing is ever cut."""
-    rows = [line.split("\t") for line in lines]
-    widths: list[int] = []
-    for cells in rows:
-        for i, cell in enumerate(cells[:-1]):
-            widths += [0] * (i + 1 - len(widths))
-            widths[i] = max(widths[i], len(cell))
-    return "".join(
-        "".join(c.ljust(max(widths[i] + padding, min_width)) for i, c in enumerate(cells[:-1])) + cells[-1] + "\n"
-        for cells in rows
-    )

@@ -43,9 +43,18 @@ __all__ = ["OverlayAgent", "AgentHooks"]
 
 log = logging.getLogger("tether.agent")
 
+# Every 2 s (4 ticks of the grace timer) the kernel's peer entries are compared with what
+# was programmed, and what someone deleted (`ip neigh del`, `bridge fdb del`) is put back:
+# one neighbour + FDB dump per overlay network.
+_PEER_CHECK_TICKS = 4
+
 
 def _no_names(network: str, name: str, address: str) -> None:
     """A host without a resolver: remote names have nowhere to go."""
+
+
+def _nobody_told(node: str, up: bool, address: str) -> None:
+    """No one to tell that a host came up or went down."""
 
 
 @dataclass
@@ -57,6 +66,8 @@ class AgentHooks:
     # (network name, container name or alias, address) -> this host's resolver; idempotent
     add_name: Callable[[str, str, str], None] = _no_names
     remove_name: Callable[[str, str, str], None] = _no_names
+    # (host, up, its underlay address) when a host's liveness changes (`tether events`)
+    host_changed: Callable[[str, bool, str], None] = _nobody_told
 
 
 class OverlayAgent:
@@ -77,6 +88,9 @@ class OverlayAgent:
         self._thread: threading.Thread | None = None
         self._state = threading.RLock()  # the watch thread and the grace timer share the tables
         self.synced = threading.Event()
+        # peers found missing from the kernel and programmed again (``_repair_peers``):
+        # (vxlan, address) -> when, so ``tether trace`` can say the repair happened
+        self.repaired: dict[tuple[str, str], float] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tether-overlay-agent", daemon=True)
@@ -122,7 +136,10 @@ class OverlayAgent:
             self.table.endpoints[kv.key[len(keys.ENDPOINTS):]] = kv.value
         for kv in self.store.list(keys.NODE_INFO):
             self.table.hosts[kv.value["name"]] = kv.value
-        self.live = {kv.key.rsplit("/", 1)[1] for kv in self.store.list(keys.NODES)}
+        was_live, self.live = self.live, {kv.key.rsplit("/", 1)[1] for kv in self.store.list(keys.NODES)}
+        if self.synced.is_set():  # a fresh snapshot after the store came back: what changed meanwhile
+            for name in sorted(was_live ^ self.live):
+                self._host_changed(name, name in self.live)
         now = time.monotonic()
         for name in self.table.hosts:
             if name not in self.live:
@@ -154,12 +171,16 @@ class OverlayAgent:
         return revision
 
     def _grace_loop(self) -> None:
+        ticks = 0
         while not self._stop.wait(0.5):
             if not self.synced.is_set():
                 continue
+            ticks += 1
             try:
                 with self._state:
                     self._check_grace()
+                    if ticks % _PEER_CHECK_TICKS == 0:
+                        self._repair_peers()
             except Exception:
                 log.exception("overlay agent: grace check")
 
@@ -203,6 +224,8 @@ class OverlayAgent:
                 self._apply(net_id)
         elif key.startswith(keys.NODES):
             name = key[len(keys.NODES):]
+            if (kind == "put") != (name in self.live):
+                self._host_changed(name, kind == "put")
             if kind == "put":
                 self.live.add(name)
                 self.down_since.pop(name, None)
@@ -210,6 +233,13 @@ class OverlayAgent:
                 self.live.discard(name)
                 if name in self.table.hosts:
                     self.down_since[name] = time.monotonic()
+
+    def _host_changed(self, name: str, up: bool) -> None:
+        address = str(self.table.hosts.get(name, {}).get("address", ""))
+        try:
+            self.hooks.host_changed(name, up, address)
+        except Exception:  # telling must never stop the agent
+            log.exception("overlay agent: reporting host %s %s", name, "up" if up else "down")
 
     # ------------------------------------------------------------------ kernel
     def _apply(self, net_id: str) -> None:
@@ -315,3 +345,27 @@ class OverlayAgent:
                 self.down_since.pop(name, None)
             except TetherError as exc:
                 log.warning("reclaiming %s: %s", name, exc)
+
+    def _repair_peers(self) -> None:
+        """Program again every peer and flood entry the kernel lost since it was programmed
+        (deleted by hand, say); the caller holds ``_state``."""
+        for net_id, vxlan in list(self.vxlans.items()):
+            programmed = self.programmed.get(net_id)
+            if programmed is None:
+                continue
+            try:
+                held = {Peer(*p) for p in self.datapath.list_peers(vxlan)}
+                vteps: dict[str, set[str]] = {}
+                for peer in programmed.peers:
+                    vteps.setdefault(peer.mac, set()).add(peer.vtep)
+                # a MAC programmed behind two VTEPs (moving between hosts) is left to the
+                # next change: putting one back would move the other's FDB entry
+                for peer in sorted(p for p in programmed.peers - held if len(vteps[p.mac]) == 1):
+                    self.datapath.add_peer(vxlan, peer.address, peer.mac, peer.vtep)
+                    self.repaired[(vxlan, peer.address)] = time.time()
+                    log.warning("overlay agent: restored the lost peer %s on %s", peer.address, vxlan)
+                for vtep in sorted(programmed.floods - set(self.datapath.list_floods(vxlan))):
+                    self.datapath.add_flood(vxlan, vtep)
+                    log.warning("overlay agent: restored flooding to %s on %s", vtep, vxlan)
+            except TetherError as exc:
+                log.warning("overlay agent: peer check of %s: %s", vxlan, exc)

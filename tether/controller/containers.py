@@ -157,7 +157,7 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
             self._check_requested(network, ip, req.ip6)
             if mappings and network.internal:
                 raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
-            check_port_families(mappings, network)
+            check_port_families(mappings, network, self._driver(network).publishes_ports)
             mappings = self._check_ports(mappings)
             self._check_aliases(network, [name, *req.aliases], name)
             return network, None, mappings, network.name
@@ -195,6 +195,7 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         name = container.name
         self._save(container)
         undo.push(f"record of container {name}", lambda: self.store.delete(CTR_PREFIX + name))
+        self._emit("container", "create", container, net_mode=container.net_mode)
         self._index(container, undo)
         os.makedirs(self.container_dir(container), exist_ok=True)
         undo.push("state dir", lambda: shutil.rmtree(self.container_dir(container), ignore_errors=True))
@@ -314,7 +315,10 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         with self._container_lock(found.id):
             container = self._stop(found.name, timeout)
             with self.lock:
-                return self._refresh(self._container(container.name))
+                stopped = self._refresh(self._container(container.name))
+            if container.state == "running":
+                self.events.emit("container", "stop", stopped, exit_code=stopped.exit_code)
+            return stopped
 
     def _stop(self, name: str, timeout: float) -> Container:
         """Mark it stopped by hand, then stop its process (outside the lock). Call with
@@ -391,6 +395,7 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         if container.joined:
             errors += collect(lambda: self.store.delete(f"{JOIN_PREFIX}{container.joined}/{container.id}"))
         errors += collect(lambda: self.store.delete(CTR_PREFIX + container.name))
+        self.events.emit("container", "destroy", container)
         return errors
 
     def reap(self, container_id: str) -> bool:
@@ -438,7 +443,9 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
         found = self._find(ref)
         with self._container_lock(found.id):
             self._stop(found.name, timeout)
-            return self._start(found.name, by_policy=False)
+            done = self._start(found.name, by_policy=False)
+        self.events.emit("container", "restart", done.value)
+        return done
 
     def _start(self, name: str, by_policy: bool) -> Outcome[Container]:
         """Attach again (one operation: all of it or none), then start the process outside
@@ -539,6 +546,7 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
 
     # ------------------------------------------------------------------ what an exit releases
     def _on_exit(self, container: Container) -> Container:
+        self.events.emit("container", "die", container, exit_code=container.exit_code)
         released, errors = self._release(container.with_(finished_at=time.time()))
         self._log_undo(errors)
         return released
@@ -603,7 +611,8 @@ class ContainerVerbs(NetworkVerbs, EndpointVerbs, ProcessVerbs):
                 ):
                     return
             try:
-                self._start(container.name, by_policy=True)
+                done = self._start(container.name, by_policy=True)
+                self.events.emit("container", "restart", done.value, policy=str(policy))
                 log.info("restarted container %s (policy %s)", container.name, policy)
             except TetherError as exc:
                 log.warning("container %s: restart by policy %s failed: %s", container.name, policy, exc)

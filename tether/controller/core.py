@@ -7,6 +7,11 @@ operation published a cluster record: every live host must have programmed it be
 the verb returns. Hosts that did not make it in time come back in ``op.lagging``, which
 the verb returns inside an ``Outcome`` value.
 
+Events (``tether events``, ``events.py``): what a verb makes is announced with ``_emit``,
+which holds the event until the outermost operation commits (an undone step never shows)
+and emits at once outside one; what cannot be undone once it happened (an exit, a detach,
+a removal) goes straight to ``self.events.emit``.
+
 Records are written *before* the kernel change they describe (a container starts in
 state ``creating``), so a daemon killed at any instant leaves a record that reconcile
 finishes or removes. Mutations take milliseconds under the lock; waiting on processes
@@ -37,6 +42,7 @@ from ..drivers import (
     network_drivers,
 )
 from ..errors import InvalidInput, NotFound, TetherError
+from ..events import EventBus
 from ..ipam import IPAM
 from ..model import Container, Endpoint, Network
 from ..store import Store
@@ -110,6 +116,8 @@ class ControllerCore:
         self.socket_path = socket_path
         self.monitor: ProcessMonitor | None = None  # the daemon's process monitor (controller/restarts.py)
         self._container_locks: dict[str, threading.Lock] = {}
+        self.events = EventBus()  # what happens, for `tether events` (events.py)
+        self._held = threading.local()  # the events of this thread's operation, until it commits
         os.makedirs(os.path.join(state_dir, "containers"), exist_ok=True)
 
     # ------------------------------------------------------------------ the operation
@@ -117,12 +125,22 @@ class ControllerCore:
     def _operation(self) -> Iterator[Operation]:
         op = Operation()
         with self.lock:
+            outermost = getattr(self._held, "events", None) is None
+            held: list[tuple[str, str, object, dict[str, Any]]] = [] if outermost else self._held.events
+            self._held.events, mark = held, len(held)
             try:
                 yield op
             except BaseException:
+                del held[mark:]  # undone: it never happened
                 self._log_undo(op.unwind())
                 raise
+            finally:
+                if outermost:
+                    self._held.events = None
             op.commit()
+            if outermost:
+                for type_, action, actor, attributes in held:
+                    self.events.emit(type_, action, actor, **attributes)
         op.lagging = self._wait_barrier(op.published)
 
     def _wait_barrier(self, revision: int) -> list[str]:
@@ -134,6 +152,23 @@ class ControllerCore:
         except TetherError as exc:
             log.warning("barrier: %s", exc)
             return ["(cluster store unreachable)"]
+
+    def _emit(self, type_: str, action: str, actor: object, **attributes: Any) -> None:
+        """An event of what this operation made: emitted when it commits (at once outside one)."""
+        held = getattr(self._held, "events", None)
+        if held is None:
+            self.events.emit(type_, action, actor, **attributes)
+        else:
+            held.append((type_, action, actor, attributes))
+
+    def _emit_endpoint(self, action: str, container: Container, endpoint: Endpoint, now: bool = False) -> None:
+        """An endpoint's event (actor ``CONTAINER.NETWORK``); ``now``: not held by the operation."""
+        emit = self.events.emit if now else self._emit
+        emit(
+            "endpoint", action, (endpoint.id, f"{container.name}.{endpoint.network}"),
+            container=container.name, container_id=container.id, network=endpoint.network,
+            network_id=endpoint.network_id, ifname=endpoint.ifname, address=endpoint.cidr, address6=endpoint.cidr6,
+        )
 
     def _log_undo(self, failures: list[str]) -> None:
         for line in failures:
@@ -283,6 +318,7 @@ class ControllerCore:
     def _watch(self, container: Container) -> None:
         """A container's process has just been recorded as running: the process monitor
         (the daemon's, when it runs one) acts on its exit at once."""
+        self.events.emit("container", "start", container, pid=container.pid)
         if self.monitor is not None:
             self.monitor.watch(container.id, container.pid, container.start_time)
 

@@ -61,6 +61,7 @@ class EndpointVerbs(ControllerCore):
             endpoint = Endpoint.from_dict(dict(endpoint.to_dict(), default_route=False))
             self.store.put(ep_key(container.id, network.id), endpoint.to_dict())
         self._add_dns_records(container, network, endpoint, undo)
+        self._emit_endpoint("attach", container, endpoint)
         return endpoint
 
     def _new_endpoint(
@@ -120,9 +121,10 @@ class EndpointVerbs(ControllerCore):
         if self.firewall is not None and container.ports:
             firewall = self.firewall
             errors += collect(lambda: firewall.remove_ports(self._port_rules(container, endpoint)))
+            self._emit_ports("unpublish", container, endpoint, now=True)
         errors += collect(lambda: self._remove_dns_records(container, endpoint))
         if network is not None:
-            errors += self._driver(network).detach_endpoint(self.ctx, network, endpoint, kernel_gone)
+            errors += self._driver(network).detach_endpoint(self.ctx, network, endpoint, kernel_gone, container.netns)
             ipam = self._ipam_for(network)
         else:
             if not kernel_gone:
@@ -134,6 +136,7 @@ class EndpointVerbs(ControllerCore):
         for address in endpoint.addresses:
             errors += collect(lambda a=address: ipam.release(endpoint.network_id, a, owner=container.id))  # type: ignore[misc]
         errors += collect(lambda: self._set_dns_view(container))
+        self._emit_endpoint("detach", container, endpoint, now=True)
         return errors
 
     def _check_requested_ip(self, network: Network, ip: str, family: int = 4) -> None:
@@ -281,12 +284,28 @@ class EndpointVerbs(ControllerCore):
         firewall, rules = self.firewall, self._port_rules(container, endpoint)
         firewall.add_ports(rules)
         undo.push("published ports", lambda: firewall.remove_ports(rules))
+        self._emit_ports("publish", container, endpoint)
 
     def _unpublish_ports(self, container: Container) -> list[str]:
         if self.firewall is None or not container.ports:
             return []
         firewall = self.firewall
-        return collect(lambda: firewall.remove_ports(self._port_rules(container)))
+        errors = collect(lambda: firewall.remove_ports(self._port_rules(container)))
+        self._emit_ports("unpublish", container, None, now=True)
+        return errors
+
+    def _emit_ports(self, action: str, container: Container, endpoint: Endpoint | None, now: bool = False) -> None:
+        """A port event per mapping published on ``endpoint``'s network (every one: None)."""
+        emit = self.events.emit if now else self._emit
+        for p in container.port_mappings:
+            network = self._port_network(container, p)
+            if endpoint is None or network is None or network == endpoint.network:
+                host = f"[{p.host_ip}]:" if p.host_ip and ":" in p.host_ip else f"{p.host_ip}:" if p.host_ip else ""
+                emit(
+                    "port", action, container, port=f"{host}{p.host_port}->{p.container_port}/{p.protocol}",
+                    host_ip=p.host_ip, host_port=p.host_port, container_port=p.container_port, protocol=p.protocol,
+                    network=network or (endpoint.network if endpoint else None),
+                )
 
     # ------------------------------------------------------------------ names
     def _dns_names(self, container: Container, endpoint: Endpoint) -> list[str]:
@@ -328,8 +347,14 @@ class EndpointVerbs(ControllerCore):
         self._set_dns_view(container)
 
 
-def check_port_families(mappings: list[PortMapping], network: Network) -> None:
-    """A port published on a v6 host address needs a v6 address to point at."""
+def check_port_families(mappings: list[PortMapping], network: Network, publishes: bool = True) -> None:
+    """A port published on a v6 host address needs a v6 address to point at; a network
+    whose driver does not publish ports (``publishes`` false: macvlan) takes none."""
+    if mappings and not publishes:
+        raise InvalidInput(
+            f"-p {mappings[0]}: network {network.name!r} is a {network.driver} network, whose containers are on "
+            "the LAN with addresses of their own: drop -p and reach the container at its address"
+        )
     for m in mappings:
         if m.host_ip is not None and ":" in m.host_ip and not network.ipv6:
             raise InvalidInput(

@@ -116,7 +116,7 @@ class ExternalVerbs(ContainerVerbs):
             self._check_aliases(network, [name, *aliases], name)
             if ports and network.internal:
                 raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
-            check_port_families(ports or [], network)
+            check_port_families(ports or [], network, self._driver(network).publishes_ports)
             mappings = [replace(m, network=network.name) for m in self._check_ports(ports or [])]
             if container is None:
                 container = self._new_external(runtime, name, netns, op)
@@ -323,7 +323,7 @@ class ExternalVerbs(ContainerVerbs):
                 return
             container, endpoint, network = found.container, found.endpoint, found.network
             errors = self._unpublish_ports(container)
-            errors += self._driver(network).detach_endpoint(self.ctx, network, endpoint)
+            errors += self._driver(network).detach_endpoint(self.ctx, network, endpoint, netns=container.netns)
             errors += self._sandbox(container).teardown(self.ctx, container)  # its ip netns name
             self._save(container.with_(netns=None, ports=[]))
             self._log_undo(errors)
@@ -344,6 +344,7 @@ class ExternalVerbs(ContainerVerbs):
             container, endpoint, network = found.container, found.endpoint, found.network
             if network.internal:
                 raise InvalidInput(f"network {network.name!r} is internal: it has no published ports")
+            check_port_families(mappings, network, self._driver(network).publishes_ports)
             self._log_undo(self._unpublish_ports(container))
             container = self._save(container.with_(ports=[]))
             mappings = [replace(m, network=network.name) for m in self._check_ports(mappings)]

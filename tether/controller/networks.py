@@ -17,6 +17,7 @@ from ..ipam import (
     choose_subnet,
     choose_subnet6,
     find_overlap,
+    validate_aux_addresses,
     validate_network_cidrs,
     validate_network_cidrs6,
 )
@@ -43,8 +44,10 @@ class NetworkVerbs(ControllerCore):
         ipv6: bool = False,
         subnet6: str | None = None,
         gateway6: str | None = None,
+        aux_addresses: dict[str, str] | None = None,
     ) -> Network:
-        """``ipv6``: dual stack, with ``subnet6`` (None: a free ULA /64) and ``gateway6``."""
+        """``ipv6``: dual stack, with ``subnet6`` (None: a free ULA /64) and ``gateway6``;
+        ``aux_addresses``: NAME -> address of the subnet(s) that IPAM never hands out."""
         validate_name("network", name)
         labels = check_labels(labels)
         if name in RESERVED_NETWORK_NAMES or name == DEFAULT_NETWORK:
@@ -53,8 +56,12 @@ class NetworkVerbs(ControllerCore):
             raise InvalidInput("an IPv6 --subnet or --gateway needs --ipv6: add --ipv6 to make a dual-stack network")
         if gateway6 and not subnet6:
             raise InvalidInput("an IPv6 --gateway needs the IPv6 --subnet it belongs to")
+        if aux_addresses and subnet is None:
+            raise InvalidInput("--aux-address needs --subnet: give the subnet its addresses belong to")
         v6 = (subnet6, gateway6) if ipv6 else None
-        return self._create_network(name, driver, subnet, gateway, ip_range, options or {}, internal, labels=labels, v6=v6)
+        return self._create_network(
+            name, driver, subnet, gateway, ip_range, options or {}, internal, labels=labels, v6=v6, aux=aux_addresses or {}
+        )
 
     def _create_network(
         self,
@@ -68,6 +75,7 @@ class NetworkVerbs(ControllerCore):
         bridge: str | None = None,
         labels: dict[str, str] | None = None,
         v6: tuple[str | None, str | None] | None = None,
+        aux: dict[str, str] | None = None,
     ) -> Network:
         """``v6``: (subnet6, gateway6) of a dual-stack network, either None to pick; None: IPv4 only."""
         driver = self._driver_named(driver_name)
@@ -80,27 +88,39 @@ class NetworkVerbs(ControllerCore):
             if self._lookup_network(name) is not None:
                 raise Conflict(f"network {name!r} already exists: choose another name or remove it first")
             networks = self._all_networks()
-            in_use = {n.subnet: f"network {n.name!r}" for n in networks}
-            subnet, gateway, ip_range = self.place_subnet(subnet, gateway, ip_range, in_use, driver.pools)
+            # a driver whose subnet is a LAN's (macvlan) may overlap the host's routes, and
+            # networks on other parents: only what shares its address space is checked
+            near = [n for n in networks if driver.shares_space(options, n)]
+            in_use = {n.subnet: f"network {n.name!r}" for n in near}
+            host = not driver.lan
+            subnet, gateway, ip_range = self.place_subnet(subnet, gateway, ip_range, in_use, driver.pools, host)
             subnet6 = gateway6 = None
             if v6 is not None:
-                in_use6 = {n.subnet6: f"network {n.name!r}" for n in networks if n.subnet6}
-                subnet6, gateway6 = self.place_subnet6(v6[0], v6[1], in_use6)
+                in_use6 = {n.subnet6: f"network {n.name!r}" for n in near if n.subnet6}
+                subnet6, gateway6 = self.place_subnet6(v6[0], v6[1], in_use6, host)
+            subnets = [subnet, *([subnet6] if subnet6 else [])]
+            aux = validate_aux_addresses(aux or {}, subnets, [gateway, *([gateway6] if gateway6 else [])])
             spec = NetworkSpec(
-                uuid.uuid4().hex, name, subnet, gateway, ip_range, options, internal, bridge, labels or {}, subnet6, gateway6
+                uuid.uuid4().hex, name, subnet, gateway, ip_range, options, internal, bridge, labels or {}, subnet6, gateway6,
+                aux,
             )
             network = driver.create_network(self.ctx, spec, networks, op)
+            self._emit("network", "create", network, driver=network.driver, subnet=network.subnet, subnet6=network.subnet6)
             if self.resolver is not None and name != DEFAULT_NETWORK:
                 self.resolver.set_subnets(name, network.subnets)  # its reverse names are answered here
             return network
 
-    def place_subnet6(self, subnet6: str | None, gateway6: str | None, in_use: dict[str, str]) -> tuple[str, str]:
+    def place_subnet6(
+        self, subnet6: str | None, gateway6: str | None, in_use: dict[str, str], check_host: bool = True
+    ) -> tuple[str, str]:
         """The v6 half of ``place_subnet``: a requested v6 subnet checked against ``in_use``
         and this host, or a free random ULA /64. Returns (subnet6, gateway6)."""
         host = [c for c in self.ctx.datapath.host_networks() if ":" in c]
         if subnet6 is None:
             return validate_network_cidrs6(choose_subnet6(list(in_use) + host), None)
         subnet6, gateway6 = validate_network_cidrs6(subnet6, gateway6)
+        if not check_host:
+            host = []
         owner = find_overlap(subnet6, in_use) or find_overlap(subnet6, {c: "a route or address on this host" for c in host})
         if owner is not None:
             raise Conflict(f"IPv6 subnet {subnet6} overlaps {owner}: choose a subnet that does not overlap")
@@ -113,14 +133,17 @@ class NetworkVerbs(ControllerCore):
         ip_range: str | None,
         in_use: dict[str, str],
         pools: list[tuple[str, int]] = DEFAULT_POOLS,
+        check_host: bool = True,
     ) -> tuple[str, str, str | None]:
         """A requested subnet, checked against ``in_use`` (cidr -> owner) and this host's
-        routes and addresses; or, with none requested, the first free one of ``pools``.
-        Returns (subnet, gateway, ip_range), normalised."""
+        routes and addresses (unless not ``check_host``); or, with none requested, the
+        first free one of ``pools``. Returns (subnet, gateway, ip_range), normalised."""
         host = self.ctx.datapath.host_networks()
         if subnet is None:
             return validate_network_cidrs(choose_subnet(list(in_use) + host, pools), None, None)
         subnet, gateway, ip_range = validate_network_cidrs(subnet, gateway, ip_range)
+        if not check_host:
+            host = []
         owner = find_overlap(subnet, in_use) or find_overlap(subnet, {c: "a route or address on this host" for c in host})
         if owner is not None:
             raise Conflict(f"subnet {subnet} overlaps {owner}: choose a subnet that does not overlap")
@@ -197,6 +220,7 @@ class NetworkVerbs(ControllerCore):
                     f"disconnect or remove them first"
                 )
             errors = self._driver(network).delete_network(self.ctx, network)
+            self.events.emit("network", "destroy", network, driver=network.driver)
             if self.resolver is not None:
                 self.resolver.drop_network(network.name)
             self._log_undo(errors)

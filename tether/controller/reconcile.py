@@ -60,6 +60,7 @@ class Reconciler(ExternalVerbs):
             actions += self._restore_dns()
         for line in actions:
             log.info("reconcile: %s", line)
+            self.events.emit("reconcile", "correct", "", message=line)
         return actions
 
     def _refuse_a_lost_store(self, networks: dict[str, Network]) -> None:
@@ -198,6 +199,9 @@ class Reconciler(ExternalVerbs):
         """Endpoint records whose container is gone; links with our mark nothing owns."""
         for ep in self._endpoints():
             if ep.container_id not in live_ids:
+                network = networks.get(ep.network_id)
+                if network is not None:  # what the driver keeps outside the namespace (a route, a record)
+                    actions += self._driver(network).detach_endpoint(self.ctx, network, ep, kernel_gone=True)
                 actions += collect(lambda: self.ctx.datapath.detach_veth(ep.host_ifname))
                 self.store.delete(ep_key(ep.container_id, ep.network_id))
                 actions.append(f"dropped orphan endpoint {ep.host_ifname}")

@@ -37,7 +37,7 @@ class BoundPorts(Protocol):
 
 
 class Datapath(Protocol):
-    """Namespaces, bridges, veths, VXLAN devices and their peers, and the host's own view."""
+    """Namespaces, bridges, veths, VXLAN devices and their peers, macvlan children, and the host's own view."""
 
     def close(self) -> None:
         """Release sockets and threads; idempotent. No other verb may be called after it."""
@@ -219,3 +219,103 @@ class Datapath(Protocol):
 
     def remove_address(self, ifname: str, cidr: str) -> None:
         """Remove ``cidr`` from the host interface ``ifname``; a missing address or link is success."""
+
+    # ------------------------------------------------------------------ macvlan
+    # A macvlan child's ``mode`` is "bridge", "private", "vepa" or "passthru" (which takes the
+    # whole parent: it is then its only child, and has the parent's MAC, whatever ``mac`` says).
+
+    def attach_macvlan(
+        self,
+        *,
+        netns: str,
+        ifname: str,
+        parent: str,
+        mode: str,
+        mac: str,
+        cidr: str,
+        gateway: str | None,
+        mtu: int,
+        keep_existing_default: bool = False,
+        cidr6: str | None = None,
+        gateway6: str | None = None,
+    ) -> bool:
+        """Give ``netns`` the interface ``ifname``, a macvlan child of the host link ``parent``,
+        addressed and routed as ``attach_veth`` does its container end (same return value);
+        all or nothing. DatapathError if ``parent`` is missing, ``ifname`` taken in ``netns``,
+        or passthru collides ("parent X already has a passthru macvlan or children")."""
+
+    def create_macvlan(self, *, ifname: str, parent: str, mode: str, mac: str, mtu: int, mark: str) -> None:
+        """A macvlan child of ``parent`` on the host, down and marked, for a runtime to move
+        (Docker); all or nothing, with the errors of ``attach_macvlan``."""
+
+    def ensure_macvlan_shim(
+        self,
+        *,
+        ifname: str,
+        parent: str,
+        mode: str,
+        address: str | None,
+        address6: str | None,
+        mark: str,
+        mac: str | None = None,
+    ) -> None:
+        """The host's own macvlan child of ``parent`` (the kernel keeps a parent and its children
+        apart): marked, up, ``address``/32 and ``address6``/128, with ``mac`` (None: the
+        kernel's pick); idempotent, fixes what is missing or differs (a restored shim keeps its
+        MAC, so the containers' neighbour entries for it stay right). DatapathError if ``ifname`` is another link than a macvlan on ``parent``."""
+
+    def delete_macvlan(self, ifname: str) -> None:
+        """Delete a host-side macvlan (a shim, an unclaimed ``create_macvlan`` child); missing is
+        success, another kind of link a DatapathError."""
+
+    def add_host_route(self, ifname: str, address: str) -> None:
+        """Route ``address`` (/32, or /128) via the host link ``ifname``, scope link; replaces, idempotent."""
+
+    def remove_host_route(self, ifname: str, address: str) -> None:
+        """Undo ``add_host_route``; a missing route or link is success."""
+
+    def host_routes(self, ifname: str) -> list[str]:
+        """The addresses ``add_host_route`` routes via ``ifname``, IPv4 then IPv6, sorted."""
+
+    def ensure_lan_stub(self, *, name: str, mark: str) -> None:
+        """A parent for an internal macvlan network: the veth pair ``name``/``name``+"p" on the
+        host, marked, up, attached to nothing and speaking no IP, so that bridge-mode children
+        on ``name`` reach each other and nothing else; idempotent. ``name``: 13 characters at most."""
+
+    def delete_lan_stub(self, name: str) -> None:
+        """Delete the stub (its peer, and any macvlan child on it, with it); missing is success."""
+
+    def parent_candidates(self) -> list[str]:
+        """Host links that could be a macvlan parent, sorted: Ethernet-like, not lo, no macvlan
+        or vxlan device, no bridge or bond port, nothing marked by tether (alias "tether...")."""
+
+    def macvlan_children(self, parent: str) -> list[tuple[str, str]]:
+        """(ifname, mode) of the macvlan children of ``parent`` in the host namespace, sorted
+        ([] if ``parent`` is missing); children inside other namespaces are not seen."""
+
+    # ------------------------------------------------------------------ inspection (tether trace)
+    # Reads only, and one probe packet (``datapath/inspect.py``); the caller decides where a
+    # probe may go: only to addresses inside namespaces tether made.
+
+    def link_state(self, ifname: str) -> dict[str, Any] | None:
+        """``ifname`` in the host namespace: {ifname, kind, up (admin state), master (a bridge's
+        name or None), mtu}; None if there is no such link."""
+
+    def container_neighbours(self, netns: str) -> list[dict[str, Any]]:
+        """The neighbour entries in ``netns``, both families: {address, mac, state (incomplete,
+        reachable, stale, delay, probe, failed, noarp, permanent), dev}."""
+
+    def peer_entries(self, vxlan: str) -> dict[str, list[tuple[str, str]]]:
+        """The entries ``vxlan`` holds for its peers, one by one (``list_peers`` joins them):
+        ``neighbours`` (ip, mac) of the permanent neighbour entries, ``fdb`` (mac, vtep) of
+        the FDB entries with a destination (flood entries left out); both empty if missing."""
+
+    def listening(self, netns: str, protocol: str) -> list[tuple[str, int]]:
+        """(address, port) of every socket inside ``netns`` listening for ``protocol`` ("tcp",
+        or "udp": bound and unconnected), both families, sorted."""
+
+    def probe(self, netns: str, address: str, protocol: str, port: int | None, timeout: float = 1.0) -> str:
+        """Send one probe from inside ``netns`` to ``address``: a TCP connection attempt or a UDP
+        datagram to ``port``, or an ICMP echo request (``protocol`` "icmp", ``port`` None).
+        What came back: "open", "refused", "answered", "unreachable", "timeout" or "sent"
+        (UDP without an answer)."""

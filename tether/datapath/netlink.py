@@ -1,11 +1,13 @@
 """NetlinkDatapath, the real ``Datapath`` (``base.py``): every netlink request tether makes, over
 pyroute2, with no ``ip`` subprocess. This module holds the class and its namespace, bridge,
-endpoint and host-view verbs; it stands on two bases:
+endpoint and host-view verbs; it stands on these bases:
 
 * ``workers.py``, ``NetlinkWorkers``: the host worker thread, trips into container namespaces,
   error mapping, ``close`` and ``netns_path`` (with the design note on threads and namespaces);
 * ``vxlan.py``, ``VxlanVerbs``: the overlay verbs (VXLAN devices, peers, floods, the bridge MAC
-  and host addresses), with the overlay's design note.
+  and host addresses), with the overlay's design note;
+* ``macvlan.py``, ``MacvlanVerbs``: macvlan children, the host's shim and routes to them, LAN
+  stubs (its ``attach_macvlan`` configures the child with ``_ContainerEnd``, below).
 
 Design note. An endpoint is one veth pair made in one request, the peer created directly inside
 the container namespace with its final name, MAC and MTU (no move-and-rename), enslaved to the
@@ -38,6 +40,8 @@ from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-unty
 
 from ..errors import DatapathError
 from . import hostinfo, nsutil
+from .inspect import InspectVerbs  # tether trace's read verbs
+from .macvlan import MacvlanVerbs
 from .vxlan import VxlanVerbs
 from .workers import (
     IFF_UP,
@@ -189,7 +193,7 @@ class _ContainerEnd:
         return True
 
 
-class NetlinkDatapath(VxlanVerbs, NetlinkWorkers):
+class NetlinkDatapath(InspectVerbs, MacvlanVerbs, VxlanVerbs, NetlinkWorkers):
     """All netlink for one daemon, bound to the network namespace the daemon runs in (its 'host').
 
     Construct it in the thread (and so the namespace) the daemon's links should live in.

@@ -94,16 +94,15 @@ class CniDoor:
         from ..dns import RESOLVER_ADDRESS
 
         ep = att.endpoint
-        ips = [{"address": ep.cidr, "gateway": ep.gateway, "interface": 1}]
+        # a veth's host end comes first (as the bridge plugin's); a macvlan child has none
+        host = [{"name": ep.host_ifname}] if self.controller.drivers[att.network.driver].host_link else []
+        ips = [{"address": ep.cidr, "gateway": ep.gateway, "interface": len(host)}]
         routes = [{"dst": "0.0.0.0/0", "gw": ep.gateway}]
         if ep.cidr6 is not None:
-            ips.append({"address": ep.cidr6, "gateway": ep.gateway6, "interface": 1})
+            ips.append({"address": ep.cidr6, "gateway": ep.gateway6, "interface": len(host)})
             routes.append({"dst": "::/0", "gw": ep.gateway6})
         return {
-            "interfaces": [
-                {"name": ep.host_ifname},
-                {"name": ep.ifname, "mac": ep.mac, "sandbox": att.container.netns},
-            ],
+            "interfaces": [*host, {"name": ep.ifname, "mac": ep.mac, "sandbox": att.container.netns}],
             "ips": ips,
             "routes": routes if ep.default_route else [],
             "dns": {"nameservers": [RESOLVER_ADDRESS]} if self.controller.resolver is not None else {},

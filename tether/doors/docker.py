@@ -50,6 +50,13 @@ DOCKER_OPTIONS = {
     "tether.icc": "icc",
     "tether.bridge_name": "bridge_name",
     "tether.vni": "vni",
+    # macvlan (`-o tether.driver=macvlan`), spelled as Docker's own macvlan driver too
+    "parent": "parent",
+    "macvlan_mode": "macvlan_mode",
+    "tether.parent": "parent",
+    "tether.macvlan_mode": "macvlan_mode",
+    "tether.host_access": "host_access",
+    "tether.host_address": "host_address",
 }
 _PROTOCOLS = {6: "tcp", 17: "udp"}
 
@@ -341,8 +348,8 @@ def _network_options(network_id: str, generic: Any) -> tuple[str, str, dict[str,
         raise InvalidInput(f"unknown option -o {unknown[0]}: known options are {', '.join(sorted(DOCKER_OPTIONS))}")
     name = str(generic.get("tether.network") or f"docker-{network_id[:12]}")
     driver = str(generic.get("tether.driver") or "bridge")
-    if driver not in ("bridge", "overlay"):
-        raise InvalidInput(f"invalid -o tether.driver={driver}: use bridge or overlay")
+    if driver not in ("bridge", "overlay", "macvlan"):
+        raise InvalidInput(f"invalid -o tether.driver={driver}: use bridge, overlay or macvlan")
     options = {DOCKER_OPTIONS[k]: str(v) for k, v in generic.items() if DOCKER_OPTIONS[k]}
     return name, driver, options  # type: ignore[return-value]
 

@@ -18,6 +18,7 @@ from .bridge import BridgeDriver
 from .container import SharedNamespace
 from .external import ExternalNamespace
 from .host import HostNamespace
+from .macvlan import MacvlanDriver
 from .none import OwnNamespace
 from .overlay import OverlayDriver, overlay_devices
 
@@ -34,6 +35,7 @@ __all__ = [
     "ExternalNamespace",
     "HostNamespace",
     "OwnNamespace",
+    "MacvlanDriver",
     "OverlayDriver",
     "overlay_devices",
     "network_drivers",
@@ -42,4 +44,4 @@ __all__ = [
 
 def network_drivers() -> dict[str, NetworkDriver]:
     """A fresh driver per network mode, by the name ``network create -d`` takes."""
-    return {"bridge": BridgeDriver(), "overlay": OverlayDriver()}
+    return {"bridge": BridgeDriver(), "overlay": OverlayDriver(), "macvlan": MacvlanDriver()}

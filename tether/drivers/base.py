@@ -114,6 +114,7 @@ class NetworkSpec:
     labels: dict[str, str] = field(default_factory=dict)  # the user's `--label`s, kept on the record
     subnet6: str | None = None  # dual stack: the v6 subnet and gateway, checked and placed
     gateway6: str | None = None
+    aux_addresses: dict[str, str] = field(default_factory=dict)  # `--aux-address`, checked
 
 
 def enable_uplink_forwarding(ctx: DriverContext, ipv6: bool = False) -> None:
@@ -151,6 +152,14 @@ class NetworkDriver(abc.ABC):
     scope = "local"  # "global": the network lives in the cluster store, on every host
     options: tuple[str, ...] = ()  # the -o options it takes
     pools: list[tuple[str, int]] = DEFAULT_POOLS  # where a subnet is picked when none is given
+    lan = False  # its subnet is a LAN's, which the host may route already: not checked against host routes
+    publishes_ports = True  # `-p` reaches its containers through the host (not macvlan: they are on the LAN)
+    host_link = True  # each endpoint has a link on the host (a veth end), named ``host_ifname``
+
+    def shares_space(self, options: dict[str, str], other: Network) -> bool:
+        """Whether ``other``'s subnets must not overlap a new network of this driver with
+        (validated) ``options``: every network's, except where the driver says otherwise."""
+        return True
 
     # ---------------------------------------------------------------- networks
     @abc.abstractmethod
@@ -235,10 +244,16 @@ class NetworkDriver(abc.ABC):
 
     @abc.abstractmethod
     def detach_endpoint(
-        self, ctx: DriverContext, network: Network, endpoint: Endpoint, kernel_gone: bool = False
+        self,
+        ctx: DriverContext,
+        network: Network,
+        endpoint: Endpoint,
+        kernel_gone: bool = False,
+        netns: str | None = None,
     ) -> list[str]:
         """Remove the endpoint's interface (``kernel_gone``: its namespace already took it
-        away) and anything published about it. Idempotent; returns errors."""
+        away; ``netns``: the container's namespace, None for a runtime's sandbox not joined
+        yet) and anything published about it. Idempotent; returns errors."""
 
     @abc.abstractmethod
     def endpoint_present(self, ctx: DriverContext, network: Network, endpoint: Endpoint) -> bool:

@@ -65,6 +65,7 @@ class BridgeDriver(NetworkDriver):
             labels=dict(spec.labels),
             subnet6=spec.subnet6,
             gateway6=spec.gateway6,
+            aux_addresses=dict(spec.aux_addresses),
         )
         ctx.store.put(NET_PREFIX + network.name, network.to_dict())
         undo.push(f"record of network {network.name}", lambda: ctx.store.delete(NET_PREFIX + network.name))
@@ -156,7 +157,12 @@ class BridgeDriver(NetworkDriver):
         undo.push(f"veth {endpoint.host_ifname}", lambda: ctx.datapath.detach_veth(endpoint.host_ifname))
 
     def detach_endpoint(
-        self, ctx: DriverContext, network: Network, endpoint: Endpoint, kernel_gone: bool = False
+        self,
+        ctx: DriverContext,
+        network: Network,
+        endpoint: Endpoint,
+        kernel_gone: bool = False,
+        netns: str | None = None,
     ) -> list[str]:
         if kernel_gone:
             return []

@@ -94,6 +94,7 @@ class OverlayDriver(BridgeDriver):
             labels=dict(spec.labels),
             subnet6=spec.subnet6,
             gateway6=spec.gateway6,  # (reserved, as the v4 one: each host is its containers' gateway)
+            aux_addresses=dict(spec.aux_addresses),
         )
         if not gstore.compare_and_swap(ckeys.network_key(spec.name), 0, network.to_dict()):
             raise Conflict(f"network {spec.name!r} already exists in the cluster: choose another name")
@@ -277,7 +278,12 @@ class OverlayDriver(BridgeDriver):
         self._publish(ctx, network, container, endpoint, undo, [])  # Docker's Join: no name given
 
     def detach_endpoint(
-        self, ctx: DriverContext, network: Network, endpoint: Endpoint, kernel_gone: bool = False
+        self,
+        ctx: DriverContext,
+        network: Network,
+        endpoint: Endpoint,
+        kernel_gone: bool = False,
+        netns: str | None = None,
     ) -> list[str]:
         errors = super().detach_endpoint(ctx, network, endpoint, kernel_gone)
         return errors + collect(lambda: _cluster(ctx).store.delete(ckeys.endpoint_key(endpoint.network_id, endpoint.id)))

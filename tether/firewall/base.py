@@ -24,11 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from .nftrace import TraceEvent, TraceMatch
 from .rules import NetworkRules, PortRule
 
 __all__ = ["DesiredState", "Firewall"]
 
 DesiredState = Callable[[], tuple[list[NetworkRules], list[PortRule]]]
+Healed = Callable[[str, str, str], None]  # (what was wrong or "", what was put back, what stray went)
 
 
 class Firewall(Protocol):
@@ -64,12 +66,19 @@ class Firewall(Protocol):
     def delete(self) -> None:
         """Drop the whole table (tests, uninstall); idempotent; stops the healer first."""
 
-    def start_healer(self, desired: DesiredState, interval: float = 0.2) -> None:
+    def start_healer(self, desired: DesiredState, interval: float = 0.2, on_heal: Healed | None = None) -> None:
         """Restore the table, its chains and the elements of its sets and maps from ``desired()``
-        whenever they are found damaged (checked every ``interval`` s and on nftables notices)."""
+        whenever they are found damaged (checked every ``interval`` s and on nftables notices);
+        ``on_heal`` is told of each repair."""
 
     def stop_healer(self) -> None:
         """Stop the healer started by ``start_healer``; idempotent."""
 
     def close(self) -> None:
         """Stop the healer and release the backend; no other verb may be called after it."""
+
+    def trace(self, match: TraceMatch, send: Callable[[], None]) -> list[TraceEvent]:
+        """What every table of this namespace does to the packets ``match`` describes: mark
+        them (nftables: ``meta nftrace``), call ``send()`` (which sends the probe), and return
+        each matched rule and applied policy, in order (``nftrace.py``). Changes nothing
+        lasting; an empty list means no marked packet was seen."""

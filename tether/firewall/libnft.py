@@ -100,13 +100,14 @@ class Nft:
         self._lib.nft_ctx_buffer_error(ctx)
         self._base_flags = self._lib.nft_ctx_output_get_flags(ctx)
 
-    def run(self, commands: str) -> str:
-        """Run nft text commands as one transaction; return nft's text output.
+    def run(self, commands: str, handles: bool = False) -> str:
+        """Run nft text commands as one transaction; return nft's text output (with each
+        rule's ``# handle N`` if ``handles``).
 
         Raises ``SystemFailure`` with the first line of nft's error (and the command it names);
         nothing of a failed batch is applied.
         """
-        return self._run(commands, self._base_flags)
+        return self._run(commands, self._base_flags | (_OUTPUT_HANDLE if handles else 0))
 
     def run_json(self, command: str, terse: bool = False) -> list[dict[str, Any]]:
         """Run one listing command and return the ``nftables`` array of its JSON output."""

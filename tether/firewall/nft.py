@@ -91,6 +91,7 @@ from ..errors import Conflict, SystemFailure
 from .chains import CHAINS, FAMILIES, SETS, USER_CHAIN, qualified, split_key
 from .libnft import Nft
 from .loopback6 import LoopbackRelay, loopback_listeners
+from .nftrace import TraceEvent, TraceMatch, run_trace
 from .rules import (
     Elements,
     NetworkRules,
@@ -109,11 +110,13 @@ from .rules import (
     validate_table,
 )
 
-__all__ = ["DesiredState", "Firewall", "table_notifications"]
+__all__ = ["DesiredState", "Firewall", "Healed", "table_notifications"]
 
 log = logging.getLogger("tether.firewall")
 
 DesiredState = Callable[[], tuple[list[NetworkRules], list[PortRule]]]
+# told after each repair: (what was wrong or "", what was put back, what stray went), as text
+Healed = Callable[[str, str, str], None]
 
 _FULL_CHECK_EVERY = 2.0  # seconds between the healer's full (rule count) checks
 _ELEMENT_CHECK_EVERY = 30.0  # seconds between comparisons of every set with a fresh desired()
@@ -151,6 +154,7 @@ class Firewall:
         # engine), and it must never make an add_ports wait. Only a repair takes the lock.
         self._lock = threading.RLock()
         self._healer: threading.Thread | None = None
+        self._on_heal: Healed | None = None
         self._stop = threading.Event()
         self.repairs = 0  # how many times the healer changed the table (for tests, metrics)
         # The journal: what this Firewall last did to each element, oldest first, kept for
@@ -366,12 +370,14 @@ class Firewall:
 
     # -- healing --------------------------------------------------------------------
 
-    def start_healer(self, desired: DesiredState, interval: float = 0.2) -> None:
+    def start_healer(self, desired: DesiredState, interval: float = 0.2, on_heal: Healed | None = None) -> None:
         """Put back whatever someone else removes from the tables, their chains, rules, set and
         map elements, from ``desired()`` (called in the healer thread; keep it quick and free
         of locks the caller holds while calling this Firewall); strays in tether's sets and
-        maps go. Repairs land within ``interval`` plus one repair (see the module's note)."""
+        maps go. Repairs land within ``interval`` plus one repair (see the module's note);
+        ``on_heal`` is told of each (in the healer thread)."""
         self.stop_healer()
+        self._on_heal = on_heal
         try:
             if self._netns is None:
                 watch: _ChangeWatch | None = _ChangeWatch(self.table)
@@ -477,6 +483,8 @@ class Firewall:
             "nftables table %s was damaged%s; repaired it (restored %s; removed %s)",
             self.table, f" ({problem})" if problem else "", _count(add), _count(delete),
         )
+        if self._on_heal is not None:
+            self._on_heal(problem or "", _count(add), _count(delete))
 
     def _desired_elements(self, desired: DesiredState) -> Elements:
         networks, ports = desired()
@@ -514,6 +522,9 @@ class Firewall:
                     self._nft.run(render_delete(self.table, {name: [element]}))
                 except SystemFailure as exc:
                     log.warning("firewall healer: could not remove %s from %s: %s", element, name, exc.message)
+
+    def trace(self, match: TraceMatch, send: Callable[[], None]) -> list[TraceEvent]:
+        return run_trace(self._probe_nft, self._netns, self.table, match, send)
 
     def close(self) -> None:
         self.stop_healer()

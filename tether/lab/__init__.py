@@ -13,6 +13,8 @@ hosts share an underlay the way machines share a LAN:
   /var/run/netns.
 * The underlay MTU is 1400, as on this machine's real eth0, so overlay MTUs are derived
   the way they will be on real hosts.
+* Each host's ``eth0`` is its LAN-facing interface, and a macvlan parent too (``LAN_PARENT``):
+  macvlan containers on different hosts meet on the fabric's LAN directly, with no overlay.
 
 The modules, each owning one part (this file only re-exports):
 
@@ -36,6 +38,7 @@ from .plan import (
     DEFAULT_STATE_ROOT,
     FABRIC_IP,
     INET_IP,
+    LAN_PARENT,
     UNDERLAY_MTU,
     LabHost,
     LabInfo,
@@ -66,6 +69,7 @@ __all__ = [
     "DEFAULT_STATE_ROOT",
     "FABRIC_IP",
     "INET_IP",
+    "LAN_PARENT",
     "UNDERLAY_MTU",
     "LabDaemonFailed",
     "LabHost",

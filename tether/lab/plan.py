@@ -33,6 +33,7 @@ __all__ = [
     "INET_IP",
     "INET_NET",
     "INET_ROUTER_IP",
+    "LAN_PARENT",
     "MAX_HOSTS",
     "NETNS_DIR",
     "UNDERLAY_MTU",
@@ -68,6 +69,10 @@ ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 MAX_HOSTS = 253  # 10.99.0.1 .. .253; .254 is the fabric
 FABRIC_BRIDGE = "underlay"  # the fabric's bridge; its ports are named h1 .. hN whatever the prefix
+# Each host's LAN-facing interface, its end of the veth to the fabric bridge: also the parent
+# of macvlan networks (`-o parent=eth0`), whose containers then meet on the fabric's LAN
+# directly, no overlay (the bridge floods unknown MACs and filters nothing).
+LAN_PARENT = "eth0"
 
 _PREFIX_RE = re.compile(r"^[a-z0-9]{0,10}$")
 
@@ -164,7 +169,7 @@ class LabInfo:
             "state_root": self.state_root,
             "grace": self.grace,
             "created": self.created,
-            "fabric": {"netns": self.fabric, "address": FABRIC_IP, "bridge": FABRIC_BRIDGE},
+            "fabric": {"netns": self.fabric, "address": FABRIC_IP, "bridge": FABRIC_BRIDGE, "lan_parent": LAN_PARENT},
             "inet": {"netns": self.inet, "address": INET_IP},
             "etcd": {
                 "pid": self.etcd_pid,

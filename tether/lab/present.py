@@ -19,6 +19,7 @@ from .plan import (
     DEFAULT_ROOT,
     DEFAULT_STATE_ROOT,
     FABRIC_IP,
+    LAN_PARENT,
     UNDERLAY_NET,
     UNDERLAY_PREFIXLEN,
     default_root,
@@ -68,7 +69,8 @@ def run_up(hosts: int, grace: float, name_prefix: str = "", state_root: str | No
     first = info.hosts[0].name
     console.print(
         f"lab up: {len(info.hosts)} host(s) {info.hosts[0].name}..{info.hosts[-1].name} on "
-        f"{UNDERLAY_NET}.0/{UNDERLAY_PREFIXLEN}, etcd at {info.etcd_url}, "
+        f"{UNDERLAY_NET}.0/{UNDERLAY_PREFIXLEN} (each host's {LAN_PARENT}, also the macvlan parent), "
+        f"etcd at {info.etcd_url}, "
         f"in {time.monotonic() - started:.1f} s\n"
         f"try: tether --host {first} network ls    ip netns exec {first} ping {FABRIC_IP}"
     )
@@ -119,4 +121,9 @@ def print_status(fmt: str = "table") -> None:
     console.print(table)
     console.print(
         f"etcd {etcd['url']} (pid {etcd['pid'] or '-'}, in {status['fabric']['netns']}): alive {yes_no(etcd['alive'])}"
+    )
+    lan = status["lan"]
+    console.print(
+        f"LAN parent {lan['parent']} on every host ({lan['subnet']}, bridged in {status['fabric']['netns']}): "
+        f"macvlan networks use -o parent={lan['parent']}"
     )

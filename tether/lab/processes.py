@@ -38,7 +38,10 @@ from .plan import (
     ETCD_PEER_PORT,
     FABRIC_IP,
     INET_IP,
+    LAN_PARENT,
     NETNS_DIR,
+    UNDERLAY_NET,
+    UNDERLAY_PREFIXLEN,
     LabHost,
     LabInfo,
     claim_lab,
@@ -484,6 +487,8 @@ def lab_status(root: str | None = None) -> dict[str, Any]:
         "state_root": info.state_root,
         "fabric": {"netns": info.fabric, "address": FABRIC_IP, "exists": underlay.netns_exists(info.fabric)},
         "inet": {"netns": info.inet, "address": INET_IP, "exists": underlay.netns_exists(info.inet)},
+        # each host's interface on the fabric's LAN: the parent for macvlan networks
+        "lan": {"parent": LAN_PARENT, "subnet": f"{UNDERLAY_NET}.0/{UNDERLAY_PREFIXLEN}"},
         "etcd": {
             "url": info.etcd_url,
             "pid": info.etcd_pid,

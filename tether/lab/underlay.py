@@ -10,6 +10,14 @@ start. Every veth is created directly inside its two namespaces: the machine's o
 namespace is never touched except to create and delete namespaces. The fabric's bridge
 ports are named by host index (``h1``), so ``fabric_host_indexes`` finds the hosts of a
 lab whatever lab.json says.
+
+Each host's ``eth0`` (``LAN_PARENT``) is also a macvlan parent: a macvlan child's frames
+carry its own MAC onto the fabric, and nothing there filters them. The bridge learns and
+floods unknown unicast and broadcast (its defaults), has no VLAN filtering and no port
+isolation, and the fabric namespace has no firewall (with br_netfilter its bridged traffic
+passes the namespace's IP hooks, which are empty). The host end needs no promiscuous mode
+set by hand: the kernel turns it on when the first macvlan child appears (a veth has no
+unicast filter), and a veth hands every frame up whatever its destination MAC.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from .plan import (
     FABRIC_IP,
     INET_IP,
     INET_ROUTER_IP,
+    LAN_PARENT,
     NETNS_DIR,
     UNDERLAY_MTU,
     UNDERLAY_NET,
@@ -109,7 +118,7 @@ def _fabric_lines(info: LabInfo) -> list[str]:
         lines += [
             (
                 f"link add h{host.index} mtu {UNDERLAY_MTU} master {FABRIC_BRIDGE} type veth "
-                f"peer name eth0 netns {host.netns} mtu {UNDERLAY_MTU}"
+                f"peer name {LAN_PARENT} netns {host.netns} mtu {UNDERLAY_MTU}"
             ),
             f"link set h{host.index} up",
         ]
@@ -117,9 +126,9 @@ def _fabric_lines(info: LabInfo) -> list[str]:
     return lines
 
 
-def _eth0_lines(address: str, route: str) -> list[str]:
-    """A namespace's side: lo and eth0 up, ``address`` on eth0, and ``route``."""
-    return ["link set lo up", f"addr add {address} dev eth0", "link set eth0 up", f"route add {route}"]
+def _eth0_lines(address: str, route: str, dev: str = "eth0") -> list[str]:
+    """A namespace's side: lo and ``dev`` up, ``address`` on ``dev``, and ``route``."""
+    return ["link set lo up", f"addr add {address} dev {dev}", f"link set {dev} up", f"route add {route}"]
 
 
 def _enable_forwarding(info: LabInfo) -> None:
@@ -140,7 +149,7 @@ def build_underlay(info: LabInfo) -> None:
     inet = _eth0_lines(f"{INET_IP}/24", f"{UNDERLAY_NET}.0/{UNDERLAY_PREFIXLEN} via {INET_ROUTER_IP}")
     procs = [(info.inet, _start_batch(inet, info.inet))]
     for host in info.hosts:
-        lines = _eth0_lines(f"{host.underlay_ip}/{UNDERLAY_PREFIXLEN}", f"default via {FABRIC_IP}")
+        lines = _eth0_lines(f"{host.underlay_ip}/{UNDERLAY_PREFIXLEN}", f"default via {FABRIC_IP}", LAN_PARENT)
         procs.append((host.netns, _start_batch(lines, host.netns)))
     for netns, proc in procs:
         _finish_batch(proc, netns)

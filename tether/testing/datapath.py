@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..datapath.base import VXLAN_OVERHEAD
+from ..datapath.macvlan import MACVLAN_MODES, STUB_PEER_SUFFIX
 from ..errors import DatapathError
 
 __all__ = ["HeldPorts", "RecordingDatapath"]
@@ -62,6 +63,19 @@ class RecordingDatapath:
         self.calls: list[str] = []
         self.fail: set[str] = set()
         self._host_networks = list(host_networks or [])
+        # tether trace's reads (seed them in tests): see the inspection section below
+        self.down_links: set[str] = set()  # host links whose admin state is down
+        self.neighbours: dict[str, list[dict[str, Any]]] = {}  # netns -> neighbour entries
+        self.listeners: dict[tuple[str, str], list[tuple[str, int]]] = {}  # (netns, protocol) -> sockets
+        self.missing_entries: set[tuple[str, str]] = set()  # (vxlan, ip) neighbour or (vxlan, mac) FDB deleted
+        self.probe_results: dict[tuple[str, str], str] = {}  # (netns, address) -> what probe answers
+        self.probes: list[tuple[str, str, str, int | None]] = []  # every probe sent
+        # macvlan: seed ``nics`` with the host interfaces tether did not make (parents)
+        self.nics: dict[str, int] = {}  # host interface -> its MTU
+        self.macvlans: dict[str, dict[str, Any]] = {}  # host-side macvlan -> {parent, mode, mac, mtu}
+        self.macvlan_endpoints: dict[tuple[str, str], dict[str, Any]] = {}  # (netns, ifname) -> attach args
+        self.stubs: set[str] = set()  # LAN stubs; each has a peer end, name + "p"
+        self.routes_via: dict[str, set[str]] = {}  # host link -> addresses add_host_route routes via it
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -78,6 +92,9 @@ class RecordingDatapath:
         yield from ((name, "bridge") for name in self.bridges)
         yield from ((name, "veth") for name in self.veths)
         yield from ((name, "vxlan") for name in self.vxlans)
+        yield from ((name, "") for name in self.nics)
+        yield from ((name, "macvlan") for name in self.macvlans)
+        yield from ((end, "veth") for name in sorted(self.stubs) for end in (name, name + STUB_PEER_SUFFIX))
 
     def _kind(self, ifname: str) -> str | None:
         return dict(self._links()).get(ifname)
@@ -90,6 +107,18 @@ class RecordingDatapath:
         )  # fmt: skip
         for table in tables:
             table.pop(ifname, None)
+        for table in (self.nics, self.macvlans, self.routes_via):
+            table.pop(ifname, None)
+        self.down_links.discard(ifname)
+        stub = ifname[: -len(STUB_PEER_SUFFIX)] if ifname.endswith(STUB_PEER_SUFFIX) else ifname
+        if stub in self.stubs:  # either end takes the other
+            self.stubs.discard(stub)
+            self._delete_link(stub if ifname != stub else stub + STUB_PEER_SUFFIX)
+        # and a parent takes its macvlan children, in every namespace
+        for child in [name for name, m in self.macvlans.items() if m["parent"] == ifname]:
+            self._delete_link(child)
+        for key in [key for key, e in self.macvlan_endpoints.items() if e["parent"] == ifname]:
+            del self.macvlan_endpoints[key]
 
     def _vxlan(self, name: str, what: str) -> str:
         """``name`` if it is a VXLAN device, else the DatapathError the real one raises."""
@@ -107,7 +136,24 @@ class RecordingDatapath:
             raise DatapathError(f"{host_ifname} already exists")
 
     def _in_netns(self, netns: str) -> list[dict[str, Any]]:
-        return [v for v in self.veths.values() if v["netns"] == netns]
+        """The container ends in ``netns``: veth peers, then macvlan children."""
+        veths = [v for v in self.veths.values() if v["netns"] == netns]
+        return veths + [e for (ns, _), e in self.macvlan_endpoints.items() if ns == netns]
+
+    def _wanted_defaults(
+        self, netns: str, gateway: str | None, gateway6: str | None, keep_existing_default: bool, cidr6: str | None
+    ) -> dict[int, str | None]:
+        """family -> the gateway of the default route an attach installs (None: none), as the
+        real one decides: an existing default route fails it, or with ``keep_existing_default`` stays."""
+        if gateway6 and not cidr6:
+            raise DatapathError(f"invalid IPv6 gateway {gateway6!r}: an IPv6 address, with cidr6")
+        wanted = {4: gateway, 6: gateway6}
+        for family, via in wanted.items():
+            if via and self._has_default(netns, family):
+                if not keep_existing_default:
+                    raise DatapathError(f"{netns} has an IPv{family} default route already")
+                wanted[family] = None  # the namespace's first network keeps the default route
+        return wanted
 
     def _routes(self, netns: str, family: int = 4) -> list[dict[str, Any]]:
         veths = self._in_netns(netns)
@@ -144,6 +190,8 @@ class RecordingDatapath:
         self.default_routes6.pop(name, None)
         for ifname in [k for k, v in self.veths.items() if v["netns"] == name]:
             self._delete_link(ifname)
+        for key in [key for key in self.macvlan_endpoints if key[0] == name]:
+            del self.macvlan_endpoints[key]
 
     def alias_netns(self, name: str, target: str) -> None:
         self._change("alias_netns")
@@ -233,14 +281,7 @@ class RecordingDatapath:
         self._check_new_veth(host_ifname, bridge)
         if netns not in self.netns:
             raise DatapathError(f"no netns {netns}")
-        if gateway6 and not cidr6:
-            raise DatapathError(f"invalid IPv6 gateway {gateway6!r}: an IPv6 address, with cidr6")
-        wanted = {4: gateway, 6: gateway6}
-        for family, via in wanted.items():
-            if via and self._has_default(netns, family):
-                if not keep_existing_default:
-                    raise DatapathError(f"{netns} has an IPv{family} default route already")
-                wanted[family] = None  # the namespace's first network keeps the default route
+        wanted = self._wanted_defaults(netns, gateway, gateway6, keep_existing_default, cidr6)
         self.veths[host_ifname] = dict(
             netns=netns, host_ifname=host_ifname, ifname=ifname, bridge=bridge, mac=mac, cidr=cidr,
             gateway=wanted[4], mtu=mtu, mark=mark, hairpin=hairpin, keep_existing_default=keep_existing_default,
@@ -268,6 +309,7 @@ class RecordingDatapath:
         self._change("detach_in_netns")
         for k in [k for k, v in self.veths.items() if v["netns"] == netns and v["ifname"] == ifname]:
             self._delete_link(k)
+        self.macvlan_endpoints.pop((netns, ifname), None)
 
     def has_default_route(self, netns: str, family: int = 4) -> bool:
         self._check("has_default_route")
@@ -429,10 +471,199 @@ class RecordingDatapath:
         self._change("remove_address")
         self.addresses.get(ifname, set()).discard(cidr)
 
+    # ------------------------------------------------------------------ macvlan
+
+    def _check_new_child(self, what: str, parent: str, mode: str, mtu: int | None) -> None:
+        """The refusals of a new macvlan child of ``parent``, as the real one words them."""
+        if mode not in MACVLAN_MODES:
+            raise DatapathError(f"invalid macvlan mode {mode!r}: bridge, private, vepa or passthru")
+        kind = self._kind(parent)
+        if kind is None:
+            raise DatapathError(f"{what}: parent interface {parent} does not exist")
+        if kind == "macvlan":
+            raise DatapathError(f"{what}: parent {parent} is itself a macvlan: use its parent")
+        if self._is_port(parent):
+            raise DatapathError(f"{what}: parent {parent} is a bridge or bond port, which cannot carry macvlans")
+        limit = self.nics.get(parent, 1500)
+        if mtu is not None and mtu > limit:
+            raise DatapathError(f"{what}: MTU {mtu} is more than parent {parent} allows ({limit})")
+        children = (*self.macvlans.values(), *self.macvlan_endpoints.values())
+        modes = [m["mode"] for m in children if m["parent"] == parent]
+        if modes and (mode == "passthru" or "passthru" in modes):
+            raise DatapathError(
+                f"{what}: parent {parent} already has a passthru macvlan or children: "
+                "passthru takes the whole interface"
+            )
+
+    def _is_port(self, ifname: str) -> bool:
+        link = self.veths.get(ifname) or self.vxlans.get(ifname)
+        return bool(link and link["bridge"] in self.bridges)
+
+    def attach_macvlan(
+        self,
+        *,
+        netns: str,
+        ifname: str,
+        parent: str,
+        mode: str,
+        mac: str,
+        cidr: str,
+        gateway: str | None,
+        mtu: int,
+        keep_existing_default: bool = False,
+        cidr6: str | None = None,
+        gateway6: str | None = None,
+    ) -> bool:
+        self._change("attach_macvlan")
+        what = f"cannot attach macvlan {ifname} in {netns} to {parent}"
+        if netns not in self.netns:
+            raise DatapathError(f"{what}: network namespace {netns} does not exist")
+        self._check_new_child(what, parent, mode, mtu)
+        if any(end["ifname"] == ifname for end in self._in_netns(netns)):
+            raise DatapathError(f"{what}: {ifname} in {netns} already exists")
+        wanted = self._wanted_defaults(netns, gateway, gateway6, keep_existing_default, cidr6)
+        self.macvlan_endpoints[(netns, ifname)] = dict(
+            netns=netns, ifname=ifname, parent=parent, mode=mode, mac=None if mode == "passthru" else mac, cidr=cidr,
+            gateway=wanted[4], mtu=mtu, keep_existing_default=keep_existing_default, cidr6=cidr6, gateway6=wanted[6],
+        )  # fmt: skip  (passthru: the parent's MAC, which the fake does not know)
+        return bool(wanted[4]) if gateway else bool(wanted[6])
+
+    def create_macvlan(self, *, ifname: str, parent: str, mode: str, mac: str, mtu: int, mark: str) -> None:
+        self._change("create_macvlan")
+        what = f"cannot create macvlan {ifname} on {parent}"
+        self._check_new_child(what, parent, mode, mtu)
+        if self._kind(ifname) is not None:
+            raise DatapathError(f"{what}: {ifname} already exists")
+        self.macvlans[ifname] = dict(parent=parent, mode=mode, mac=None if mode == "passthru" else mac, mtu=mtu)
+        self.marks[ifname] = mark
+        self.down_links.add(ifname)
+
+    def ensure_macvlan_shim(
+        self,
+        *,
+        ifname: str,
+        parent: str,
+        mode: str,
+        address: str | None,
+        address6: str | None,
+        mark: str,
+        mac: str | None = None,
+    ) -> None:
+        self._change("ensure_macvlan_shim")
+        what = f"cannot set up macvlan shim {ifname} on {parent}"
+        kind = self._kind(ifname)
+        if kind is None:
+            self._check_new_child(what, parent, mode, None)
+            self.macvlans[ifname] = dict(parent=parent, mode=mode, mac=mac, mtu=self.nics.get(parent, 1500))
+        elif kind != "macvlan" or self.macvlans[ifname]["parent"] != parent:
+            raise DatapathError(f"{what}: {ifname} exists and is not a macvlan on {parent}")
+        self.macvlans[ifname]["mode"] = mode
+        if mac is not None:
+            self.macvlans[ifname]["mac"] = mac
+        self.marks[ifname] = mark
+        self.down_links.discard(ifname)
+        self.sysctls.update({(6, ifname, "accept_ra"): "0", (6, ifname, "accept_dad"): "0"})
+        wanted = ([f"{address}/32"] if address else []) + ([f"{address6}/128"] if address6 else [])
+        self.addresses.setdefault(ifname, set()).update(wanted)
+
+    def delete_macvlan(self, ifname: str) -> None:
+        self._change("delete_macvlan")
+        self._delete_kind(ifname, "macvlan")
+
+    def _delete_kind(self, ifname: str, kind: str) -> None:
+        found = self._kind(ifname)
+        if found is not None and found != kind:
+            raise DatapathError(f"cannot delete {kind} {ifname}: it is a {found or 'device'}, not a {kind}")
+        self._delete_link(ifname)
+
+    def add_host_route(self, ifname: str, address: str) -> None:
+        self._change("add_host_route")
+        if self._kind(ifname) is None:
+            raise DatapathError(f"cannot route {address} via {ifname}: {ifname} does not exist")
+        for routed in self.routes_via.values():
+            routed.discard(address)  # "replace": one route per address
+        self.routes_via.setdefault(ifname, set()).add(address)
+
+    def remove_host_route(self, ifname: str, address: str) -> None:
+        self._change("remove_host_route")
+        self.routes_via.get(ifname, set()).discard(address)
+
+    def host_routes(self, ifname: str) -> list[str]:
+        self._check("host_routes")
+        ips = sorted((ipaddress.ip_address(a) for a in self.routes_via.get(ifname, set())), key=_version_first)
+        return [str(ip) for ip in ips]  # IPv4 first, as the kernel's
+
+    def ensure_lan_stub(self, *, name: str, mark: str) -> None:
+        self._change("ensure_lan_stub")
+        ends = (name, name + STUB_PEER_SUFFIX)
+        if name not in self.stubs:
+            taken = [end for end in ends if self._kind(end) is not None]
+            if taken:
+                raise DatapathError(f"cannot set up LAN stub {name}: {taken[0]} already exists")
+            self.stubs.add(name)
+        for end in ends:
+            self.marks[end] = mark
+            self.down_links.discard(end)
+            self.sysctls.update({(6, end, "disable_ipv6"): "1", (4, end, "arp_ignore"): "8"})
+            self.sysctls[(4, end, "rp_filter")] = "1"
+
+    def delete_lan_stub(self, name: str) -> None:
+        self._change("delete_lan_stub")
+        self._delete_kind(name, "veth")
+
+    def parent_candidates(self) -> list[str]:
+        self._check("parent_candidates")
+        return sorted(
+            name
+            for name, kind in self._links()
+            if kind not in ("macvlan", "vxlan") and not self.marks.get(name, "").startswith("tether")
+            and not self._is_port(name)
+        )  # fmt: skip
+
+    def macvlan_children(self, parent: str) -> list[tuple[str, str]]:
+        self._check("macvlan_children")
+        return sorted((name, m["mode"]) for name, m in self.macvlans.items() if m["parent"] == parent)
+
+    # ------------------------------------------------------------------ inspection (tether trace)
+
+    def link_state(self, ifname: str) -> dict[str, Any] | None:
+        self._check("link_state")
+        kind = self._kind(ifname)
+        if kind is None:
+            return None
+        master = self.link_master(ifname)
+        mtu = self.nics.get(ifname) or self.macvlans.get(ifname, {}).get("mtu") or 1500
+        return {"ifname": ifname, "kind": kind, "up": ifname not in self.down_links, "master": master, "mtu": mtu}
+
+    def container_neighbours(self, netns: str) -> list[dict[str, Any]]:
+        self._check("container_neighbours")
+        return list(self.neighbours.get(netns, []))
+
+    def peer_entries(self, vxlan: str) -> dict[str, list[tuple[str, str]]]:
+        self._check("peer_entries")
+        peers = self.peers.get(vxlan, set())
+        return {
+            "neighbours": sorted({(ip, mac) for ip, mac, _ in peers if (vxlan, ip) not in self.missing_entries}),
+            "fdb": sorted({(mac, vtep) for _, mac, vtep in peers if (vxlan, mac) not in self.missing_entries}),
+        }
+
+    def listening(self, netns: str, protocol: str) -> list[tuple[str, int]]:
+        self._check("listening")
+        return sorted(self.listeners.get((netns, protocol), []))
+
+    def probe(self, netns: str, address: str, protocol: str, port: int | None, timeout: float = 1.0) -> str:
+        self._check("probe")
+        self.probes.append((netns, address, protocol, port))
+        return self.probe_results.get((netns, address), "open" if protocol != "icmp" else "answered")
+
 
 def _family(family: int) -> None:
     if family not in (4, 6):
         raise DatapathError(f"invalid address family {family!r}: 4 or 6")
+
+
+def _version_first(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, int]:
+    return ip.version, int(ip)
 
 
 def _net(cidr: str) -> str:

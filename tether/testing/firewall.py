@@ -16,10 +16,11 @@ succeed when the table is gone, and adding to a missing table is a ``SystemFailu
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import Conflict, SystemFailure
-from ..firewall.base import DesiredState
+from ..firewall.base import DesiredState, Healed
+from ..firewall.nftrace import TraceEvent, TraceMatch
 from ..firewall.rules import (
     CHAINS,
     SETS,
@@ -49,6 +50,8 @@ class RecordingFirewall:
         self.repairs = 0
         self.calls: list[str] = []
         self.fail: set[str] = set()
+        self.trace_events: list[TraceEvent] = []  # what trace() answers
+        self.traced: list[TraceMatch] = []  # every match trace() was asked for
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -122,7 +125,7 @@ class RecordingFirewall:
         self.installed = False
         self.elements = {name: set() for name in SETS}
 
-    def start_healer(self, desired: DesiredState, interval: float = 0.2) -> None:
+    def start_healer(self, desired: DesiredState, interval: float = 0.2, on_heal: Healed | None = None) -> None:
         self._change("start_healer")
         self.desired = desired
 
@@ -133,6 +136,13 @@ class RecordingFirewall:
     def close(self) -> None:
         self._change("close")
         self.desired = None
+
+    def trace(self, match: TraceMatch, send: Callable[[], None]) -> list[TraceEvent]:
+        """Sends the probe, and answers ``trace_events`` (seed it; empty: nothing seen)."""
+        self._check("trace")
+        self.traced.append(match)
+        send()
+        return list(self.trace_events)
 
 
 def _clashes(name: str, present: str, new: str) -> bool:
