@@ -101,7 +101,7 @@ class Client:
         try:
             status, raw = _http(self.socket_path, method, path, data, self.timeout)
         except (OSError, ValueError) as exc:
-            raise self._unavailable(exc) from None
+            raise self._unavailable(exc) from exc
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:
@@ -145,7 +145,7 @@ class Client:
                         raise ValueError("malformed reply")
                     buf += chunk
             except (OSError, ValueError) as exc:
-                raise self._unavailable(exc) from None
+                raise self._unavailable(exc) from exc
             head, _, buf = buf.partition(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200 "):  # an error, whole: a JSON body until the close
                 raise error_from_wire(self._refusal(sock, head, buf))
