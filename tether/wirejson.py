@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["loads", "dumps", "JSONDecodeError"]
+__all__ = ["loads", "dumps", "dumps_indented", "JSONDecodeError"]
 
 try:
     import _json
@@ -80,6 +80,43 @@ if _json is not None:
         encode = _json.make_encoder({}, _default, strings, None, ": ", ", ", False, False, True)
         return "".join(encode(value, 0))
 
+    def dumps_indented(value: Any) -> str:
+        """``json.dumps(value, indent=2, sort_keys=True)``, byte for byte (``_json``'s C
+        encoder ignores ``indent``: the nesting is done here, every scalar by the C encoder)."""
+        scalar = _json.make_encoder(None, _default, _json.encode_basestring_ascii, None, ": ", ", ", True, False, True)
+        out: list[str] = []
+        _indented(value, 0, out, scalar)
+        return "".join(out)
+
+    def _key(key: Any) -> str:
+        if isinstance(key, str):
+            return key
+        if key is True or key is False or key is None:
+            return {True: "true", False: "false", None: "null"}[key]
+        if isinstance(key, (int, float)):
+            return "".join(_json.make_encoder(None, _default, str, None, "", "", False, False, True)(key, 0))
+        raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+    def _first(pair: tuple[str, Any]) -> str:
+        return pair[0]
+
+    def _indented(value: Any, depth: int, out: list[str], scalar: Any) -> None:
+        inner = "\n" + "  " * (depth + 1)
+        if isinstance(value, dict) and value:
+            out.append("{")
+            for i, (key, item) in enumerate(sorted(((_key(k), v) for k, v in value.items()), key=_first)):
+                out.append(("," if i else "") + inner + _json.encode_basestring_ascii(key) + ": ")
+                _indented(item, depth + 1, out, scalar)
+            out.append("\n" + "  " * depth + "}")
+        elif isinstance(value, (list, tuple)) and value:
+            out.append("[")
+            for i, item in enumerate(value):
+                out.append(("," if i else "") + inner)
+                _indented(item, depth + 1, out, scalar)
+            out.append("\n" + "  " * depth + "]")
+        else:
+            out.append("".join(scalar(value, 0)))
+
 else:  # pragma: no cover
     import json as _std
 
@@ -90,3 +127,6 @@ else:  # pragma: no cover
 
     def dumps(value: Any, ensure_ascii: bool = True) -> str:
         return _std.dumps(value, ensure_ascii=ensure_ascii)
+
+    def dumps_indented(value: Any) -> str:
+        return _std.dumps(value, indent=2, sort_keys=True)

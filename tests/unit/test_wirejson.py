@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tether import wirejson
 
@@ -26,6 +28,16 @@ def test_same_as_json(value: object) -> None:
     assert wirejson.loads(json.dumps(value)) == value
     assert wirejson.loads(json.dumps(value).encode()) == value
     assert wirejson.loads(" \n" + json.dumps(value, indent=2) + "\n ") == value
+    assert wirejson.dumps_indented(value) == json.dumps(value, indent=2, sort_keys=True)  # the CLI's JSON
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+))  # fmt: skip
+def test_indented_is_json_indent_2_sorted(value: object) -> None:
+    assert wirejson.dumps_indented(value) == json.dumps(value, indent=2, sort_keys=True)
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "{", "{not json", "[1,]", "[1, 2", '{"a" 1}', "{} x", "nul", "'a'"])

@@ -41,9 +41,10 @@ CTX = Ctx()
 
 
 def print_json(data: Any) -> None:
-    import json  # only here: a table or a template never needs it
+    # json.dumps(data, indent=2, sort_keys=True) without importing json (and re): wirejson
+    from .. import wirejson
 
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    sys.stdout.write(wirejson.dumps_indented(data) + "\n")
 
 
 def warn_lagging(lagging: list[str] | None) -> None:
