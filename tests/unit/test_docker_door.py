@@ -371,3 +371,17 @@ def test_adopting_a_dual_stack_network_needs_its_v6_subnet(ctl: Controller) -> N
     with pytest.raises(Conflict, match="has IPv6 subnet fd00:8::/64: use --subnet fd00:8::/64"):
         docker(ctl).create_network("m" * 64, {"com.docker.network.generic": {"tether.network": "dual"}},
                                   [{"Pool": "10.8.0.0/24"}], [{"Pool": "fd00:7::/64"}])
+
+
+def test_a_macvlan_network_on_the_lan_the_host_routes(ctl: Controller) -> None:
+    """The host routes its LAN (192.168.1.0/24 here): a macvlan network takes that subnet
+    through the door too; a bridge network on it is still refused, at CreateNetwork."""
+    ctl.ctx.datapath.nics["eth1"] = 1500  # type: ignore[attr-defined]
+    before = snapshot(ctl)
+    with pytest.raises(Conflict, match="overlaps a route or address on this host"):
+        create(ctl, "192.168.1.0/24", nid="b" * 64)
+    docker(ctl).release_pool("tether-192.168.1.0-24")  # as dockerd does after a failed CreateNetwork
+    assert snapshot(ctl) == before
+    create(ctl, "192.168.1.0/24", **{"tether.driver": "macvlan", "parent": "eth1", "tether.network": "lan"})
+    net = ctl.inspect_network("lan")
+    assert (net["driver"], net["parent"], net["subnet"]) == ("macvlan", "eth1", "192.168.1.0/24")

@@ -104,7 +104,10 @@ class DockerDoor:
             if not pool or not any(n.subnet == subnet for n in networks):
                 in_use = {p["subnet"]: "the subnet of another Docker network" for p in pools.values()}
                 in_use.update({n.subnet: f"network {n.name!r}" for n in networks})
-                subnet, _, ip_range = c.place_subnet(pool or None, None, sub_pool or None, in_use)
+                # a requested pool is not checked against this host's routes here: a macvlan
+                # network's is the LAN's, which the host may route; CreateNetwork checks it
+                # as the network's driver needs (every other driver: against the routes too)
+                subnet, _, ip_range = c.place_subnet(pool or None, None, sub_pool or None, in_use, check_host=not pool)
             self.store.put(DOCKER_POOLS + _pool_id(subnet), {"subnet": subnet, "ip_range": ip_range})
             return {"PoolID": _pool_id(subnet), "Pool": subnet, "Data": {}}
 
@@ -126,7 +129,7 @@ class DockerDoor:
                 others = [p["subnet"] for p in pools.values() if _is_v6(p["subnet"])]
                 in_use = {s: "the subnet of another Docker network" for s in others}
                 in_use.update({n.subnet6: f"network {n.name!r}" for n in networks if n.subnet6})
-                subnet, _ = c.place_subnet6(subnet, None, in_use)
+                subnet, _ = c.place_subnet6(subnet, None, in_use, check_host=subnet is None)  # (as for v4)
             self.store.put(DOCKER_POOLS + _pool_id(subnet), {"subnet": subnet, "ip_range": None})
             return {"PoolID": _pool_id(subnet), "Pool": subnet, "Data": {}}
 
