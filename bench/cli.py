@@ -55,9 +55,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (CNI_DIR, NETNS_DIR, REPO, check_host, git_commit, log, machine_brief, machine_info, machine_md,
-                    md_head, median_p95, now, our_netns, parse_args, parser, print_targets, result_head, run_bench,
-                    summary, tree_digest, verdict, write_results)
+from common import (CNI_DIR, NETNS_DIR, REPO, await_daemon, bridge_netconf, check_host, git_commit, log, machine_brief,
+                    machine_info, machine_md, md_head, median_p95, now, our_netns, parse_args, parser, print_targets,
+                    result_head, run_bench, spawn_daemon, summary, tree_digest, verdict, write_results)
 
 from tether.api.client import Client
 
@@ -136,32 +136,13 @@ class Bench:
         sh("ip", "netns", "add", self.host)
         sh("ip", "-n", self.host, "link", "set", "lo", "up")
         os.makedirs(self.state_dir)
-        with open(os.path.join(self.tmp, "daemon.log"), "ab") as log_file:
-            self.daemon = subprocess.Popen(
-                [*self.enter(), sys.executable, "-m", "tether.cli", "daemon", "--state-dir", self.state_dir,
-                 "--socket", self.socket, "--netns-prefix", f"{self.prefix}t-"],
-                stdout=log_file, stderr=log_file, start_new_session=True, cwd=REPO,
-            )
-        deadline = time.monotonic() + 30
-        while not self.client.alive():
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the tether daemon did not come up: {self.daemon_log()}")
-            time.sleep(0.05)
+        self.daemon = spawn_daemon(self.enter(), self.state_dir, self.socket, f"{self.prefix}t-", self.tmp)
+        await_daemon(self.daemon, self.client.alive, self.tmp)
         self.client.post("/networks", {"name": "bn", "subnet": TETHER_SUBNET})
         self.client.post("/containers", {"name": "c1", "net": "bn", "cmd": ["sleep", "3600"], "detach": True})
         self.client.post("/containers", {"name": "cc", "net": "none", "cmd": ["sleep", "3600"], "detach": False})
         self.tether_conf = json.dumps({"cniVersion": "1.0.0", "name": "bn", "type": "tether", "socket": self.socket})
-        self.bridge_conf = json.dumps({
-            "cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": f"{self.prefix}b",
-            "isGateway": True, "ipMasq": False,
-            "ipam": {"type": "host-local", "subnet": BRIDGE_SUBNET, "dataDir": os.path.join(self.tmp, "host-local")},
-        })
-
-    def daemon_log(self) -> str:
-        try:
-            return Path(self.tmp, "daemon.log").read_text()[-2000:]
-        except OSError:
-            return ""
+        self.bridge_conf = bridge_netconf(self.prefix, BRIDGE_SUBNET, self.tmp)
 
     # ---------------------------------------------------------------- samples
     def timed(self, key: str, cmd: list[str], record: bool, env: dict[str, str] | None = None,

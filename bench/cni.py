@@ -35,12 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from common import (CNI_DIR, NETNS_DIR, REPO, check_host, git_commit, log, machine_brief, machine_info,
-                    machine_md, our_netns, parse_args, parser, result_head, run_bench, summary, tree_digest,
-                    write_results)
+from common import (CNI_DIR, NETNS_DIR, REPO, await_daemon, bridge_netconf, check_host, daemon_log, git_commit, log,
+                    machine_brief, machine_info, machine_md, our_netns, parse_args, parser, result_head, run_bench,
+                    spawn_daemon, summary, tree_digest, write_results)
 
 from tether.api.client import Client
 
@@ -107,31 +106,16 @@ class Bench:
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "tether")], check=True)
         sh("ip", "netns", "add", self.host)
         sh("ip", "-n", self.host, "link", "set", "lo", "up")
-        with open(os.path.join(self.tmp, "daemon.log"), "ab") as log_file:
-            self.daemon = subprocess.Popen(
-                [*self.enter(), sys.executable, "-m", "tether.cli", "daemon", "--state-dir", os.path.join(self.tmp, "state"),
-                 "--socket", self.socket, "--netns-prefix", f"{self.prefix}t-"],
-                stdout=log_file, stderr=log_file, start_new_session=True, cwd=REPO,
-            )
+        self.daemon = spawn_daemon(self.enter(), os.path.join(self.tmp, "state"), self.socket, f"{self.prefix}t-",
+                                   self.tmp)
         client = Client(self.socket)
-        deadline = time.monotonic() + 30
-        while not client.alive():
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the tether daemon did not come up: {self.daemon_log()}")
-            time.sleep(0.05)
+        await_daemon(self.daemon, client.alive, self.tmp)
         client.post("/networks", {"name": "benchnet", "subnet": TETHER_SUBNET})
         self.tether_conf = json.dumps({"cniVersion": "1.0.0", "name": "benchnet", "type": "tether", "socket": self.socket})
-        self.bridge_conf = json.dumps({
-            "cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": f"{self.prefix}b",
-            "isGateway": True, "ipMasq": False,
-            "ipam": {"type": "host-local", "subnet": BRIDGE_SUBNET, "dataDir": os.path.join(self.tmp, "host-local")},
-        })
+        self.bridge_conf = bridge_netconf(self.prefix, BRIDGE_SUBNET, self.tmp)
 
     def daemon_log(self) -> str:
-        try:
-            return Path(self.tmp, "daemon.log").read_text()[-2000:]
-        except OSError:
-            return ""
+        return daemon_log(self.tmp)
 
     # ---------------------------------------------------------------- one sample
     def new_netns(self) -> tuple[str, str]:

@@ -203,6 +203,64 @@ def print_targets(targets: list[dict[str, Any]], width: int) -> None:
         print(f"  [{mark:<{width}}] {v['what']}: {v['value']} (target {v['target']})" + (f"  -- {v['note']}" if v["note"] else ""))
 
 
+# ---------------------------------------------------------------------------- the daemon, CNI
+def spawn_daemon(enter: list[str], state_dir: str, socket: str, netns_prefix: str, tmp: str) -> subprocess.Popen[bytes]:
+    """``tether daemon`` started through ``enter`` (``nsenter --net=HOST --``), logging to
+    ``tmp/daemon.log``. Keep the Popen before ``await_daemon``: the cleanup kills it."""
+    with open(os.path.join(tmp, "daemon.log"), "ab") as log_file:
+        return subprocess.Popen(
+            [*enter, sys.executable, "-m", "tether.cli", "daemon", "--state-dir", state_dir,
+             "--socket", socket, "--netns-prefix", netns_prefix],
+            stdout=log_file, stderr=log_file, start_new_session=True, cwd=REPO,
+        )
+
+
+def await_daemon(daemon: subprocess.Popen[bytes], alive: Callable[[], bool], tmp: str, timeout: float = 30) -> None:
+    """Until ``alive()`` (the API answers); RuntimeError with the log's tail if the daemon
+    exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not alive():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the tether daemon did not come up: {daemon_log(tmp)}")
+        time.sleep(0.05)
+
+
+def daemon_log(tmp: str, tail: int = 2000) -> str:
+    """The last ``tail`` characters of ``tmp/daemon.log`` ("" if there is none)."""
+    try:
+        return Path(tmp, "daemon.log").read_text()[-tail:]
+    except OSError:
+        return ""
+
+
+def bridge_netconf(prefix: str, subnet: str, tmp: str) -> str:
+    """The reference ``bridge`` + ``host-local`` plugins' configuration the CNI rows run:
+    bridge ``<prefix>b`` as gateway, no masquerade, the leases under ``tmp``."""
+    return json.dumps({
+        "cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": f"{prefix}b",
+        "isGateway": True, "ipMasq": False,
+        "ipam": {"type": "host-local", "subnet": subnet, "dataDir": os.path.join(tmp, "host-local")},
+    })
+
+
+def crash_and_failures_md(res: dict[str, Any], level: str = "") -> list[str]:
+    """A report's closing markdown: the daemon's crash with its log tail, the failed samples
+    (each with its ``level``, named so, when given) and the cleanup's problems."""
+    lines: list[str] = []
+    if res["daemon_crash"]:
+        cr = res["daemon_crash"]
+        lines += ["", f"**The tether daemon crashed** during {cr['during']} (exit status {cr['exit_status']}). Log tail:",
+                  "", "```", cr["log_tail"].strip(), "```"]
+    if res["failed_samples"]:
+        lines += ["", f"Failed samples ({len(res['failed_samples'])}, not timed):", ""]
+        for f in res["failed_samples"]:
+            where = f" ({level} {f['level']})" if level else ""
+            lines.append(f"- {f['sample']}{where}: `{f['error']}`")
+    if res.get("cleanup_problems"):
+        lines += ["", f"Cleanup problems: {res['cleanup_problems']}"]
+    return lines
+
+
 # ---------------------------------------------------------------------------- main()
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """A script's parser, described by the first paragraph of its docstring."""

@@ -45,9 +45,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import attach  # its Bench (daemon, namespaces, bookkeeping, cleanup) and HostWorker are reused
-from common import (NETNS_DIR, check_host, git_commit, iperf3, log, machine_info, machine_md, md_head, median_p95, now,
-                    parse_args, parser, quick_defaults, result_head, rss_mb, run_bench, summary, tree_digest,
-                    write_results)
+from common import (NETNS_DIR, check_host, crash_and_failures_md, git_commit, iperf3, log, machine_info, machine_md,
+                    md_head, median_p95, now, parse_args, parser, quick_defaults, result_head, rss_mb, run_bench,
+                    summary, tree_digest, write_results)
 
 # Container networks live in our host namespace only (10.211-219 are the other benches',
 # 10.230-234 the tests'). ULA for the v6 halves, as the e2e tests use.
@@ -490,15 +490,7 @@ def markdown(res: dict[str, Any]) -> str:
     for v in res["targets"]:
         lines.append(f"- **{'met' if v['met'] else 'MISSED'}**: {v['what']} = {v['value']} (target {v['target']})"
                      + (f"; {v['note']}" if v["note"] else ""))
-    if res["daemon_crash"]:
-        cr = res["daemon_crash"]
-        lines += ["", f"**The tether daemon crashed** during {cr['during']} (exit status {cr['exit_status']}). Log tail:",
-                  "", "```", cr["log_tail"].strip(), "```"]
-    if res["failed_samples"]:
-        lines += ["", f"Failed samples ({len(res['failed_samples'])}, not timed):", ""]
-        lines += [f"- {f['sample']} (part {f['level']}): `{f['error']}`" for f in res["failed_samples"]]
-    if res.get("cleanup_problems"):
-        lines += ["", f"Cleanup problems: {res['cleanup_problems']}"]
+    lines += crash_and_failures_md(res, "part")
     lines.append("")
     return "\n".join(lines)
 

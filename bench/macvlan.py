@@ -60,9 +60,9 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--profiled-daemon"]:
 else:
     PROFILED_DAEMON = False
     import attach  # its Bench (daemon, namespaces, bookkeeping, cleanup) and HostWorker are reused
-    from common import (CNI_DIR, NETNS_DIR, REPO, check_host, git_commit, log, machine_brief, machine_info,
-                        machine_md, md_head, median_p95, now, parse_args, parser, quick_defaults, result_head,
-                        rss_mb, run_bench, summary, tree_digest, write_results)
+    from common import (CNI_DIR, NETNS_DIR, REPO, check_host, crash_and_failures_md, git_commit, log, machine_brief,
+                        machine_info, machine_md, md_head, median_p95, now, parse_args, parser, quick_defaults,
+                        result_head, rss_mb, run_bench, summary, tree_digest, write_results)
     from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
 PARENT = "lan0"  # in the bench host namespace; its peer is the lan namespace's eth0
@@ -608,15 +608,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"| {r['ms_per_attach']} | `{r['function']}` |" for r in prof["top_cumulative_tether_pyroute2"]]
     elif prof:
         lines += ["", f"The profile failed: {prof.get('error')}"]
-    if res["daemon_crash"]:
-        c = res["daemon_crash"]
-        lines += ["", f"**The tether daemon crashed** during {c['during']} (exit status {c['exit_status']}). Log tail:",
-                  "", "```", c["log_tail"].strip(), "```"]
-    if res["failed_samples"]:
-        lines += ["", f"Failed samples ({len(res['failed_samples'])}, not timed):", ""]
-        lines += [f"- {f['sample']}: `{f['error']}`" for f in res["failed_samples"]]
-    if res.get("cleanup_problems"):
-        lines += ["", f"Cleanup problems: {res['cleanup_problems']}"]
+    lines += crash_and_failures_md(res)
     lines.append("")
     return "\n".join(lines)
 

@@ -45,6 +45,7 @@ __all__ = [
     "validate_network_cidrs",
     "validate_network_cidrs6",
     "validate_aux_addresses",
+    "validate_ip_range6",
     "pick_free_address",
 ]
 
@@ -174,6 +175,15 @@ def validate_network_cidrs(
 MIN_PREFIX6, MAX_PREFIX6 = 48, 126  # a bridge's v6 subnet: at most a /48, room for anycast, gateway and hosts
 
 
+def validate_ip_range6(ip_range6: str, subnet6: str) -> str:
+    """A v6 ``--ip-range``: inside the v6 subnet; returned normalised."""
+    pool = _parse_cidr("IPv6 ip range", ip_range6, 6)
+    net = ipaddress.ip_network(subnet6)
+    if not pool.subnet_of(net):  # type: ignore[arg-type]
+        raise InvalidInput(f"IPv6 ip range {pool} is not inside the subnet {net}: pick a range within {net}")
+    return str(pool)
+
+
 def validate_network_cidrs6(subnet6: str, gateway6: str | None) -> tuple[str, str]:
     """Check and normalise a network's v6 addressing; returns (subnet6, gateway6). The
     gateway defaults to the first address after the Subnet-Router anycast one (``::1``)."""
@@ -235,12 +245,17 @@ def pick_free_address(subnet: str, taken: set[str], avoid: str | None = None) ->
     (a macvlan network's host side); None if there is none."""
     net = ipaddress.ip_network(subnet)
     pool = ipaddress.ip_network(avoid) if avoid else None
-    last = int(net.broadcast_address) - (1 if net.version == 4 else 0)
-    for value in range(last, max(int(net.network_address), last - 4096), -1):
-        address = ipaddress.ip_address(value)
-        if str(address) in taken or (pool is not None and address in pool):
+    value = int(net.broadcast_address) - (1 if net.version == 4 else 0)
+    for _ in range(len(taken) + 2):  # each step skips one taken address or the whole range
+        if value <= int(net.network_address):
+            return None
+        if pool is not None and int(pool.network_address) <= value <= int(pool.broadcast_address):
+            value = int(pool.network_address) - 1
             continue
-        return str(address)
+        address = str(ipaddress.ip_address(value))
+        if address not in taken:
+            return address
+        value -= 1
     return None
 
 
@@ -330,6 +345,8 @@ class IPAM:
         pool = subnet
         if family == 4 and network.ip_range:
             pool = _parse_cidr("ip range", network.ip_range)
+        elif family == 6 and network.ip_range6:
+            pool = _parse_cidr("IPv6 ip range", network.ip_range6, 6)
         first, last = int(pool.network_address), int(pool.broadcast_address)
         reserved = {int(subnet.network_address)}
         if family == 4:

@@ -63,6 +63,7 @@ class Network:
     # Dual stack (`--ipv6`): the v6 subnet and its gateway, beside the v4 ones; None: IPv4 only.
     subnet6: str | None = None
     gateway6: str | None = None
+    ip_range6: str | None = None  # the v6 `--ip-range` (None: the whole v6 subnet)
     # `--aux-address NAME=IP` (Docker's): addresses of the subnet that IPAM never hands out.
     aux_addresses: dict[str, str] = field(default_factory=dict)
 

@@ -21,6 +21,7 @@ __all__ = [
     "check_ipv4",
     "check_ipv6",
     "split_families",
+    "split_ranges",
     "check_hostname",
     "parse_bool_option",
     "parse_mtu",
@@ -121,6 +122,21 @@ def split_families(
         gw[family] = text
     first = lambda family: by_family[family][0] if by_family[family] else None  # noqa: E731
     return first(4), gw.get(4), first(6), gw.get(6)
+
+
+def split_ranges(ranges: list[str], ipv6: bool) -> tuple[str | None, str | None]:
+    """Repeated ``--ip-range`` as (v4 range, v6 range): at most one per family, a v6 one
+    only with ``--ipv6``."""
+    found: dict[int, str] = {}
+    for text in ranges:
+        text = (text or "").strip()
+        family = 6 if ":" in text else 4
+        if family in found:
+            raise InvalidInput(f"--ip-range: two ranges of one family ({found[family]}, {text}): give one per subnet")
+        if family == 6 and not ipv6:
+            raise InvalidInput(f"--ip-range {text} is IPv6: add --ipv6 and the IPv6 --subnet it belongs to")
+        found[family] = text
+    return found.get(4), found.get(6)
 
 
 def check_hostname(hostname: str) -> str:

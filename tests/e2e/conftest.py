@@ -6,6 +6,10 @@ container namespaces they bind under /var/run/netns). Everything carries a uniqu
 and is removed afterwards, even when the test fails: containers are killed through the
 daemon, leftover namespaces with the prefix are deleted, and deleting the host namespace
 takes its bridges and veths with it.
+
+Shared with the test modules: ``World`` (a LAN and an internet around a host), the
+``Cni`` runner (``tether-cni`` run as a runtime runs it, and its ``cni`` fixture), and the
+prefix sweep the datapath tests use (``netns_with``, ``remove_prefixed``, ...).
 """
 
 from __future__ import annotations
@@ -28,10 +32,40 @@ from typing import Any
 import pytest
 
 NETNS_DIR = "/var/run/netns"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout, **kw)
+
+
+def netns_with(prefix: str) -> list[str]:
+    """The names of the namespaces (``ip netns``) that start with ``prefix``, sorted."""
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def root_links_with(prefix: str) -> list[str]:
+    """The links of the machine's own namespace whose names start with ``prefix``."""
+    links = json.loads(sh("ip", "-j", "link").stdout or "[]")
+    return [link["ifname"] for link in links if link["ifname"].startswith(prefix)]
+
+
+def remove_prefixed(prefix: str) -> None:
+    """Delete every ``prefix*`` namespace, and any ``prefix*`` link in the machine's own
+    namespace (there only if a bug put one there). Call from a fixture's ``finally``."""
+    for name in netns_with(prefix):
+        sh("ip", "netns", "del", name, check=False)
+    for link in root_links_with(prefix):
+        sh("ip", "link", "del", link, check=False)
+
+
+def assert_nothing_left(prefix: str) -> None:
+    """After ``remove_prefixed``: no ``prefix*`` namespace or root-namespace link is left."""
+    assert netns_with(prefix) == [], "namespaces left behind"
+    assert root_links_with(prefix) == [], "links left in the machine's own namespace"
 
 
 @dataclass
@@ -239,3 +273,82 @@ def world(bare_host: Host) -> World:
     bare_host.daemon_args = ["--dns-upstream", f"{w.inet_ip}:53"]
     bare_host.start_daemon()
     return w
+
+
+# ---------------------------------------------------------------------- tether-cni, as a runtime runs it
+def netconf(name: str, version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
+    return {"cniVersion": version, "name": name, "type": "tether", **extra}
+
+
+@dataclass
+class Call:
+    rc: int
+    out: dict[str, Any] | None
+    stderr: str
+
+
+@dataclass
+class Cni:
+    """Runs the plugin in the host's namespace; makes container namespaces the test owns."""
+
+    host: Host
+    namespaces: list[str] = field(default_factory=list)
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def netns(self) -> str:
+        name = f"{self.host.prefix[:-1]}c{len(self.namespaces)}"
+        self.host.extra_netns.append(name)  # the host fixture deletes it, even on failure
+        self.namespaces.append(name)
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return f"{NETNS_DIR}/{name}"
+
+    def call(self, command: str, config: Any, cid: str = "", netns: str = "", ifname: str = "eth0",
+             args: str = "", env: dict[str, str] | None = None) -> Call:
+        full_env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "CNI_COMMAND": command,
+                    "CNI_PATH": "/opt/cni/bin:/usr/lib/cni", "TETHER_SOCKET": self.host.socket}
+        for key, value in (("CNI_CONTAINERID", cid), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname), ("CNI_ARGS", args)):
+            if value:
+                full_env[key] = value
+        full_env.update(env or {})
+        stdin = config if isinstance(config, str) else json.dumps(config)
+        proc = subprocess.run([*self.host.enter(), sys.executable, "-m", "tether.cni"], input=stdin, env=full_env,
+                              capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+        # whatever happens: at most one line of JSON on stdout, and an error's msg is one line
+        assert len(proc.stdout.splitlines()) <= 1, proc.stdout
+        out = json.loads(proc.stdout) if proc.stdout.strip() else None
+        if proc.returncode != 0:
+            assert out is not None and isinstance(out.get("code"), int) and "\n" not in out["msg"], proc.stdout
+        return Call(proc.returncode, out, proc.stderr)
+
+    def add(self, config: Any, cid: str, netns: str, **kw: Any) -> dict[str, Any]:
+        result = self.call("ADD", config, cid, netns, **kw)
+        assert result.rc == 0 and result.out is not None, result
+        return result.out
+
+    def in_ns(self, netns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", os.path.basename(netns), *cmd, check=check)
+
+    def serve(self, netns: str, *cmd: str) -> None:
+        self.servers.append(subprocess.Popen(["ip", "netns", "exec", os.path.basename(netns), *cmd],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def cleanup(self) -> None:
+        for proc in self.servers:
+            proc.kill()
+            proc.wait()
+        for name in self.namespaces:  # anything else still running in our namespaces
+            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+
+
+@pytest.fixture
+def cni(host: Host) -> Iterator[Cni]:
+    c = Cni(host)
+    try:
+        yield c
+    finally:
+        c.cleanup()

@@ -13,12 +13,15 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import busybox_image, sh
+import pytest
+from conftest import Host, busybox_image, processes_mentioning, sh
 
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 IMAGE = "tbb:latest"
@@ -100,3 +103,26 @@ class Docker:
     def load_image(self, page: str) -> None:
         """The busybox rootfs as ``tbb:latest``, imported offline."""
         self("import", str(busybox_image(self.base, page)), IMAGE)
+
+
+@contextmanager
+def docker_engine(host: Host, page: str) -> Iterator[Docker]:
+    """A running dockerd in ``host``'s namespace with the busybox image serving ``page``,
+    and ``host``'s tether daemon started to serve the plugin under a per-test name. Skips
+    the test where Docker is not installed; afterwards, asserts that nothing of Docker's
+    runs on. For a fixture: ``with docker_engine(bare_host, PAGE) as d: yield d``."""
+    if not have_docker():
+        pytest.skip("needs Debian's docker.io and busybox-static (apt-get install docker.io busybox-static)")
+    plugin = host.prefix.rstrip("-") + "d"
+    host.daemon_args = ["--docker-plugin", plugin]
+    host.start_daemon()
+    base = Path(tempfile.mkdtemp(prefix=f"{host.prefix}dk-"))
+    d = Docker(host.enter, base, plugin)
+    try:
+        d.start()
+        d.load_image(page)
+        yield d
+    finally:
+        d.cleanup()
+        left = processes_mentioning(str(base))  # dockerd, its containerd, shims, containers
+        assert not left, f"dockerd left processes behind: {left}"

@@ -1,5 +1,13 @@
 """Tiny servers and clients, run inside namespaces with `python3 -c`, that report the
-peer address they saw (to check NAT and source preservation with real packets)."""
+peer address they saw (to check NAT and source preservation with real packets); and
+``ask`` and ``until``, the two ways the tests put the clients to use."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
 
 TCP_WHO = (
     "import socket,sys\n"
@@ -83,3 +91,22 @@ REVERSE = (
     "    name='FAIL %s' % e\n"
     "print(name, round(time.monotonic()-t, 3))\n"
 )
+
+
+def until(fn: Callable[[], Any], timeout: float = 10.0, every: float = 0.1) -> Any:
+    """``fn()`` again every ``every`` seconds until it is truthy or ``timeout`` has passed;
+    its last result either way (the caller's assertion says what was wanted)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fn()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(every)
+
+
+def ask(runner: Callable[..., subprocess.CompletedProcess[str]], address: str, port: int, udp: bool = False) -> str:
+    """What a TCP_WHO (or, with ``udp``, UDP_WHO) server at ``address:port`` says, asked
+    through ``runner`` (a function running a command where the client should be); "" if
+    nothing answered."""
+    r = runner("python3", "-c", UDP_ASK if udp else TCP_ASK, address, str(port), check=False)
+    return r.stdout.strip() if r.returncode == 0 else ""

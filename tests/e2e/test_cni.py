@@ -13,101 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NETNS_DIR, Host, busybox_image, sh
+from conftest import REPO, Cni, Host, busybox_image, netconf, sh
 from probes import RESOLVE, TCP_ASK, TCP_WHO, TCP_WHO6
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def netconf(name: str, version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
-    return {"cniVersion": version, "name": name, "type": "tether", **extra}
-
-
-@dataclass
-class Call:
-    rc: int
-    out: dict[str, Any] | None
-    stderr: str
-
-
-@dataclass
-class Cni:
-    """Runs the plugin in the host's namespace; makes container namespaces the test owns."""
-
-    host: Host
-    namespaces: list[str] = field(default_factory=list)
-    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def netns(self) -> str:
-        name = f"{self.host.prefix[:-1]}c{len(self.namespaces)}"
-        self.host.extra_netns.append(name)  # the host fixture deletes it, even on failure
-        self.namespaces.append(name)
-        sh("ip", "netns", "add", name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        return f"{NETNS_DIR}/{name}"
-
-    def call(self, command: str, config: Any, cid: str = "", netns: str = "", ifname: str = "eth0",
-             args: str = "", env: dict[str, str] | None = None) -> Call:
-        full_env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "CNI_COMMAND": command,
-                    "CNI_PATH": "/opt/cni/bin:/usr/lib/cni", "TETHER_SOCKET": self.host.socket}
-        for key, value in (("CNI_CONTAINERID", cid), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname), ("CNI_ARGS", args)):
-            if value:
-                full_env[key] = value
-        full_env.update(env or {})
-        stdin = config if isinstance(config, str) else json.dumps(config)
-        proc = subprocess.run([*self.host.enter(), sys.executable, "-m", "tether.cni"], input=stdin, env=full_env,
-                              capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
-        # whatever happens: at most one line of JSON on stdout, and an error's msg is one line
-        assert len(proc.stdout.splitlines()) <= 1, proc.stdout
-        out = json.loads(proc.stdout) if proc.stdout.strip() else None
-        if proc.returncode != 0:
-            assert out is not None and isinstance(out.get("code"), int) and "\n" not in out["msg"], proc.stdout
-        return Call(proc.returncode, out, proc.stderr)
-
-    def add(self, config: Any, cid: str, netns: str, **kw: Any) -> dict[str, Any]:
-        result = self.call("ADD", config, cid, netns, **kw)
-        assert result.rc == 0 and result.out is not None, result
-        return result.out
-
-    def in_ns(self, netns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", os.path.basename(netns), *cmd, check=check)
-
-    def serve(self, netns: str, *cmd: str) -> None:
-        self.servers.append(subprocess.Popen(["ip", "netns", "exec", os.path.basename(netns), *cmd],
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-    def cleanup(self) -> None:
-        for proc in self.servers:
-            proc.kill()
-            proc.wait()
-        for name in self.namespaces:  # anything else still running in our namespaces
-            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-
-
-@pytest.fixture
-def cni(host: Host) -> Iterator[Cni]:
-    c = Cni(host)
-    try:
-        yield c
-    finally:
-        c.cleanup()
 
 
 def address_of(result: dict[str, Any]) -> str:

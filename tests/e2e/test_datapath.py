@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from conftest import assert_nothing_left, remove_prefixed, root_links_with
 
 from tether.datapath import Datapath, NetlinkDatapath, nsutil
 from tether.errors import DatapathError
@@ -42,19 +43,6 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def ip_json(*args: str) -> Any:
     return json.loads(sh("ip", "-j", *args).stdout or "[]")
-
-
-def netns_with(prefix: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
-    except FileNotFoundError:
-        return []
-
-
-def root_links_with(prefix: str) -> list[str]:
-    return [
-        link["ifname"] for link in ip_json("link") if link["ifname"].startswith(prefix)
-    ]
 
 
 @dataclass
@@ -113,12 +101,8 @@ def env() -> Iterator[Env]:
     finally:
         if dp is not None:
             dp.close()
-        for name in netns_with(prefix):
-            sh("ip", "netns", "del", name, check=False)
-        for link in root_links_with(prefix):  # only if a bug put one in the real host
-            sh("ip", "link", "del", link, check=False)
-    assert netns_with(prefix) == [], "namespaces left behind"
-    assert root_links_with(prefix) == [], "links left in the machine's own namespace"
+        remove_prefixed(prefix)
+    assert_nothing_left(prefix)
 
 
 def bridge_up(env: Env, gateway_cidr: str = "10.251.0.1/24") -> str:

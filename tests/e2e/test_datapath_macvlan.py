@@ -17,7 +17,6 @@ when a test fails, and checks that nothing is left.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from conftest import assert_nothing_left, remove_prefixed
 
 from tether.datapath import Datapath, NetlinkDatapath, nsutil
 from tether.errors import DatapathError
@@ -40,18 +40,6 @@ PASSTHRU_BUSY = "already has a passthru macvlan or children: passthru takes the 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=30)
-
-
-def netns_with(prefix: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
-    except FileNotFoundError:
-        return []
-
-
-def root_links_with(prefix: str) -> list[str]:
-    links = json.loads(sh("ip", "-j", "link").stdout or "[]")
-    return [link["ifname"] for link in links if link["ifname"].startswith(prefix)]
 
 
 def wait_for_carrier(netns: str, ifname: str) -> None:
@@ -133,12 +121,8 @@ def lan() -> Iterator[Lan]:
     finally:
         if dp is not None:
             dp.close()
-        for name in netns_with(prefix):
-            sh("ip", "netns", "del", name, check=False)
-        for link in root_links_with(prefix):  # only if a bug put one in the real host
-            sh("ip", "link", "del", link, check=False)
-    assert netns_with(prefix) == [], "namespaces left behind"
-    assert root_links_with(prefix) == [], "links left in the machine's own namespace"
+        remove_prefixed(prefix)
+    assert_nothing_left(prefix)
 
 
 # ---------------------------------------------------------------------- modes

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import pytest
+from conftest import assert_nothing_left, remove_prefixed
 
 from tether.datapath import Datapath, NetlinkDatapath, nsutil
 from tether.errors import DatapathError
@@ -52,18 +52,6 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(cmd), capture_output=True, text=True, check=check, timeout=30
     )
-
-
-def netns_with(prefix: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
-    except FileNotFoundError:
-        return []
-
-
-def root_links_with(prefix: str) -> list[str]:
-    links = json.loads(sh("ip", "-j", "link").stdout or "[]")
-    return [link["ifname"] for link in links if link["ifname"].startswith(prefix)]
 
 
 # ---------------------------------------------------------------------- the wire
@@ -313,12 +301,8 @@ def cluster() -> Iterator[Cluster]:
             wire.close()
         for host in hosts:
             host.dp.close()
-        for name in netns_with(prefix):
-            sh("ip", "netns", "del", name, check=False)
-        for link in root_links_with(prefix):  # only if a bug put one in the real host
-            sh("ip", "link", "del", link, check=False)
-    assert netns_with(prefix) == [], "namespaces left behind"
-    assert root_links_with(prefix) == [], "links left in the machine's own namespace"
+        remove_prefixed(prefix)
+    assert_nothing_left(prefix)
 
 
 @pytest.fixture

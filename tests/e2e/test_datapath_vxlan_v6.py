@@ -18,7 +18,6 @@ the prefix, even when a test fails, and checks that nothing is left.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import uuid
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import pytest
+from conftest import netns_with
 
 from tether.datapath import Datapath, NetlinkDatapath, nsutil
 
@@ -41,10 +41,6 @@ NS, NA, ECHO_REQUEST, ECHO_REPLY = 135, 136, 128, 129  # ICMPv6 types
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=30)
-
-
-def netns_with(prefix: str) -> list[str]:
-    return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
 
 
 class Tunnelled(NamedTuple):

@@ -11,14 +11,13 @@ import ipaddress
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Host, processes_mentioning, sh
-from dockerkit import Docker, have_docker
+from conftest import Host, sh
+from dockerkit import Docker, docker_engine
 from probes import TCP_ASK
 
 PAGE = "hello from docker\n"
@@ -26,21 +25,8 @@ PAGE = "hello from docker\n"
 
 @pytest.fixture
 def docker(bare_host: Host) -> Iterator[Docker]:
-    if not have_docker():
-        pytest.skip("needs Debian's docker.io and busybox-static (apt-get install docker.io busybox-static)")
-    plugin = bare_host.prefix.rstrip("-") + "d"
-    bare_host.daemon_args = ["--docker-plugin", plugin]
-    bare_host.start_daemon()
-    base = Path(tempfile.mkdtemp(prefix=f"{bare_host.prefix}dk-"))
-    d = Docker(bare_host.enter, base, plugin)
-    try:
-        d.start()
-        d.load_image(PAGE)
+    with docker_engine(bare_host, PAGE) as d:
         yield d
-    finally:
-        d.cleanup()
-        left = processes_mentioning(str(base))  # dockerd, its containerd, shims, containers
-        assert not left, f"dockerd left processes behind: {left}"
 
 
 def endpoints(host: Host, network: str) -> list[str]:

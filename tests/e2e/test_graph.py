@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Host
-from test_cni import Cni, netconf
+from conftest import Cni, Host, netconf
 
 from tether.lab import LabInfo, lab_down, lab_up
 
@@ -41,15 +40,6 @@ def one_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
-
-
-@pytest.fixture
-def cni(host: Host) -> Iterator[Cni]:
-    c = Cni(host)
-    try:
-        yield c
-    finally:
-        c.cleanup()
 
 
 def build_one_host(host: Host, cni: Cni) -> dict[str, Any]:

@@ -14,31 +14,16 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import Host, World, sh
-from probes import RESOLVE, RESOLVE6, REVERSE, TCP_ASK, TCP_WHO6
+from probes import RESOLVE, RESOLVE6, REVERSE, TCP_WHO6, ask, until
 
 HOST6, LAN6, LAN6_INET, INET6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:2::10"
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def _until(fn: Callable[[], Any], timeout: float = 10.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(every)
-
-
-def _ask(runner: Runner, ip: str, port: int) -> str:
-    r = runner("python3", "-c", TCP_ASK, ip, str(port), check=False)
-    return r.stdout.strip() if r.returncode == 0 else ""
 
 
 @pytest.fixture
@@ -56,7 +41,7 @@ def world6(world: World) -> World:
 
 def _serve6(host: Host, name: str, net: str, *extra: str, port: int = 8000) -> dict[str, Any]:
     host.tether("run", "-d", "--name", name, "--net", net, *extra, "--", "python3", "-c", TCP_WHO6, str(port))
-    assert _until(lambda: _ask(lambda *c, **k: host.in_container(name, *c, **k), "::1", port))
+    assert until(lambda: ask(lambda *c, **k: host.in_container(name, *c, **k), "::1", port))
     return dict(host.inspect(name)["networks"][net])
 
 
@@ -87,7 +72,7 @@ def test_dual_stack_network_containers_and_host(host: Host) -> None:
     # TCP over v6 between containers, the client's address kept
     _serve6(host, "srv", "dual")
     srv = host.inspect("srv")["networks"]["dual"]
-    assert _ask(_in(host, "a"), srv["address6"], 8000) == a["address6"]
+    assert ask(_in(host, "a"), srv["address6"], 8000) == a["address6"]
     # ps and --format json carry both addresses
     assert a["address6"] in host.tether("ps").stdout
     listed = json.loads(host.tether("ps", "--format", "{{json .}}").stdout.splitlines()[0])
@@ -113,6 +98,13 @@ def test_requested_addresses_and_connect(host: Host) -> None:
     # disconnect frees both leases: the same v6 address can be asked for again
     host.tether("network", "disconnect", "fixed", "q")
     host.tether("network", "connect", "--ip6", "fd00:231:1::77", "fixed", "q")
+    # --ip-range once per family: each family's addresses come from its own range
+    host.tether("network", "create", "--ipv6", "--subnet", "10.231.3.0/24", "--subnet", "fd00:231:3::/64",
+                "--ip-range", "10.231.3.64/28", "--ip-range", "fd00:231:3::100/124", "ranged")
+    host.tether("run", "-d", "--name", "r", "--net", "ranged", "--", "sleep", "600")
+    r = host.inspect("r")["networks"]["ranged"]
+    assert (r["address"], r["address6"]) == ("10.231.3.64", "fd00:231:3::100")
+    assert host.in_container("r", "ping", "-6", "-c1", "-W1", "fd00:231:3::1").returncode == 0
 
 
 def test_nat66_to_the_internet_and_masquerade_off(world6: World) -> None:
@@ -125,9 +117,9 @@ def test_nat66_to_the_internet_and_masquerade_off(world6: World) -> None:
         host.tether("run", "-d", "--name", "c", "--net", "out6", "--", "sleep", "600")
         host.tether("run", "-d", "--name", "d", "--net", "routed6", "--", "sleep", "600")
         # the internet sees the host's v6 address, not the container's ULA
-        assert _until(lambda: _ask(_in(host, "c"), INET6, 7000)) == HOST6
+        assert until(lambda: ask(_in(host, "c"), INET6, 7000)) == HOST6
         # without masquerade the packet is routed with its own source: the internet has no way back
-        assert _ask(_in(host, "d"), INET6, 7000) == ""
+        assert ask(_in(host, "d"), INET6, 7000) == ""
     finally:
         inet.kill()
 
@@ -138,17 +130,17 @@ def test_published_ports_over_v6(world6: World) -> None:
     _serve6(host, "web", "app6", "-p", "8080:8000", "-p", "[::1]:9090:8000", "-p", f"[{HOST6}]:9191:8000")
     lan = world6.in_lan
     # -p 8080:80 listens on both families; the LAN client's own address is kept
-    assert _until(lambda: _ask(lan, HOST6, 8080)) == LAN6
-    assert _until(lambda: _ask(lan, world6.host_ip, 8080)) == world6.lan_ip
-    assert _ask(lan, HOST6, 9191) == LAN6
+    assert until(lambda: ask(lan, HOST6, 8080)) == LAN6
+    assert until(lambda: ask(lan, world6.host_ip, 8080)) == world6.lan_ip
+    assert ask(lan, HOST6, 9191) == LAN6
     # from the host itself, and [::1] reachable from the host only
-    assert _ask(host.in_host, HOST6, 8080) != ""
-    assert _ask(host.in_host, "::1", 9090) != ""
-    assert _ask(lan, HOST6, 9090) == ""
+    assert ask(host.in_host, HOST6, 8080) != ""
+    assert ask(host.in_host, "::1", 9090) != ""
+    assert ask(lan, HOST6, 9090) == ""
     # hairpin: a container through the host's v6 address, and the server through its own port
     host.tether("run", "-d", "--name", "peer", "--net", "app6", "--", "sleep", "600")
-    assert _ask(_in(host, "peer"), HOST6, 8080) != ""
-    assert _ask(_in(host, "web"), HOST6, 8080) != ""
+    assert ask(_in(host, "peer"), HOST6, 8080) != ""
+    assert ask(_in(host, "web"), HOST6, 8080) != ""
     ports = host.tether("port", "web").stdout
     assert "8000/tcp -> 0.0.0.0:8080" in ports and "8000/tcp -> [::]:8080" in ports and "[::1]:9090" in ports
     # no proxy on the host's addresses: the only listener on 8080 is the daemon's relay on
@@ -173,13 +165,13 @@ def test_isolation_internal_and_icc_hold_for_v6(world6: World) -> None:
     host.tether("run", "-d", "--name", "c4", "--net", "noicc", "--", "sleep", "600")
     inet = subprocess.Popen(["ip", "netns", "exec", world6.inet, "python3", "-c", TCP_WHO6, "7001"])
     try:
-        assert _until(lambda: _ask(_in(host, "s1"), INET6, 7001))  # the way out works...
-        assert _ask(_in(host, "c2"), one["address6"], 8000) == ""  # ...but not across networks
-        assert _ask(_in(host, "c3"), INET6, 7001) == ""  # internal: no way out
+        assert until(lambda: ask(_in(host, "s1"), INET6, 7001))  # the way out works...
+        assert ask(_in(host, "c2"), one["address6"], 8000) == ""  # ...but not across networks
+        assert ask(_in(host, "c3"), INET6, 7001) == ""  # internal: no way out
         s3 = host.inspect("s3")["networks"]["inner"]["address6"]
-        assert _ask(_in(host, "c3"), s3, 8000) != ""  # but its containers talk
-        assert _ask(_in(host, "c4"), s4["address6"], 8000) == ""  # icc=false
-        assert _ask(host.in_host, one["address6"], 8000) == one["gateway6"]  # the host, from its bridge
+        assert ask(_in(host, "c3"), s3, 8000) != ""  # but its containers talk
+        assert ask(_in(host, "c4"), s4["address6"], 8000) == ""  # icc=false
+        assert ask(host.in_host, one["address6"], 8000) == one["gateway6"]  # the host, from its bridge
     finally:
         inet.kill()
     # the admin's v6 rules go in the ip6 table's user chain, and see container traffic
@@ -225,6 +217,11 @@ def test_names_answer_aaaa_and_ptr_locally(world6: World) -> None:
         (["run", "--net", "base", "--ip6", "10.235.1.5", "--", "true"], "IPv6 address"),
         (["run", "--net", "base", "--ip", "fd00:235:1::5", "--", "true"], "IPv4 address"),
         (["network", "connect", "--ip6", "fd00:235:1::1", "base", "c"], "gateway"),
+        (["network", "create", "--ip-range", "fd00:240::/120", "x"], "add --ipv6"),
+        (["network", "create", "--ipv6", "--subnet", "10.240.0.0/24", "--ip-range", "fd00:240::/120", "x"],
+         "needs the IPv6 --subnet"),
+        (["network", "create", "--ipv6", "--subnet", "10.240.0.0/24", "--subnet", "fd00:240::/64",
+          "--ip-range", "fd00:241::/120", "x"], "not inside the subnet"),
     ],
 )
 def test_bad_v6_input_changes_nothing(host: Host, args: list[str], message: str) -> None:
@@ -251,7 +248,7 @@ def test_restart_keeps_v6_and_removal_leaks_nothing(host: Host) -> None:
     host.in_container("k2", "ip", "-6", "addr", "del", f"{k2}/64", "dev", "eth0")
     host.kill_daemon(signal.SIGKILL)
     host.start_daemon()
-    assert _until(lambda: host.in_container("k1", "ping", "-6", "-c1", "-W1", k2, check=False).returncode == 0)
+    assert until(lambda: host.in_container("k1", "ping", "-6", "-c1", "-W1", k2, check=False).returncode == 0)
     host.tether("rm", "-f", "k1", "k2")
     # every lease of both families is free again: the same addresses can be handed out
     host.tether("run", "-d", "--name", "k3", "--net", "keep", "--ip6", k2, "--", "sleep", "600")

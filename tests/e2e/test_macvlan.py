@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import Host, sh
-from probes import RESOLVE, RESOLVE6, TCP_ASK, TCP_WHO6
+from probes import RESOLVE, RESOLVE6, TCP_WHO6, ask, until
 
 pytestmark = pytest.mark.e2e
 
@@ -85,15 +85,6 @@ def lan(host: Host) -> Iterator[Lan]:
         made.stop()
 
 
-def _until(fn: Callable[[], Any], timeout: float = 10.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(every)
-
-
 def ping(host: Host, name: str, address: str, *extra: str) -> bool:
     """One ping from container ``name`` (inside its namespace, as root)."""
     six = ["-6"] if ":" in address else []
@@ -103,11 +94,6 @@ def ping(host: Host, name: str, address: str, *extra: str) -> bool:
 def host_ping(host: Host, address: str) -> bool:
     six = ["-6"] if ":" in address else []
     return host.in_host("ping", *six, "-c1", "-W2", address, check=False).returncode == 0
-
-
-def ask(runner: Callable[..., subprocess.CompletedProcess[str]], address: str, port: int) -> str:
-    r = runner("python3", "-c", TCP_ASK, address, str(port), check=False)
-    return r.stdout.strip() if r.returncode == 0 else ""
 
 
 def in_ctr(host: Host, name: str) -> Callable[..., subprocess.CompletedProcess[str]]:
@@ -167,7 +153,7 @@ def test_bridge_mode_containers_are_machines_on_the_lan(host: Host, lan: Lan) ->
     # the router sees the container itself: its MAC, its addresses (no NAT), over TCP too
     assert lan.mac_seen(a["address"]) == a["mac"] and lan.mac_seen(b["address"]) == b["mac"]
     lan.serve_who(8021)
-    assert _until(lambda: ask(in_ctr(host, "a"), ROUTER, 8021)) == a["address"]
+    assert until(lambda: ask(in_ctr(host, "a"), ROUTER, 8021)) == a["address"]
     assert ask(in_ctr(host, "a"), ROUTER6, 8021) == a["address6"]
     # ... and the LAN reaches the containers at their own addresses
     assert lan.run("ping", "-c1", "-W2", b["address"], check=False).returncode == 0
@@ -307,7 +293,7 @@ def test_host_access_both_ways_and_its_lifecycle(host: Host, lan: Lan) -> None:
     assert ping(host, "a", opts["host_address"]) and ping(host, "a", opts["host_address6"])
     host.tether("run", "-d", "--name", "srv", "--net", "ha", "--", "python3", "-c", TCP_WHO6, "8000")
     srv = host.inspect("srv")["networks"]["ha"]
-    assert _until(lambda: ask(host.in_host, srv["address"], 8000)) == opts["host_address"]
+    assert until(lambda: ask(host.in_host, srv["address"], 8000)) == opts["host_address"]
     assert ask(host.in_host, srv["address6"], 8000) == opts["host_address6"]
     # the host's own LAN address stays the host's: the LAN still reaches it, and the router too
     assert lan.run("ping", "-c1", "-W2", "192.0.2.250", check=False).returncode == 0

@@ -4,7 +4,7 @@ remote driver, with real packets to the LAN's router.
 The LAN is test_macvlan's: a veth pair whose host end ``tmvp0`` is the parent, whose other
 end sits in a LAN namespace the test owns with the router 192.0.2.1 and 2001:db8:21::1
 (documentation prefixes; nothing outside the test's namespaces is addressed). The CNI
-helpers are test_cni's, Docker's dockerkit's.
+runner is conftest's (Podman's setup test_cni's), Docker's dockerkit's.
 """
 
 from __future__ import annotations
@@ -16,21 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Host, processes_mentioning, sh
-from dockerkit import Docker, have_docker
-from test_cni import Cni, address_of, build_podman, netconf
+from conftest import Cni, Host, netconf, sh
+from dockerkit import Docker, docker_engine
+from test_cni import address_of, build_podman
 from test_macvlan import ROUTER, ROUTER6, SUBNET, SUBNET6, make_lan
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def cni(host: Host) -> Iterator[Cni]:
-    c = Cni(host)
-    try:
-        yield c
-    finally:
-        c.cleanup()
 
 
 def macvlans_on_host(host: Host) -> str:
@@ -111,21 +102,8 @@ def test_podman_on_a_macvlan_network(host: Host) -> None:
 
 @pytest.fixture
 def docker(bare_host: Host) -> Iterator[Docker]:
-    if not have_docker():
-        pytest.skip("needs Debian's docker.io and busybox-static (apt-get install docker.io busybox-static)")
-    plugin = bare_host.prefix.rstrip("-") + "d"
-    bare_host.daemon_args = ["--docker-plugin", plugin]
-    bare_host.start_daemon()
-    base = Path(tempfile.mkdtemp(prefix=f"{bare_host.prefix}dk-"))
-    d = Docker(bare_host.enter, base, plugin)
-    try:
-        d.start()
-        d.load_image("hello from docker on macvlan\n")
+    with docker_engine(bare_host, "hello from docker on macvlan\n") as d:
         yield d
-    finally:
-        d.cleanup()
-        left = processes_mentioning(str(base))
-        assert not left, f"dockerd left processes behind: {left}"
 
 
 def test_docker_door_macvlan_network(bare_host: Host, docker: Docker) -> None:

@@ -9,27 +9,13 @@ import subprocess
 import time
 
 from conftest import Host, World
-from probes import FAKE_DNS, RESOLVE, TCP_ASK, TCP_WHO, UDP_ASK, UDP_WHO
-
-
-def _until(fn, timeout: float = 10.0, every: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(every)
-
-
-def ask(runner, ip: str, port: int, udp: bool = False) -> str:  # type: ignore[no-untyped-def]
-    r = runner("python3", "-c", UDP_ASK if udp else TCP_ASK, ip, str(port), check=False)
-    return r.stdout.strip() if r.returncode == 0 else ""
+from probes import FAKE_DNS, RESOLVE, TCP_WHO, UDP_WHO, ask, until
 
 
 def serve(host: Host, name: str, net: str, *extra: str, port: int = 8000) -> str:
     host.tether("run", "-d", "--name", name, "--net", net, *extra, "--", "python3", "-c", TCP_WHO, str(port))
     addr = host.inspect(name)["networks"][net]["address"] if net not in ("none", "host") else ""
-    assert _until(lambda: ask(lambda *c, **k: host.in_container(name, *c, **k), "127.0.0.1", port))
+    assert until(lambda: ask(lambda *c, **k: host.in_container(name, *c, **k), "127.0.0.1", port))
     return addr
 
 
@@ -43,7 +29,7 @@ def test_outbound_nat_and_masquerade_off(world: World) -> None:
         host.tether("run", "-d", "--name", "d", "--net", "nomasq", "--", "sleep", "600")
         runner = lambda *c, **k: host.in_container("c", *c, **k)  # noqa: E731
         # the internet sees the host's address, not the container's
-        assert _until(lambda: ask(runner, world.inet_ip, 7000)) == world.host_ip
+        assert until(lambda: ask(runner, world.inet_ip, 7000)) == world.host_ip
         # without masquerade the internet has no way back to 10.230.2.0/24
         assert ask(lambda *c, **k: host.in_container("d", *c, **k), world.inet_ip, 7000) == ""
     finally:
@@ -59,8 +45,8 @@ def test_published_ports_from_lan_host_loopback_and_hairpin(world: World) -> Non
                 "--", "python3", "-c", UDP_WHO, "53")
     lan = world.in_lan
     # from another machine: reached, and the server sees the LAN machine's own address
-    assert _until(lambda: ask(lan, world.host_ip, 8080)) == world.lan_ip
-    assert _until(lambda: ask(lan, world.host_ip, 5353, udp=True)) == world.lan_ip
+    assert until(lambda: ask(lan, world.host_ip, 8080)) == world.lan_ip
+    assert until(lambda: ask(lan, world.host_ip, 5353, udp=True)) == world.lan_ip
     # from the host itself, on its LAN address and on 127.0.0.1, with no proxy process
     assert ask(host.in_host, world.host_ip, 8080) == world.host_ip or ask(host.in_host, world.host_ip, 8080)
     assert ask(host.in_host, "127.0.0.1", 8080) != ""
@@ -170,19 +156,19 @@ def test_firewall_heals_and_restart_restores(world: World) -> None:
     host.tether("network", "create", "--subnet", "10.230.10.0/24", "appnet")
     host.tether("run", "-d", "--name", "web", "--net", "appnet", "-p", "8080:8000", "--",
                 "python3", "-c", TCP_WHO, "8000")
-    assert _until(lambda: ask(world.in_lan, world.host_ip, 8080)) == world.lan_ip
+    assert until(lambda: ask(world.in_lan, world.host_ip, 8080)) == world.lan_ip
     host.in_host("nft", "flush", "ruleset")
     t0 = time.monotonic()
-    assert _until(lambda: ask(world.in_lan, world.host_ip, 8080), timeout=5, every=0.05) == world.lan_ip
+    assert until(lambda: ask(world.in_lan, world.host_ip, 8080), timeout=5, every=0.05) == world.lan_ip
     assert time.monotonic() - t0 < 2.5  # restored within 1 s (plus the probe's own time)
     host.in_host("nft", "delete", "table", "ip", "tether")
-    assert _until(lambda: ask(world.in_lan, world.host_ip, 8080), timeout=5, every=0.05) == world.lan_ip
+    assert until(lambda: ask(world.in_lan, world.host_ip, 8080), timeout=5, every=0.05) == world.lan_ip
     # daemon down, ruleset gone: the restart restores every rule
     host.kill_daemon(signal.SIGKILL)
     host.in_host("nft", "flush", "ruleset")
     assert ask(world.in_lan, world.host_ip, 8080) == ""
     host.start_daemon()
-    assert _until(lambda: ask(world.in_lan, world.host_ip, 8080)) == world.lan_ip
+    assert until(lambda: ask(world.in_lan, world.host_ip, 8080)) == world.lan_ip
 
 
 def test_port_conflicts_and_bad_publish(world: World) -> None:
@@ -192,7 +178,7 @@ def test_port_conflicts_and_bad_publish(world: World) -> None:
     host.tether("run", "-d", "--name", "web", "--net", "appnet", "-p", "8080:8000", "--", "sleep", "600")
     holder = subprocess.Popen([*host.enter(), "python3", "-c", TCP_WHO, "7777"])
     try:
-        assert _until(lambda: ":7777 " in host.in_host("ss", "-ltnH").stdout)
+        assert until(lambda: ":7777 " in host.in_host("ss", "-ltnH").stdout)
         before = host.snapshot()
         for args, needle in [
             (["-p", "8080:9000"], "web"),

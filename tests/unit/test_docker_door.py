@@ -335,7 +335,8 @@ def test_dual_stack_pool_without_subnet_is_a_free_ula_64(ctl: Controller) -> Non
         ("fd00::/40", "", InvalidInput, "too large"),
         ("fd00:1::/129", "", InvalidInput, "invalid IPv6 subnet"),
         ("10.5.0.0/24", "", InvalidInput, "is IPv4 where dockerd asked for the IPv6 pool"),
-        ("fd00:1::/64", "fd00:1::/80", InvalidInput, "--ip-range for the IPv4 subnet only"),
+        ("fd00:1::/64", "fd00:2::/80", InvalidInput, "not inside the subnet fd00:1::/64"),
+        ("", "fd00:2::/80", InvalidInput, "needs the IPv6 --subnet"),
         ("fd00:9::/80", "", Conflict, "overlaps network 'mine'"),
     ],
 )
@@ -385,3 +386,17 @@ def test_a_macvlan_network_on_the_lan_the_host_routes(ctl: Controller) -> None:
     create(ctl, "192.168.1.0/24", **{"tether.driver": "macvlan", "parent": "eth1", "tether.network": "lan"})
     net = ctl.inspect_network("lan")
     assert (net["driver"], net["parent"], net["subnet"]) == ("macvlan", "eth1", "192.168.1.0/24")
+
+
+def test_a_v6_ip_range_through_the_door(ctl: Controller) -> None:
+    d = docker(ctl)
+    pool = d.request_pool("10.1.0.0/24", "", {}, False)
+    pool6 = d.request_pool("fd00:1::/64", "fd00:1::100/120", {}, True)
+    gateways = [d.request_address(p["PoolID"], "", GW_REQUEST) for p in (pool, pool6)]
+    d.create_network(
+        NID, {"com.docker.network.generic": {"tether.network": "dual"}},
+        [{"AddressSpace": "tether", "Pool": pool["Pool"], "Gateway": gateways[0]}],
+        [{"AddressSpace": "tether", "Pool": pool6["Pool"], "Gateway": gateways[1]}],
+    )  # fmt: skip
+    assert ctl.inspect_network("dual")["ip_range6"] == "fd00:1::100/120"
+    assert d.request_address(pool6["PoolID"], "", {}) == "fd00:1::100/64"

@@ -184,3 +184,36 @@ def test_split_families(subnets: list[str], gateways: list[str], ipv6: bool, exp
 def test_split_families_refuses(subnets: list[str], gateways: list[str], ipv6: bool, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         split_families(subnets, gateways, ipv6)
+
+
+def test_a_v6_ip_range_is_where_v6_addresses_come_from(tmp_path: object) -> None:
+    from tether.controller import Controller
+    from tether.testing.datapath import RecordingDatapath
+
+    ctl = Controller(MemoryStore(), RecordingDatapath(), str(tmp_path), netns_prefix="u-")
+    net = ctl.create_network(
+        "d", subnet="10.3.0.0/24", ipv6=True, subnet6="fd00:3::/64", ip_range6="fd00:3::100/120"
+    )
+    assert net.ip_range6 == "fd00:3::100/120"
+    c = ctl.create_container(["true"], name="a", net="d").value
+    assert ctl._endpoints(c.id)[0].address6 == "fd00:3::100"
+    ctl.create_container(["true"], name="b", net="d", ip6="fd00:3::5")  # --ip6 may lie outside it, as --ip
+    for kwargs, says in [
+        ({"ipv6": True, "ip_range6": "fd00:4::/120"}, "needs the IPv6 --subnet"),
+        ({"ipv6": True, "subnet6": "fd00:5::/64", "ip_range6": "fd00:6::/120"}, "not inside the subnet fd00:5::/64"),
+        ({"ipv6": True, "subnet6": "fd00:5::/64", "ip_range6": "10.0.0.0/24"}, "is IPv4 where an IPv6"),
+    ]:
+        with pytest.raises(InvalidInput, match=says):
+            ctl.create_network("bad", subnet="10.9.0.0/24", **kwargs)  # type: ignore[arg-type]
+    assert ctl.find_network("bad") is None
+
+
+def test_ip_ranges_split_by_family() -> None:
+    from tether.validate import split_ranges
+
+    assert split_ranges(["10.0.0.0/25", "fd00::/120"], True) == ("10.0.0.0/25", "fd00::/120")
+    assert split_ranges([], False) == (None, None)
+    with pytest.raises(InvalidInput, match="is IPv6: add --ipv6"):
+        split_ranges(["fd00::/120"], False)
+    with pytest.raises(InvalidInput, match="two ranges of one family"):
+        split_ranges(["10.0.0.0/25", "10.0.0.128/25"], True)

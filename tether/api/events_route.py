@@ -56,7 +56,7 @@ class EventStream(Streaming):
                 _active -= 1
 
     def _follow(self, sock: socket.socket) -> None:
-        after = self.after
+        after, looked = self.after, time.monotonic()
         while True:
             wait = _CHECK_EVERY if self.until is None else min(_CHECK_EVERY, self.until - time.time())
             events = self.bus.wait(after, max(0.0, wait))
@@ -71,7 +71,12 @@ class EventStream(Streaming):
                 sock.sendall("".join(lines).encode())
             if self.bus.closed or (self.until is not None and time.time() >= self.until):
                 return
-            if not events and _client_gone(sock):
+            # a client that went away is noticed by a send, or, while nothing is sent (a
+            # quiet bus, or a busy one whose events the filters drop), by a look each second
+            if lines or time.monotonic() - looked < _CHECK_EVERY:
+                continue
+            looked = time.monotonic()
+            if _client_gone(sock):
                 return
 
 

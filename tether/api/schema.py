@@ -113,6 +113,7 @@ class NetworkCreate(Body):
     subnet6: str | None = None
     gateway6: str | None = None
     aux_addresses: dict[str, str] | None = None
+    ip_range6: str | None = None
 
 
 class NetworkConnect(Body):

@@ -82,6 +82,7 @@ def networks_create(c: Controller, p: dict[str, str], body: schema.NetworkCreate
         subnet6=body.subnet6,
         gateway6=body.gateway6,
         aux_addresses=body.aux_addresses or {},
+        ip_range6=body.ip_range6,
     ).to_dict()
 
 

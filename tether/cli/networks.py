@@ -8,7 +8,7 @@ import typer
 
 from ..api.client import q
 from ..errors import Conflict, NotFound
-from ..validate import split_families, validate_name
+from ..validate import split_families, split_ranges, validate_name
 from . import verbs
 from .common import CTX, each, fail, network_app, out, parse_options
 from .filters import PRUNE_FILTERS, parse_filters, parse_labels, prunable
@@ -30,7 +30,9 @@ def network_create(
     ),
     gateway: list[str] = typer.Option(None, "--gateway", help="Gateway address (default: first in subnet); one per subnet."),
     ipv6: bool = typer.Option(False, "--ipv6", help="Dual stack: an IPv6 subnet too (a free ULA /64 unless --subnet gives one)."),
-    ip_range: str = typer.Option(None, "--ip-range", help="Allocate container addresses from this sub-range."),
+    ip_range: list[str] = typer.Option(
+        None, "--ip-range", help="Allocate container addresses from this sub-range; with --ipv6 once more for IPv6."
+    ),
     aux_address: list[str] = typer.Option(
         None, "--aux-address", help="Reserve an address NAME=IP that IPAM never hands out; repeatable."
     ),
@@ -48,6 +50,7 @@ def network_create(
     validate_name("network", name)  # before the daemon is asked (and started) at all
     labels = parse_labels(label)
     subnet4, gateway4, subnet6, gateway6 = split_families(subnet or [], gateway or [], ipv6)
+    range4, range6 = split_ranges(ip_range or [], ipv6)
     net = CTX.client().post(
         "/networks",
         {
@@ -55,7 +58,8 @@ def network_create(
             "driver": driver,
             "subnet": subnet4,
             "gateway": gateway4,
-            "ip_range": ip_range,
+            "ip_range": range4,
+            "ip_range6": range6,
             "ipv6": ipv6,
             "subnet6": subnet6,
             "gateway6": gateway6,

@@ -18,6 +18,7 @@ from ..ipam import (
     choose_subnet6,
     find_overlap,
     validate_aux_addresses,
+    validate_ip_range6,
     validate_network_cidrs,
     validate_network_cidrs6,
 )
@@ -45,8 +46,10 @@ class NetworkVerbs(ControllerCore):
         subnet6: str | None = None,
         gateway6: str | None = None,
         aux_addresses: dict[str, str] | None = None,
+        ip_range6: str | None = None,
     ) -> Network:
-        """``ipv6``: dual stack, with ``subnet6`` (None: a free ULA /64) and ``gateway6``;
+        """``ipv6``: dual stack, with ``subnet6`` (None: a free ULA /64), ``gateway6`` and
+        ``ip_range6`` (where container v6 addresses come from; None: the whole v6 subnet);
         ``aux_addresses``: NAME -> address of the subnet(s) that IPAM never hands out."""
         validate_name("network", name)
         labels = check_labels(labels)
@@ -56,11 +59,16 @@ class NetworkVerbs(ControllerCore):
             raise InvalidInput("an IPv6 --subnet or --gateway needs --ipv6: add --ipv6 to make a dual-stack network")
         if gateway6 and not subnet6:
             raise InvalidInput("an IPv6 --gateway needs the IPv6 --subnet it belongs to")
+        if ip_range6 and not subnet6:
+            raise InvalidInput("an IPv6 --ip-range needs the IPv6 --subnet it belongs to")
+        if ip_range6 and subnet6:
+            ip_range6 = validate_ip_range6(ip_range6, validate_network_cidrs6(subnet6, gateway6)[0])
         if aux_addresses and subnet is None:
             raise InvalidInput("--aux-address needs --subnet: give the subnet its addresses belong to")
         v6 = (subnet6, gateway6) if ipv6 else None
         return self._create_network(
-            name, driver, subnet, gateway, ip_range, options or {}, internal, labels=labels, v6=v6, aux=aux_addresses or {}
+            name, driver, subnet, gateway, ip_range, options or {}, internal, labels=labels, v6=v6, aux=aux_addresses or {},
+            ip_range6=ip_range6,
         )
 
     def _create_network(
@@ -76,8 +84,10 @@ class NetworkVerbs(ControllerCore):
         labels: dict[str, str] | None = None,
         v6: tuple[str | None, str | None] | None = None,
         aux: dict[str, str] | None = None,
+        ip_range6: str | None = None,
     ) -> Network:
-        """``v6``: (subnet6, gateway6) of a dual-stack network, either None to pick; None: IPv4 only."""
+        """``v6``: (subnet6, gateway6) of a dual-stack network, either None to pick; None: IPv4 only;
+        ``ip_range6`` checked by the caller."""
         driver = self._driver_named(driver_name)
         options = driver.validate(self.ctx, options, internal)
         if subnet is None and (gateway or ip_range):
@@ -102,7 +112,7 @@ class NetworkVerbs(ControllerCore):
             aux = validate_aux_addresses(aux or {}, subnets, [gateway, *([gateway6] if gateway6 else [])])
             spec = NetworkSpec(
                 uuid.uuid4().hex, name, subnet, gateway, ip_range, options, internal, bridge, labels or {}, subnet6, gateway6,
-                aux,
+                aux, ip_range6,
             )
             network = driver.create_network(self.ctx, spec, networks, op)
             self._emit("network", "create", network, driver=network.driver, subnet=network.subnet, subnet6=network.subnet6)

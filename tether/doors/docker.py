@@ -28,7 +28,7 @@ from typing import Any
 
 from ..controller import Controller
 from ..errors import Conflict, InvalidInput, NotFound
-from ..ipam import validate_network_cidrs, validate_network_cidrs6
+from ..ipam import validate_ip_range6, validate_network_cidrs, validate_network_cidrs6
 from ..model import Network, PortMapping
 from ..storekeys import DOCKER_NETS, DOCKER_POOLS
 from ..validate import check_ipv4, check_ipv6, validate_mac
@@ -114,12 +114,13 @@ class DockerDoor:
     def _request_pool6(self, pool: str, sub_pool: str) -> dict[str, Any]:
         """The v6 pool of a dual-stack network: ``pool`` checked (one tether already has
         is adopted), or a free ULA /64."""
-        if sub_pool:
-            raise InvalidInput(f"--ip-range {sub_pool}: tether takes an --ip-range for the IPv4 subnet only")
+        if sub_pool and not pool:
+            raise InvalidInput("an IPv6 --ip-range needs the IPv6 --subnet it belongs to")
         if pool and not _is_v6(pool):
             raise InvalidInput(f"--subnet {pool} is IPv4 where dockerd asked for the IPv6 pool: give an IPv6 --subnet")
         c = self.controller
         subnet = validate_network_cidrs6(pool, None)[0] if pool else None  # bad input refused before the lock
+        ip_range = validate_ip_range6(sub_pool, subnet) if sub_pool and subnet else None
         with c.lock:
             networks = c.all_networks()
             pools = {kv.key[len(DOCKER_POOLS) :]: kv.value for kv in self.store.list(DOCKER_POOLS)}
@@ -130,7 +131,7 @@ class DockerDoor:
                 in_use = {s: "the subnet of another Docker network" for s in others}
                 in_use.update({n.subnet6: f"network {n.name!r}" for n in networks if n.subnet6})
                 subnet, _ = c.place_subnet6(subnet, None, in_use, check_host=subnet is None)  # (as for v4)
-            self.store.put(DOCKER_POOLS + _pool_id(subnet), {"subnet": subnet, "ip_range": None})
+            self.store.put(DOCKER_POOLS + _pool_id(subnet), {"subnet": subnet, "ip_range": ip_range})
             return {"PoolID": _pool_id(subnet), "Pool": subnet, "Data": {}}
 
     def release_pool(self, pool_id: str) -> None:
@@ -224,9 +225,11 @@ class DockerDoor:
             return
         pool = self.store.get(DOCKER_POOLS + _pool_id(subnet)) if subnet else None
         ip_range = pool.value.get("ip_range") if pool else None
+        pool6 = self.store.get(DOCKER_POOLS + _pool_id(subnet6)) if subnet6 else None
         self.controller.create_network(
             name, driver, subnet, gateway or None, ip_range, net_options, internal,
             ipv6=bool(ipv6), subnet6=subnet6, gateway6=gateway6 or None,
+            ip_range6=pool6.value.get("ip_range") if pool6 else None,
         )
         try:
             self.store.put(DOCKER_NETS + network_id, {"name": name, "adopted": False})

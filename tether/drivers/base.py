@@ -115,6 +115,7 @@ class NetworkSpec:
     subnet6: str | None = None  # dual stack: the v6 subnet and gateway, checked and placed
     gateway6: str | None = None
     aux_addresses: dict[str, str] = field(default_factory=dict)  # `--aux-address`, checked
+    ip_range6: str | None = None  # the v6 `--ip-range`, checked
 
 
 def enable_uplink_forwarding(ctx: DriverContext, ipv6: bool = False) -> None:

@@ -66,6 +66,7 @@ class BridgeDriver(NetworkDriver):
             subnet6=spec.subnet6,
             gateway6=spec.gateway6,
             aux_addresses=dict(spec.aux_addresses),
+            ip_range6=spec.ip_range6,
         )
         ctx.store.put(NET_PREFIX + network.name, network.to_dict())
         undo.push(f"record of network {network.name}", lambda: ctx.store.delete(NET_PREFIX + network.name))

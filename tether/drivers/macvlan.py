@@ -70,11 +70,14 @@ class MacvlanDriver(NetworkDriver):
                     "--internal and -o parent contradict each other: an internal macvlan network has no "
                     "parent (its containers reach only each other); drop one of them"
                 )
-            if not parent or not ctx.datapath.link_exists(parent):
-                candidates = ", ".join(ctx.datapath.parent_candidates()) or "none"
-                raise InvalidInput(
-                    f"-o parent={parent!r}: no such interface on this host: use one of {candidates}"
+            candidates = ctx.datapath.parent_candidates()
+            if parent not in candidates:
+                # missing, or not one a macvlan may sit on: lo, a macvlan, a bridge's port,
+                # one of tether's own links
+                why = "no such interface on this host" if not ctx.datapath.link_exists(parent) else (
+                    "it cannot carry macvlans (loopback, a macvlan, a bridge or bond port, or tether's own)"
                 )
+                raise InvalidInput(f"-o parent={parent!r}: {why}: use one of {', '.join(candidates) or 'none'}")
         elif mode == "passthru":
             raise InvalidInput("macvlan_mode=passthru needs -o parent: it hands one container the whole interface")
         return out
@@ -109,6 +112,7 @@ class MacvlanDriver(NetworkDriver):
             subnet6=spec.subnet6,
             gateway6=spec.gateway6,
             aux_addresses=dict(spec.aux_addresses),
+            ip_range6=spec.ip_range6,
         )
         ctx.store.put(NET_PREFIX + network.name, network.to_dict())
         undo.push(f"record of network {network.name}", lambda: ctx.store.delete(NET_PREFIX + network.name))
@@ -143,12 +147,12 @@ class MacvlanDriver(NetworkDriver):
                 continue
             given = spec.options.get(key)
             if given is None:
-                picked = pick_free_address(subnet, taken, spec.ip_range if key == "host_address" else None)
+                picked = pick_free_address(subnet, taken, spec.ip_range if key == "host_address" else spec.ip_range6)
                 if picked is None:
                     raise InvalidInput(f"no address of {subnet} is left for the host's side: give -o {key}=IP")
                 out[key] = picked
                 continue
-            out[key] = _check_host_address(key, given, subnet, spec.ip_range if key == "host_address" else None, taken)
+            out[key] = _check_host_address(key, given, subnet, spec.ip_range if key == "host_address" else spec.ip_range6, taken)
         return out
 
     def restore(self, ctx: DriverContext, network: Network) -> None:
@@ -296,12 +300,10 @@ class MacvlanDriver(NetworkDriver):
         return [f"macvlan {endpoint.ifname}: {e}" for e in errors]
 
     def endpoint_present(self, ctx: DriverContext, network: Network, endpoint: Endpoint) -> bool:
-        # the child lives in the container's namespace (reconcile looks there); the host
-        # side is the shim's route to it
-        if network.options.get("host_access") != "true":
-            return True
-        routed = set(ctx.datapath.host_routes(shim_name(network.id)))
-        return all(address in routed for address in endpoint.addresses)
+        # The child lives in the container's namespace (reconcile looks there). Its one
+        # host-side piece, the shim's route, is put back by ``restore``: never a reason to
+        # rebuild a working interface (nor to cut it off when the shim cannot be rebuilt).
+        return True
 
 
 def shim_name(network_id: str) -> str:

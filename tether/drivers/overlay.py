@@ -95,6 +95,7 @@ class OverlayDriver(BridgeDriver):
             subnet6=spec.subnet6,
             gateway6=spec.gateway6,  # (reserved, as the v4 one: each host is its containers' gateway)
             aux_addresses=dict(spec.aux_addresses),
+            ip_range6=spec.ip_range6,
         )
         if not gstore.compare_and_swap(ckeys.network_key(spec.name), 0, network.to_dict()):
             raise Conflict(f"network {spec.name!r} already exists in the cluster: choose another name")

@@ -91,7 +91,7 @@ from ..errors import Conflict, SystemFailure
 from .chains import CHAINS, FAMILIES, SETS, USER_CHAIN, qualified, split_key
 from .libnft import Nft
 from .loopback6 import LoopbackRelay, loopback_listeners
-from .nftrace import TraceEvent, TraceMatch, run_trace
+from .nftrace import TraceEvent, TraceMatch, run_trace, sweep_traces
 from .rules import (
     Elements,
     NetworkRules,
@@ -154,6 +154,7 @@ class Firewall:
         # engine), and it must never make an add_ports wait. Only a repair takes the lock.
         self._lock = threading.RLock()
         self._healer: threading.Thread | None = None
+        self._traces_swept = False  # the first ensure() removes trace tables a killed daemon left
         self._on_heal: Healed | None = None
         self._stop = threading.Event()
         self.repairs = 0  # how many times the healer changed the table (for tests, metrics)
@@ -251,6 +252,10 @@ class Firewall:
     def ensure(self) -> bool:
         """Create whatever is missing; True if anything had to be created or refilled."""
         with self._lock:
+            if not self._traces_swept:
+                self._traces_swept = True
+                for name in sweep_traces(self._nft, self.table):
+                    log.info("removed the trace table %s a killed daemon left", name)
             problem = self._problem()
             if problem is None:
                 return False

@@ -44,7 +44,7 @@ from typing import Any
 from ..errors import InvalidInput, SystemFailure
 from .libnft import Nft
 
-__all__ = ["TraceEvent", "TraceMatch", "first_drop", "parse_trace", "render_arm", "run_trace"]
+__all__ = ["TraceEvent", "TraceMatch", "first_drop", "parse_trace", "render_arm", "run_trace", "sweep_traces"]
 
 _SETTLE = 0.3  # seconds for `nft monitor trace` to subscribe before the probe goes
 _DRAIN = 0.4  # seconds to wait for the last events after the probe returned
@@ -150,6 +150,16 @@ def _with_handles(events: list[TraceEvent], listing: Callable[[str, str], str]) 
                     break
         out.append(TraceEvent(event.table, event.chain, event.rule, event.verdict, handle))
     return out
+
+
+def sweep_traces(nft: Nft, base_table: str) -> list[str]:
+    """Delete the trace tables a killed daemon left armed (``<base_table>_trace<n>x<m>``, both
+    families); a daemon's own name proves them its own. Returns what was deleted."""
+    pattern = re.compile(rf"^table (ip6?) ({re.escape(base_table)}_trace\d+x\d+)$")
+    stale = [m.groups() for line in nft.run("list tables\n").splitlines() if (m := pattern.match(line.strip()))]
+    if stale:
+        nft.run("".join(f"delete table {family} {name}\n" for family, name in stale))
+    return [f"{family} {name}" for family, name in stale]
 
 
 def run_trace(nft: Nft, netns: str | None, base_table: str, match: TraceMatch, send: Callable[[], None]) -> list[TraceEvent]:

@@ -52,6 +52,7 @@ class Destination:
     port: int | None = None  # the port to check inside the destination (after DNAT)
     dnat: bool = False  # reached through a published port
     node: str | None = None
+    host_ip: str | None = None  # with ``dnat``: the host address the port is published on (None: every one)
 
 
 def trace(c: Controller, source: str, destination: str, port: int | None = None,
@@ -135,7 +136,12 @@ def _source_hops(c: Controller, result: Trace, src: dict[str, Any], ep: dict[str
     except DatapathError as exc:
         result.add(Step("interface", "fail", f"cannot read {name}'s namespace: {exc}", "kernel", f"tether restart {name}"))
         return
-    bridge = c._driver(network).port_bridge(c.ctx, network)
+    driver = c._driver(network)
+    if not driver.host_link:  # a macvlan child: nothing of it on the host
+        result.add(Step("parent", "info", f"{ep['ifname']} is a {network.driver} child of {network.bridge} "
+                        "(no host side)", "model"))
+        return
+    bridge = driver.port_bridge(c.ctx, network)  # type: ignore[attr-defined]
     result.add(checks.bridge_port_step(dp.link_state(ep["host_ifname"]), dp.link_state(bridge),
                                        ep["host_ifname"], bridge, name))
 
@@ -217,10 +223,10 @@ def _firewall(c: Controller, result: Trace, src: dict[str, Any], src_ep: dict[st
         return None
     model = checks.model_firewall_step(src_rules, dst_rules, dnat=dst.dnat, source=src["name"],
                                        src_net=src_ep["network"], dst_net=dst_net, destination=dst.name or dst.label)
-    if dst.kind == "external" or not probe or c.firewall is None:
+    if dst.kind == "external" or not probe or c.firewall is None or not _probe_stays_inside(c, src_ep, dst, path_net):
         result.add(model)
         return None
-    address = src_ep["gateway"] if dst.dnat else _dst_address(dst, path_net, src_ep)
+    address = (dst.host_ip or src_ep["gateway"]) if dst.dnat else _dst_address(dst, path_net, src_ep)
     if address is None:
         result.add(model)
         return None
@@ -236,6 +242,19 @@ def _firewall(c: Controller, result: Trace, src: dict[str, Any], src_ep: dict[st
     said = outcome[0] if outcome else "not sent"
     result.add(checks.probe_firewall_step(events, said, model, getattr(c.firewall, "table", "tether")))
     return events, said
+
+
+def _probe_stays_inside(c: Controller, src_ep: dict[str, Any], dst: Destination, path_net: str | None) -> bool:
+    """Whether a probe from SRC can only end in a namespace tether made: on a network both
+    share, or routed by the host through a bridge or overlay of tether's (a macvlan
+    endpoint's gateway is the LAN's router, a machine outside: no probe goes there)."""
+    if path_net is not None and not dst.dnat:
+        return True
+    if not c._driver(c._network(src_ep["network"])).host_link:
+        return False
+    if dst.dnat:  # to the host's own address (of SRC's family), DNATed to a container's
+        return dst.host_ip is None or (":" in dst.host_ip) == (":" in str(src_ep["address"]))
+    return all(c._driver(c._network(name)).host_link for name in dst.networks if c.find_network(name) is not None)
 
 
 # ---------------------------------------------------------------------- the destination
@@ -341,6 +360,7 @@ def _resolve_host(c: Controller, target: Target) -> Destination:
             if p.get("host_port") == target.port and p.get("protocol") == target.protocol and _reachable_ip(p):
                 dst = _local(info, p.get("network"))
                 dst.dnat, dst.port, dst.label = True, int(p["container_port"]), f"{info['name']} (published)"
+                dst.host_ip = p.get("host_ip") if p.get("host_ip") not in (None, "0.0.0.0", "::") else None
                 return dst
     return Destination("host", "host")
 
