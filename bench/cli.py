@@ -18,6 +18,14 @@ median over its samples. Measured:
                       container created with ``--net none``: its netns exists, only lo)
 * CNI                 ``bridge`` (+ ``host-local``) ADD and DEL on a fresh namespace, and
                       ``tether-cni`` ADD and DEL the same way, on a tether bridge network
+* run                 ``tether run --rm --net none|host|bridge -- true`` and ``tether run -d
+                      --net N -- sleep 3600`` (nsenter); ``--net none`` is the floor of a run
+                      that does nothing with the network. Each ``run -d`` container is removed
+                      after its sample, untimed. Beside them ``podman run --rm`` (nsenter) on
+                      a CNI network as the CNI tests set Podman up (runc, cgroupfs, vfs, its
+                      own root; the network's one plugin is ``tether-cni``), and on a network
+                      of the reference ``bridge`` plugin, for reference; skipped without
+                      podman, runc and busybox-static
 * own venv            the floor, ``network ls`` and connect/disconnect once more with the
                       interpreter of a virtualenv of its own (``venv --without-pip``: only
                       the stdlib's site, no .pth files, no editable-install finder; a
@@ -55,17 +63,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (CNI_DIR, NETNS_DIR, REPO, await_daemon, bridge_netconf, check_host, git_commit, log, machine_brief,
-                    machine_info, machine_md, md_head, median_p95, now, our_netns, parse_args, parser, print_targets,
-                    result_head, run_bench, spawn_daemon, summary, tree_digest, verdict, write_results)
+from common import (CNI_DIR, NETNS_DIR, REPO, await_daemon, bridge_netconf, busybox_tarball, check_host, git_commit, log,
+                    machine_brief, machine_info, machine_md, md_head, median_p95, now, our_netns, parse_args, parser,
+                    print_targets, result_head, run_bench, spawn_daemon, summary, tree_digest, verdict, write_results)
 
 from tether.api.client import Client
+from tether.errors import NotFound
 
 TETHER_SUBNET = "10.221.0.0/22"
 BRIDGE_SUBNET = "10.222.0.0/22"
+PODMAN_TETHER_SUBNET = "10.223.0.0/24"  # the tether network behind Podman's tether-cni network
+PODMAN_BRIDGE_SUBNET = "10.224.0.0/24"  # Podman's network of the reference bridge plugin
+PODMAN_IMAGE = "localhost/tclibbb:latest"
+PODMAN_ULIMITS = ["nofile=20000:20000", "nproc=4096:4096"]  # as the CNI tests: Podman's defaults fail here
 READ_TARGET = 2.0  # a read verb / python -c pass, at most
 CONNECT_TARGET = 3.0  # network connect / bridge ADD (disconnect / DEL), at most
 CNI_TARGET = 1.0  # tether-cni ADD / bridge ADD (DEL / DEL), at most
+RUN_PODMAN_TARGET = 1 / 3  # run --rm --net bridge / podman run --rm on a CNI network, at most
+RUN_FLOOR_TARGET = 1.3  # run -d, run --net host / run --net none (a run that does nothing with the network), at most
 
 ROWS = {
     "python_pass": "python -c pass (the floor)",
@@ -83,6 +98,12 @@ ROWS = {
     "tether_cni_add": "tether-cni ADD (nsenter)",
     "tether_cni_del": "tether-cni DEL (nsenter)",
     "nsenter_true": "nsenter --net=HOST /bin/true",
+    "run_none": "tether run --rm --net none -- true (nsenter; run floor)",
+    "run_host": "tether run --rm --net host -- true (nsenter)",
+    "run_bridge": "tether run --rm --net bridge -- true (nsenter)",
+    "run_d": "tether run -d --net N -- sleep 3600 (nsenter)",
+    "podman_run": "podman run --rm, CNI network of tether-cni (nsenter)",
+    "podman_run_bridge": "podman run --rm, CNI network of bridge+host-local (nsenter)",
     "python_pass_own": "own venv: python -c pass",
     "network_ls_own": "own venv: tether network ls",
     "connect_own": "own venv: tether network connect (nsenter)",
@@ -113,6 +134,8 @@ class Bench:
         self.own_python = os.path.join(self.tmp, "venv", "bin", "python")
         self.tether_own = os.path.join(self.tmp, "tether-own")
         self.client = Client(self.socket)
+        self.podman_base = os.path.join(self.tmp, "podman")
+        self.has_podman = all(shutil.which(t) for t in ("podman", "runc")) and os.path.exists("/bin/busybox")
 
     def enter(self) -> list[str]:
         return ["nsenter", f"--net={NETNS_DIR}/{self.host}", "--"]
@@ -143,6 +166,49 @@ class Bench:
         self.client.post("/containers", {"name": "cc", "net": "none", "cmd": ["sleep", "3600"], "detach": False})
         self.tether_conf = json.dumps({"cniVersion": "1.0.0", "name": "bn", "type": "tether", "socket": self.socket})
         self.bridge_conf = bridge_netconf(self.prefix, BRIDGE_SUBNET, self.tmp)
+        if self.has_podman:
+            self.setup_podman()
+        else:
+            log("no podman, runc or /bin/busybox: the podman rows and the run target against Podman are skipped")
+
+    def setup_podman(self) -> None:
+        """Podman as tests/e2e/test_cni.py ``build_podman`` sets it up: runc, cgroupfs, its own
+        root, runroot, tmpdir and CNI config dir, a busybox image imported. Two networks:
+        ``pt`` (one plugin, ``tether-cni`` on the tether network ``pt``, the tests' setup) and
+        ``pb`` (the reference ``bridge`` + ``host-local``)."""
+        base = Path(self.podman_base)
+        plugins, confdir = base / "plugins", base / "net.d"
+        for d in (plugins, confdir, base / "tmp"):
+            d.mkdir(parents=True)
+        plugin = plugins / "tether"  # tether-cni, named as the config's type
+        plugin.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                          "from tether.cni import main\nsys.exit(main())\n")
+        plugin.chmod(0o755)
+        (base / "containers.conf").write_text(
+            '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+            f'[network]\nnetwork_backend = "cni"\ncni_plugin_dirs = ["{plugins}", "{CNI_DIR}"]\n'
+            f'network_config_dir = "{confdir}"\n'
+            f"[containers]\ndefault_ulimits = {json.dumps(PODMAN_ULIMITS)}\n")
+        self.client.post("/networks", {"name": "pt", "subnet": PODMAN_TETHER_SUBNET})
+        (confdir / "pt.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": "pt",
+            "plugins": [{"type": "tether", "network": "pt", "socket": self.socket,
+                         "capabilities": {"portMappings": True, "ips": True, "mac": True, "aliases": True}}]}))
+        (confdir / "pb.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": "pb",
+            "plugins": [{"type": "bridge", "bridge": f"{self.prefix}pb", "isGateway": True, "ipMasq": False,
+                         "ipam": {"type": "host-local", "subnet": PODMAN_BRIDGE_SUBNET,
+                                  "dataDir": str(base / "host-local")}}]}))
+        subprocess.run(self.podman("import", busybox_tarball(str(base), ("true", "sh")), PODMAN_IMAGE),
+                       env=self.podman_env(), check=True, capture_output=True, timeout=120)
+
+    def podman(self, *args: str) -> list[str]:
+        base = self.podman_base
+        return [*self.enter(), "podman", "--root", f"{base}/root", "--runroot", f"{base}/runroot",
+                "--tmpdir", f"{base}/tmp", "--storage-driver", "vfs", *args]
+
+    def podman_env(self) -> dict[str, str]:
+        return {**os.environ, "CONTAINERS_CONF": os.path.join(self.podman_base, "containers.conf")}
 
     # ---------------------------------------------------------------- samples
     def timed(self, key: str, cmd: list[str], record: bool, env: dict[str, str] | None = None,
@@ -184,6 +250,24 @@ class Bench:
         finally:
             sh("ip", "netns", "del", name)
 
+    def sample_run_d(self, record: bool) -> None:
+        """``run -d`` timed; the container removed after it, untimed, until its veth is gone."""
+        self.counter += 1
+        name = f"d{self.counter}"
+        try:
+            self.timed("run_d", [*self.enter(), *self.verb("run", "-d", "--name", name, "--net", "bn", "--",
+                                                          "sleep", "3600")], record)
+        finally:
+            try:
+                info = self.client.get(f"/containers/{name}")
+            except NotFound:  # the run failed before the container existed
+                info = None
+            if info is not None:
+                self.client.delete(f"/containers/{name}?force=1")
+                ifname = (info.get("networks", {}).get("bn") or {}).get("host_ifname")
+                if ifname:
+                    self.wait_link_gone(ifname)
+
     def round(self, i: int, record: bool) -> None:
         py = sys.executable
         steps: list[tuple[str, Any]] = [
@@ -202,7 +286,14 @@ class Bench:
             ("python_pass_own", lambda: self.timed("python_pass_own", [self.own_python, "-c", "pass"], record)),
             ("network_ls_own", lambda: self.timed("network_ls_own", self.verb("network", "ls", own=True), record)),
             ("connect_own", lambda: self.sample_connect(record, own=True)),
+            *[(f"run_{mode}", lambda mode=mode: self.timed(f"run_{mode}", [*self.enter(), *self.verb(
+                "run", "--rm", "--net", mode, "--", "true")], record)) for mode in ("none", "host", "bridge")],
+            ("run_d", lambda: self.sample_run_d(record)),
         ]
+        if self.has_podman:
+            steps += [(key, lambda key=key, net=net: self.timed(key, self.podman(
+                "run", "--rm", "--network", net, PODMAN_IMAGE, "true"), record, self.podman_env()))
+                for key, net in (("podman_run", "pt"), ("podman_run_bridge", "pb"))]
         shift = i % len(steps)
         for key, step in steps[shift:] + steps[:shift]:
             try:
@@ -261,7 +352,10 @@ class Bench:
             verdict("tether-cni ADD / bridge ADD", med("tether_cni_add") / med("bridge_add"), CNI_TARGET, "x"),
             verdict("tether-cni DEL / bridge DEL", med("tether_cni_del") / med("bridge_del"), CNI_TARGET, "x"),
         ]
+        targets += self.run_targets(med)
         for v in targets:
+            if v["met"] is None:
+                continue
             limit = float(v["target"].split()[1])
             if not v["met"]:
                 v["note"] = f"missed by {v['value'] - limit:.2f}x ({(v['value'] / limit - 1) * 100:.0f}%)"
@@ -288,9 +382,29 @@ class Bench:
             "failures": self.failures,
         }
 
+    def run_targets(self, med: Any) -> list[dict[str, Any]]:
+        """``run --net bridge`` against Podman's ``run --rm`` (NOT RUN without Podman); ``run -d``
+        and ``run --net host`` against ``run --net none``, the run that does nothing with the network."""
+        floor = med("run_none")
+        out = [verdict(f"{ROWS['run_d']} / run --net none", med("run_d") / floor, RUN_FLOOR_TARGET, "x"),
+               verdict(f"{ROWS['run_host']} / run --net none", med("run_host") / floor, RUN_FLOOR_TARGET, "x")]
+        what = f"{ROWS['run_bridge']} / {ROWS['podman_run']}"
+        if self.samples["podman_run"]:
+            out.append(verdict(what, med("run_bridge") / med("podman_run"), round(RUN_PODMAN_TARGET, 3), "x"))
+        else:
+            out.append({"what": what, "value": None, "target": f"<= {round(RUN_PODMAN_TARGET, 3)} x", "met": None,
+                        "note": "no podman sample (podman, runc or busybox-static missing)"})
+        return out
+
     # ---------------------------------------------------------------- cleanup
     def cleanup(self) -> list[str]:
         problems: list[str] = []
+        if self.has_podman and os.path.exists(os.path.join(self.podman_base, "containers.conf")):
+            # Podman's own teardown (CNI DEL, its netns) while the daemon still answers
+            rm = subprocess.run(self.podman("rm", "-af", "-t", "0"), env=self.podman_env(), capture_output=True,
+                                text=True, timeout=120, check=False)
+            if rm.returncode != 0:
+                problems.append(f"podman rm -af: {rm.stderr.strip()[-200:]}")
         if self.daemon is not None and self.daemon.poll() is None:
             self.daemon.kill()
             self.daemon.wait(timeout=20)
@@ -302,6 +416,10 @@ class Bench:
                     pass
         for name in [n for n in our_netns(self.prefix) if n != self.host] + [self.host]:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)  # the host last
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(self.tmp + "/")]
+        for mount in sorted(mounts, reverse=True):  # Podman's shm and overlay mounts, if any are left
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
         if our_netns(self.prefix):
             problems.append(f"namespaces left: {our_netns(self.prefix)[:5]}")
@@ -316,10 +434,13 @@ def ratio_to(res: dict[str, Any], key: str) -> str:
     ref = {"connect": "bridge_add", "tether_cni_add": "bridge_add", "disconnect": "bridge_del",
            "tether_cni_del": "bridge_del", "nsenter_true": "", "bridge_add": "", "bridge_del": "",
            "connect_own": "bridge_add", "disconnect_own": "bridge_del", "python_pass_own": "python_pass",
-           "network_ls_own": "python_pass_own"}.get(key, "python_pass")
+           "network_ls_own": "python_pass_own", "run_none": "python_pass", "run_host": "run_none",
+           "run_d": "run_none", "run_bridge": "podman_run", "podman_run": "", "podman_run_bridge": "podman_run"}.get(
+               key, "python_pass")
     if not ref or key not in rows or ref not in rows or not rows[key].get("n") or not rows[ref].get("n"):
         return ""
-    name = {"python_pass": "floor", "python_pass_own": "own floor"}.get(ref, ref.split("_")[-1].upper())
+    name = {"python_pass": "floor", "python_pass_own": "own floor", "run_none": "run --net none",
+            "podman_run": "podman run"}.get(ref, ref.split("_")[-1].upper())
     return f"{rows[key]['median_ms'] / rows[ref]['median_ms']:.2f}x {name}"
 
 
@@ -343,7 +464,7 @@ def markdown(res: dict[str, Any], before: dict[str, Any] | None) -> str:
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets", ""]
     for v in res["targets"]:
-        mark = "met" if v["met"] else "MISSED"
+        mark = "NOT RUN" if v["met"] is None else ("met" if v["met"] else "MISSED")
         lines.append(f"- {v['what']}: {v['value']}x (target {v['target']}): {mark}" + (f", {v['note']}" if v["note"] else ""))
     if "connect_breakdown" in res:
         lines += ["", "## Where connect's time goes (ms, from the medians)", "",

@@ -18,6 +18,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -259,6 +260,20 @@ def crash_and_failures_md(res: dict[str, Any], level: str = "") -> list[str]:
     if res.get("cleanup_problems"):
         lines += ["", f"Cleanup problems: {res['cleanup_problems']}"]
     return lines
+
+
+def busybox_tarball(base: str, applets: Iterable[str]) -> str:
+    """An image without a registry, for Podman or Docker to import: a rootfs of Debian's
+    static busybox (``/bin/busybox``) with ``applets`` linked to it, as ``base/rootfs.tar``."""
+    rootfs = Path(base, "rootfs")
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in applets:
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    path = os.path.join(base, "rootfs.tar")
+    with tarfile.open(path, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    return path
 
 
 # ---------------------------------------------------------------------------- main()

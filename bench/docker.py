@@ -29,16 +29,15 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import (NETNS_DIR, REPO, check_host, git_commit, log, machine_brief, machine_info, machine_md, md_head,
-                    our_netns, parse_args, parser, print_failures, print_targets, quick_defaults, result_head, rss_mb,
-                    run_bench, summary, tree_digest, verdict, write_results)
+from common import (NETNS_DIR, REPO, busybox_tarball, check_host, git_commit, log, machine_brief, machine_info,
+                    machine_md, md_head, our_netns, parse_args, parser, print_failures, print_targets, quick_defaults,
+                    result_head, rss_mb, run_bench, summary, tree_digest, verdict, write_results)
 
 from tether.api.client import Client
 
@@ -125,18 +124,6 @@ class Bench:
         return time.perf_counter() - t0
 
     # ---------------------------------------------------------------- setup
-    def image_tarball(self) -> str:
-        """A rootfs of Debian's static busybox and a few applets, as a tarball to import."""
-        rootfs = Path(self.tmp, "rootfs")
-        (rootfs / "bin").mkdir(parents=True)
-        shutil.copy(BUSYBOX, rootfs / "bin" / "busybox")
-        for applet in APPLETS:
-            (rootfs / "bin" / applet).symlink_to("busybox")
-        path = os.path.join(self.tmp, "rootfs.tar")
-        with tarfile.open(path, "w") as tar:
-            tar.add(rootfs, arcname=".")
-        return path
-
     def setup(self) -> None:
         subprocess.run(["ip", "netns", "add", self.host], check=True, capture_output=True)
         subprocess.run(["ip", "-n", self.host, "link", "set", "lo", "up"], check=True, capture_output=True)
@@ -152,7 +139,7 @@ class Bench:
             "--userland-proxy=false", "--storage-driver", "vfs", "--containerd-namespace", self.prefix,
             "--containerd-plugins-namespace", f"{self.prefix}p"])
         self.await_ready("dockerd", self.dockerd, lambda: self.docker("version", timeout=20).returncode == 0, 60)
-        self.must("import", self.image_tarball(), IMAGE)
+        self.must("import", busybox_tarball(self.tmp, APPLETS), IMAGE)
         self.must("network", "create", "-d", "bridge", "--subnet", BRIDGE_SUBNET,
                   "-o", f"com.docker.network.bridge.name={self.prefix}b", self.net_name["bridge"])
         self.must("network", "create", "-d", self.plugin, "--ipam-driver", self.plugin, "--subnet", TETHER_SUBNET,
