@@ -82,6 +82,14 @@ class Lan:
     def ns_links(self, netns: str) -> dict[str, Any]:
         return {link["ifname"]: link for link in json.loads(self.in_ns(netns, "ip", "-j", "-d", "link").stdout)}
 
+    def ns_link_ids(self, netns: str) -> dict[str, tuple[Any, ...]]:
+        """Each link's identity (index, MAC, MTU, kind): what a failed attach must not change.
+        (Not its operstate, which the kernel settles in its own time after a link comes up.)"""
+        return {
+            name: (link["ifindex"], link.get("address"), link.get("mtu"), link.get("linkinfo", {}).get("info_kind"))
+            for name, link in self.ns_links(netns).items()
+        }
+
     def container(self, suffix: str, n: int, *, mode: str = "bridge", parent: str | None = None,
                   **overrides: Any) -> str:  # fmt: skip
         """A new namespace with eth0, a macvlan child: 192.0.2.{n}/24, 2001:db8::{n}/64."""
@@ -330,7 +338,7 @@ def test_parent_candidates(lan: Lan) -> None:
 
 def test_failed_attaches_leave_no_link_behind(lan: Lan) -> None:
     c1 = lan.container("c1", 10)
-    before_host, before_c1 = set(lan.host_links()), lan.ns_links(c1)
+    before_host, before_c1 = set(lan.host_links()), lan.ns_link_ids(c1)
     spec: dict[str, Any] = dict(
         netns=c1, ifname="eth1", parent=lan.parent, mode="bridge", mac="02:00:c0:00:02:0b", cidr="192.0.2.11/24",
         gateway=None, mtu=1500,
@@ -352,7 +360,7 @@ def test_failed_attaches_leave_no_link_behind(lan: Lan) -> None:
         with pytest.raises(DatapathError, match=message):
             lan.dp.attach_macvlan(**{**spec, **overrides})
         assert set(lan.host_links()) == before_host, overrides
-        assert lan.ns_links(c1) == before_c1, overrides
+        assert lan.ns_link_ids(c1) == before_c1, overrides
     assert lan.dp.attach_macvlan(**{**spec, "gateway": ROUTER, "keep_existing_default": True}) is False
     assert [r["dev"] for r in lan.dp.container_routes(c1) if r["dst"] == "default"] == ["eth0"]
     assert lan.pings(c1, ROUTER)
