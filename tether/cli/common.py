@@ -46,7 +46,7 @@ def _typer(help: str, **settings: Any) -> typer.Typer:  # noqa: A002
 
 
 app = _typer(
-    "Container networking for Linux: none, host, container, bridge (and overlay) modes.",
+    "Container networking for Linux: none, host, container, bridge, overlay and macvlan networks.",
     name="tether",
     add_completion=False,
     pretty_exceptions_enable=False,
