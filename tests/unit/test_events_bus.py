@@ -262,3 +262,19 @@ def test_the_stream_replays_follows_filters_and_ends(tmp_path: Path) -> None:
     while events_route._active and time.monotonic() < deadline:
         time.sleep(0.02)
     assert events_route._active == 0  # no stream thread left behind
+
+
+def test_the_stream_cap_is_taken_by_the_route_and_given_back_once(tmp_path: Path) -> None:
+    from tether.api import events_route
+
+    c = make_controller(tmp_path)
+    free = events_route.MAX_STREAMS - events_route._active
+    streams = [events_route.events_stream(c, {}, None, {}) for _ in range(free)]  # type: ignore[arg-type]
+    with pytest.raises(Conflict, match="event streams are open already"):
+        events_route.events_stream(c, {}, None, {})  # type: ignore[arg-type]
+    streams[0].cancel()  # its head could not be sent
+    streams[0].cancel()  # (twice: given back once)
+    streams.append(events_route.events_stream(c, {}, None, {}))  # type: ignore[arg-type]
+    for stream in streams[1:]:
+        stream.cancel()
+    assert events_route._active == events_route.MAX_STREAMS - free

@@ -44,15 +44,20 @@ class EventStream(Streaming):
         self.after = after
         self.until = until
         self.filters = filters
+        self._holding = True  # one of the MAX_STREAMS slots, taken by the route
 
     def run(self, sock: socket.socket) -> None:
-        global _active
-        with _active_lock:
-            _active += 1
         try:
             self._follow(sock)
         finally:
-            with _active_lock:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Give back the slot the route took for this stream (once)."""
+        global _active
+        with _active_lock:
+            if self._holding:
+                self._holding = False
                 _active -= 1
 
     def _follow(self, sock: socket.socket) -> None:
@@ -107,8 +112,10 @@ def _seconds(query: Query, name: str) -> float | None:
 def events_stream(c: Controller, p: dict[str, str], body: Empty, q: Query) -> Any:
     since, until = _seconds(q, "since"), _seconds(q, "until")
     filters = parse_filters(q.get("filter"))
-    with _active_lock:
+    global _active
+    after = c.events.last_seq if since is None else c.events.seq_before(since)
+    with _active_lock:  # the slot is taken here, under the lock: a burst cannot pass the cap
         if _active >= MAX_STREAMS:
             raise Conflict(f"{MAX_STREAMS} event streams are open already: close one and try again")
-    after = c.events.last_seq if since is None else c.events.seq_before(since)
+        _active += 1
     return EventStream(c.events, after, until, filters)

@@ -138,6 +138,9 @@ class Streaming:
         caller closes it afterwards."""
         raise NotImplementedError
 
+    def cancel(self) -> None:
+        """The head could not be sent: ``run`` will never be called (release what was held)."""
+
 
 class RequestHandler(BaseHTTPRequestHandler):
     """Serves one ``Request`` the listener read whole (``self.body`` is its body).
@@ -206,12 +209,16 @@ class RequestHandler(BaseHTTPRequestHandler):
     def send_stream(self, reply: Streaming) -> None:
         """Send ``reply``'s head, then leave its body to a thread of its own."""
         self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        sock = self.connection.dup()  # the listener closes its own handle when this returns
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            sock = self.connection.dup()  # the listener closes its own handle when this returns
+        except BaseException:
+            reply.cancel()
+            raise
 
         def stream() -> None:
             try:
