@@ -179,8 +179,8 @@ class OverlayAgent:
             try:
                 with self._state:
                     self._check_grace()
-                    if ticks % _PEER_CHECK_TICKS == 0:
-                        self._repair_peers()
+                if ticks % _PEER_CHECK_TICKS == 0:
+                    self._repair_peers()
             except Exception:
                 log.exception("overlay agent: grace check")
 
@@ -348,24 +348,38 @@ class OverlayAgent:
 
     def _repair_peers(self) -> None:
         """Program again every peer and flood entry the kernel lost since it was programmed
-        (deleted by hand, say); the caller holds ``_state``."""
-        for net_id, vxlan in list(self.vxlans.items()):
-            programmed = self.programmed.get(net_id)
-            if programmed is None:
-                continue
+        (deleted by hand, say). The kernel is read without ``_state`` (a dump of 1000 peers
+        takes ~0.2 s: the watch must not wait for it); what to put back is decided under it,
+        against what is programmed by then (a re-add is idempotent)."""
+        with self._state:
+            vxlans = list(self.vxlans.items())
+        for net_id, vxlan in vxlans:
             try:
                 held = {Peer(*p) for p in self.datapath.list_peers(vxlan)}
-                vteps: dict[str, set[str]] = {}
-                for peer in programmed.peers:
-                    vteps.setdefault(peer.mac, set()).add(peer.vtep)
-                # a MAC programmed behind two VTEPs (moving between hosts) is left to the
-                # next change: putting one back would move the other's FDB entry
-                for peer in sorted(p for p in programmed.peers - held if len(vteps[p.mac]) == 1):
-                    self.datapath.add_peer(vxlan, peer.address, peer.mac, peer.vtep)
-                    self.repaired[(vxlan, peer.address)] = time.time()
-                    log.warning("overlay agent: restored the lost peer %s on %s", peer.address, vxlan)
-                for vtep in sorted(programmed.floods - set(self.datapath.list_floods(vxlan))):
-                    self.datapath.add_flood(vxlan, vtep)
-                    log.warning("overlay agent: restored flooding to %s on %s", vtep, vxlan)
+                floods = set(self.datapath.list_floods(vxlan))
             except TetherError as exc:
                 log.warning("overlay agent: peer check of %s: %s", vxlan, exc)
+                continue
+            with self._state:
+                self._put_back(net_id, vxlan, held, floods)
+
+    def _put_back(self, net_id: str, vxlan: str, held: set[Peer], floods: set[str]) -> None:
+        """What ``programmed`` has and the kernel (read as ``held``/``floods``) lost; under ``_state``."""
+        programmed = self.programmed.get(net_id)
+        if programmed is None or self.vxlans.get(net_id) != vxlan:
+            return
+        try:
+            vteps: dict[str, set[str]] = {}
+            for peer in programmed.peers:
+                vteps.setdefault(peer.mac, set()).add(peer.vtep)
+            # a MAC programmed behind two VTEPs (moving between hosts) is left to the
+            # next change: putting one back would move the other's FDB entry
+            for peer in sorted(p for p in programmed.peers - held if len(vteps[p.mac]) == 1):
+                self.datapath.add_peer(vxlan, peer.address, peer.mac, peer.vtep)
+                self.repaired[(vxlan, peer.address)] = time.time()
+                log.warning("overlay agent: restored the lost peer %s on %s", peer.address, vxlan)
+            for vtep in sorted(programmed.floods - floods):
+                self.datapath.add_flood(vxlan, vtep)
+                log.warning("overlay agent: restored flooding to %s on %s", vtep, vxlan)
+        except TetherError as exc:
+            log.warning("overlay agent: peer check of %s: %s", vxlan, exc)

@@ -61,8 +61,6 @@ class NetworkVerbs(ControllerCore):
             raise InvalidInput("an IPv6 --gateway needs the IPv6 --subnet it belongs to")
         if ip_range6 and not subnet6:
             raise InvalidInput("an IPv6 --ip-range needs the IPv6 --subnet it belongs to")
-        if ip_range6 and subnet6:
-            ip_range6 = validate_ip_range6(ip_range6, validate_network_cidrs6(subnet6, gateway6)[0])
         if aux_addresses and subnet is None:
             raise InvalidInput("--aux-address needs --subnet: give the subnet its addresses belong to")
         v6 = (subnet6, gateway6) if ipv6 else None
@@ -87,13 +85,14 @@ class NetworkVerbs(ControllerCore):
         ip_range6: str | None = None,
     ) -> Network:
         """``v6``: (subnet6, gateway6) of a dual-stack network, either None to pick; None: IPv4 only;
-        ``ip_range6`` checked by the caller."""
+        ``ip_range6`` inside the given v6 subnet."""
         driver = self._driver_named(driver_name)
         options = driver.validate(self.ctx, options, internal)
         if subnet is None and (gateway or ip_range):
             raise InvalidInput("--gateway and --ip-range need --subnet: give the subnet they belong to")
         if v6 is not None and v6[0] is not None:
-            validate_network_cidrs6(v6[0], v6[1])  # bad input is refused before the lock
+            subnet6 = validate_network_cidrs6(v6[0], v6[1])[0]  # bad input is refused before the lock
+            ip_range6 = validate_ip_range6(ip_range6, subnet6) if ip_range6 else None
         with self._operation() as op:
             if self._lookup_network(name) is not None:
                 raise Conflict(f"network {name!r} already exists: choose another name or remove it first")
